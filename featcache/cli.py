@@ -1,0 +1,128 @@
+"""The command line: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from featcache.errors import FeatcacheError
+from featcache.runtime import err_console, out_console, resolve_device
+
+app = typer.Typer(
+    name="featcache",
+    help="Few-shot segmentation with a frozen encoder: features computed once, decoders trained from a store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class GlobalOptions:
+    device: str = "auto"
+    debug: bool = False
+
+
+state = GlobalOptions()
+
+
+@app.callback()
+def _global(
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N; commands with their own --device override it."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    state.debug = debug
+    resolve_device(device)
+    state.device = device
+
+
+def _device(option: Optional[str]):
+    return resolve_device(option or state.device)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the ISIC 2017 layout into."),
+    n_train: int = typer.Option(40, min=1),
+    n_val: int = typer.Option(10, min=1),
+    n_test: int = typer.Option(10, min=1),
+    image_size: Optional[str] = typer.Option(None, help="HxW for every image (e.g. 48x64); default: varied ISIC-like sizes."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write procedural dermoscopy-like images and masks in the ISIC 2017 layout."""
+    from featcache.synth import synthesize
+
+    size = None
+    if image_size is not None:
+        try:
+            h, w = (int(v) for v in image_size.lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"{image_size!r} is not HxW, e.g. 48x64", param_hint="--image-size")
+        size = (h, w)
+    report = synthesize(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=size, seed=seed, progress=True)
+    out_console.print(f"wrote {report.counts} images to {report.out}; contact sheet {report.contact_sheet}")
+
+
+@app.command()
+def evaluate(
+    pred_dir: Path = typer.Argument(..., help="Predicted masks; any file name holding the 7-digit ISIC id."),
+    truth_dir: Path = typer.Argument(..., help="Truth masks ISIC_<id>_segmentation.png."),
+    convention: str = typer.Option("study", help="study (eps in denominators) | isic (official scorer)."),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {mean, per_image} here."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image CSV (default: beside --json, else pred_dir/per_image.csv)."),
+) -> None:
+    """Score predicted masks against ISIC truth masks."""
+    from featcache.metrics import evaluate_dirs
+
+    result = evaluate_dirs(pred_dir, truth_dir, convention=convention, threshold=threshold)
+    table = Table(title=f"{len(result.per_image)} images, {convention} convention")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for name, value in result.mean.items():
+        table.add_row(name, f"{value:.4f}")
+    out_console.print(table)
+    if json_out is not None:
+        result.to_json(json_out)
+    csv_path = csv_out or (json_out.with_suffix(".csv") if json_out else pred_dir / "per_image.csv")
+    result.to_csv(csv_path)
+    err_console.print(f"per-image scores: {csv_path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and exit 1 for featcache errors, 2 for usage errors."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted", style="red")
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: typer's message and exit code 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FeatcacheError as exc:
+        if state.debug:
+            traceback.print_exc()
+        err_console.print(f"error: {exc}", style="red", soft_wrap=True, highlight=False, markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", style="red")
+        sys.exit(130)
+    except Exception as exc:
+        if state.debug:
+            traceback.print_exc()
+        err_console.print(
+            f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            style="red",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(1)

@@ -1,0 +1,8 @@
+"""The one exception type the command line turns into a single line on stderr and exit code 1."""
+
+
+class FeatcacheError(Exception):
+    """A user-facing failure: bad input, a refused store, a missing file.
+
+    The message is one line that names the file or option at fault and the fix.
+    """

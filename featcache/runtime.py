@@ -1,0 +1,32 @@
+"""Device choice and the console objects every command shares."""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+
+from featcache.errors import FeatcacheError
+
+#: Progress bars and logs: stderr. Results (tables): stdout.
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> a usable device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise FeatcacheError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatcacheError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FeatcacheError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0..{torch.cuda.device_count() - 1}"
+            )
+    return device

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny synthetic ISIC 2017 dataset and a runner for the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """12 train / 6 val / 6 test procedural images at 48x64, written once per session."""
+    from featcache.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "isic"
+    synthesize(root, n_train=12, n_val=6, n_test=6, image_size=(48, 64), seed=0)
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m featcache ARGS`` in a fresh process; returns code, stdout and stderr."""
+    return subprocess.run([sys.executable, "-m", "featcache", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

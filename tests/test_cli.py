@@ -1,0 +1,28 @@
+from featcache.cli import app
+
+
+def test_help_lists_commands(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("synth", "evaluate"):
+        assert command in result.stdout
+
+
+def test_usage_error_exits_2(cli):
+    result = cli("synth")
+    assert result.returncode == 2
+
+
+def test_featcache_error_is_one_line_exit_1(cli, tmp_path):
+    result = cli("evaluate", tmp_path / "missing", tmp_path / "also-missing")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
+    assert "Traceback" not in result.stderr
+    debug = cli("--debug", "evaluate", tmp_path / "missing", tmp_path / "also-missing")
+    assert "Traceback" in debug.stderr and debug.returncode == 1
+
+
+def test_bad_device_is_one_line(cli, tmp_path):
+    result = cli("--device", "tpu", "evaluate", tmp_path, tmp_path)
+    assert result.returncode == 1
+    assert "--device 'tpu' is not one of auto, cpu, cuda, cuda:N" in result.stderr
