@@ -95,6 +95,83 @@ def evaluate(
     err_console.print(f"per-image scores: {csv_path}")
 
 
+@app.command()
+def extract(
+    data: Path = typer.Argument(..., help="Dataset folder (ISIC 2017/2018 layout or images/ + masks/)."),
+    out: str = typer.Option(..., "--out", help="STORE.zarr (Zarr v3, also an fsspec URL) or STORE.h5 (HDF5)."),
+    encoder: str = typer.Option("imagenet", help="imagenet | random | a torchvision state dict | a featcache encoder checkpoint."),
+    arch: str = typer.Option("vit_b_16", help="vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro (a checkpoint brings its own)."),
+    seed: int = typer.Option(0, help="Seed of --encoder random."),
+    image_size: int = typer.Option(224, help="Images are resized to SxS (a multiple of 16)."),
+    views: str = typer.Option("identity", help="identity | flips (identity, h, v, hv: exact flip augmentation)."),
+    dtype: str = typer.Option("float16", help="float16 | float32 | bfloat16."),
+    batch_size: int = typer.Option(32, help="Images per encoder batch (each with all its views)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers decoding JPEGs (default: cores, at most 8)."),
+    shard_size: int = typer.Option(32, help="Samples per shard (Zarr) / write block."),
+    compressor: str = typer.Option("auto", help="Zarr: lz4 (auto) | zstd | gzip | none; HDF5: none (auto) | gzip | lzf."),
+    val_fraction: float = typer.Option(0.15, help="Validation fraction drawn from training when the layout has none."),
+    test_fraction: float = typer.Option(0.15, help="Test fraction drawn from training when the layout has none."),
+    split_seed: int = typer.Option(0, help="Seed of that draw."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store of other provenance."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """Compute the encoder's features of every sample once and write them to a store (resumable)."""
+    from featcache.data import SplitConfig
+    from featcache.extract import ExtractConfig, extract as run_extract
+
+    cfg = ExtractConfig(
+        data=data, out=out, encoder=encoder, arch=arch, seed=seed, image_size=image_size, views=views,
+        dtype=dtype, batch_size=batch_size, shard_size=shard_size, compressor=compressor, overwrite=overwrite,
+        device=device or state.device, split=SplitConfig(val_fraction, test_fraction, split_seed),
+    )
+    if workers is not None:
+        cfg.workers = workers
+    report = run_extract(cfg)
+    if report.rank != 0:
+        return
+    verb = "resumed" if report.resumed else "wrote"
+    out_console.print(
+        f"{verb} {report.path}: {report.computed} of {report.n} samples computed in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s)"
+    )
+
+
+@app.command()
+def info(
+    store: str = typer.Argument(..., help="A .zarr or .h5 store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Provenance, shapes, size on disk, completeness and the flip check ("cos") of a store."""
+    import json
+
+    from featcache.info import store_info
+
+    summary = store_info(store)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=str(store), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("complete", f"{summary['complete']} ({summary['written']}/{summary['n']} written)")
+    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    table.add_row("encoder", summary["encoder_summary"])
+    table.add_row("features", f"{summary['shapes']['features']} {summary['dtype']}, views {', '.join(summary['views'])}")
+    table.add_row("images / masks", f"{summary['shapes']['images']} / {summary['shapes']['masks']}")
+    table.add_row("on disk", f"{summary['bytes_on_disk'] / 2**20:.1f} MiB ({summary['backend']})")
+    table.add_row("dataset", f"{summary['dataset']['root']} ({summary['dataset']['layout']}) {summary['dataset']['split_note']}")
+    extraction = summary["extraction"] or {}
+    if extraction:
+        table.add_row("extraction", f"{extraction['seconds']} s on {extraction['device']} ({extraction['images_per_second']} images/s)")
+    cos = summary["flip_check_cos"]
+    if cos is not None:
+        views = ", ".join(f"{k} {v:.4f}" for k, v in cos.items() if k != "mean")
+        table.add_row("flip check", f"cos {cos['mean']:.4f} (feature flip vs features of the flipped image: {views})")
+    else:
+        table.add_row("flip check", "no flip views (extract with --views flips)")
+    out_console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit 1 for featcache errors, 2 for usage errors."""
     try:

@@ -8,8 +8,8 @@ from rich.console import Console
 from featcache.errors import FeatcacheError
 
 #: Progress bars and logs: stderr. Results (tables): stdout.
-err_console = Console(stderr=True)
-out_console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

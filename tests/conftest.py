@@ -30,3 +30,29 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(params=[".zarr", ".h5"], ids=["zarr", "hdf5"])
+def store_suffix(request) -> str:
+    """Every store test runs on both backends."""
+    return request.param
+
+
+def extract_config(data: Path, out: Path | str, **overrides):
+    """An ExtractConfig for the micro ViT at 64 px, small blocks so resume has something to do."""
+    from featcache.extract import ExtractConfig
+
+    options = dict(encoder="random", arch="vit_micro", image_size=64, views="flips", batch_size=3,
+                   shard_size=4, workers=0, device="cpu")
+    options.update(overrides)
+    return ExtractConfig(data=data, out=str(out), **options)
+
+
+@pytest.fixture(scope="session")
+def micro_store(synth_root, tmp_path_factory) -> Path:
+    """A complete float32 Zarr store (flip views) of `synth_root`, extracted once per session."""
+    from featcache.extract import extract
+
+    out = tmp_path_factory.mktemp("store") / "micro.zarr"
+    extract(extract_config(synth_root, out, dtype="float32"), progress=False)
+    return out

@@ -1,0 +1,60 @@
+"""torchrun support: who this process is, its device, and the few collectives featcache needs.
+
+Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything is a no-op for one process.
+With it, CUDA ranks use NCCL and one GPU each (``LOCAL_RANK``); CPU ranks use gloo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from featcache.runtime import resolve_device
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    initialised: bool = False
+
+    @classmethod
+    def from_env(cls, device_spec: str = "auto") -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(device=resolve_device(device_spec))
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_spec != "cpu" and torch.cuda.is_available()
+        device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if use_cuda else "gloo")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        return cls(rank, world, device, True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.initialised:
+            tdist.barrier()
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (in rank order); None on the others."""
+        if not self.initialised:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        tdist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        if self.initialised and tdist.is_initialized():
+            tdist.destroy_process_group()
+            self.initialised = False

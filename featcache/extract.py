@@ -1,0 +1,262 @@
+"""Run the encoder once over every sample (and flip view) of a dataset and write the store.
+
+Samples are processed in the store's shard-aligned blocks; a block is written whole and then
+marked ``written``, so a killed run resumes at the first unwritten block and, since batches never
+span blocks, computes exactly what an uninterrupted run would. Under ``torchrun`` each rank takes
+every K-th block (disjoint files), rank 0 creates the store and sets ``complete`` last.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from featcache.data import SampleDataset, SampleIndex, SplitConfig, find_samples
+from featcache.distributed import Distributed
+from featcache.errors import FeatcacheError
+from featcache.lock import WriterLock
+from featcache.models import Encoder, build_encoder, encoder_provenance
+from featcache.runtime import err_console, resolve_device
+from featcache.store import (
+    FEATURE_DTYPES,
+    VIEW_FLIPS,
+    VIEWS,
+    FeatureStore,
+    backend_kind,
+    describe_differences,
+    is_url,
+    remove_store,
+    store_exists,
+)
+
+
+@dataclass
+class ExtractConfig:
+    """Everything ``featcache extract`` takes. ``encoder``: ``imagenet``, ``random`` or a weights file."""
+
+    data: Path
+    out: str
+    encoder: str = "imagenet"
+    arch: str = "vit_b_16"
+    seed: int = 0
+    image_size: int = 224
+    views: str = "identity"
+    dtype: str = "float16"
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    shard_size: int = 32
+    compressor: str = "auto"
+    overwrite: bool = False
+    device: str = "auto"
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self) -> None:
+        if self.views not in VIEWS:
+            raise FeatcacheError(f"--views {self.views} is not one of {', '.join(VIEWS)}")
+        if self.dtype not in FEATURE_DTYPES:
+            raise FeatcacheError(f"--dtype {self.dtype} is not one of {', '.join(FEATURE_DTYPES)}")
+        if self.image_size <= 0 or self.image_size % 16:
+            raise FeatcacheError(f"--image-size {self.image_size} must be a positive multiple of 16 (the patch size)")
+        for option, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
+            if value < 1:
+                raise FeatcacheError(f"{option} {value} must be at least 1")
+        if self.workers < 0:
+            raise FeatcacheError(f"--workers {self.workers} must be 0 or more")
+        backend_kind(self.out)
+
+
+@dataclass
+class ExtractReport:
+    path: str
+    n: int
+    computed: int
+    seconds: float
+    images_per_second: float
+    resumed: bool
+    rank: int = 0
+
+
+def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, views: str, dtype: str) -> dict:
+    """The attributes that identify what a store holds (compared before resuming into it)."""
+    dataset = index.to_dict()
+    return {
+        "encoder": encoder_provenance(encoder),
+        "preprocessing": {
+            "size": image_size,
+            "image_interpolation": "bilinear (PIL, antialiased)",
+            "mask_interpolation": "nearest, binarised at > 127",
+            "normalisation": "ImageNet mean/std inside the encoder",
+        },
+        "dataset": {k: v for k, v in dataset.items() if k != "root"},
+        "dataset_root": dataset["root"],
+        "views": views,
+        "dtype": dtype,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def view_batch(images: torch.Tensor, view_names: tuple[str, ...]) -> torch.Tensor:
+    """``[B, 3, S, S]`` -> ``[B * V, 3, S, S]``, sample-major (sample 0's views first)."""
+    views = [images.flip(VIEW_FLIPS[v]) if VIEW_FLIPS[v] else images for v in view_names]
+    return torch.stack(views, dim=1).flatten(0, 1)
+
+
+@torch.no_grad()
+def encode_views(encoder: Encoder, images_u8: torch.Tensor, view_names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, C, S/16, S/16]`` float32, on ``device``."""
+    x = images_u8.to(device, non_blocking=True).float().div_(255)
+    x = view_batch(x, view_names)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            feats = encoder(x)
+    else:
+        feats = encoder(x)
+    return feats.float().unflatten(0, (images_u8.shape[0], len(view_names)))
+
+
+def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder, dist: Distributed) -> tuple[FeatureStore, bool]:
+    """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it."""
+    if dist.is_main:
+        resumed = False
+        if store_exists(cfg.out) and cfg.overwrite:
+            _remove_if_ours(cfg.out)
+        if store_exists(cfg.out):
+            store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
+            differences = describe_differences(store.meta, prov)
+            if differences:
+                store.close()
+                raise FeatcacheError(
+                    f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
+                    f"pass --overwrite to replace it or choose another --out"
+                )
+            resumed = True
+        else:
+            samples = index.samples
+            grid = (cfg.image_size // encoder.patch_size,) * 2
+            store = FeatureStore.create(
+                cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
+                np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
+            )
+        dist.barrier()
+        return store, resumed
+    dist.barrier()
+    return FeatureStore.open(cfg.out, writable=True, allow_incomplete=True), True
+
+
+def _remove_if_ours(path: str) -> None:
+    """``--overwrite`` deletes a featcache store, never an unrelated file or folder."""
+    try:
+        FeatureStore.open(path, allow_incomplete=True).close()
+    except FeatcacheError as exc:
+        raise FeatcacheError(f"{path} exists and is not a featcache store; --overwrite only replaces stores: move it away") from exc
+    remove_store(path)
+
+
+def _lock_path(out: str) -> Path | None:
+    if is_url(out):
+        return None
+    path = Path(out)
+    return path.with_name(path.name + ".lock")
+
+
+def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, int], None] | None = None) -> ExtractReport:
+    """Compute and store the features of every sample of ``cfg.data``; resumes an interrupted store.
+
+    ``on_block(start, stop)`` is called after each block is written (for progress hooks and tests).
+    """
+    cfg.validate()
+    dist = Distributed.from_env(cfg.device)
+    device = dist.device if dist.world_size > 1 else resolve_device(cfg.device)
+    if dist.world_size > 1 and backend_kind(cfg.out) == "hdf5":
+        raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
+    if device.type == "cpu" and dist.world_size == 1:
+        torch.set_num_threads(os.cpu_count() or 1)
+    index = find_samples(cfg.data, cfg.split)
+    if index.split_note and dist.is_main:
+        err_console.print(f"{cfg.data}: {index.split_note}")
+    encoder = build_encoder(cfg.arch, cfg.encoder, seed=cfg.seed).to(device).eval()
+    prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype)
+    lock_path = _lock_path(cfg.out)
+    lock = WriterLock(lock_path, cfg.out) if lock_path is not None and dist.is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        store, resumed = _open_or_create(cfg, prov, index, encoder, dist)
+        with store:
+            report = _fill(store, index, encoder, cfg, device, dist, progress, on_block)
+            report.resumed = resumed
+        return report
+    finally:
+        if lock is not None:
+            lock.release()
+        dist.close()
+
+
+def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
+          dist: Distributed, progress: bool, on_block: Callable[[int, int], None] | None) -> ExtractReport:
+    written = store.written()
+    mine = [b for i, b in enumerate(store.blocks()) if i % dist.world_size == dist.rank]
+    pending = [(a, b) for a, b in mine if not written[a:b].all()]
+    # Batches never span blocks, so a resumed run computes bit-identical features.
+    batches = [list(range(s, min(s + cfg.batch_size, b))) for a, b in pending for s in range(a, b, cfg.batch_size)]
+    loader = DataLoader(
+        SampleDataset(index.samples, cfg.image_size),
+        batch_sampler=batches,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    view_names = store.view_names
+    computed, seconds = 0, 0.0
+    block_rows: dict[str, list] = {"images": [], "masks": [], "features": []}
+    block_iter = iter(pending)
+    current = next(block_iter, None)
+    started = time.perf_counter()
+    columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
+        task = bar.add_task("extract", total=sum(b - a for a, b in pending))
+        for batch in loader:
+            feats = encode_views(encoder, batch["image"], view_names, device)
+            block_rows["images"].append(batch["image"].numpy())
+            block_rows["masks"].append(batch["mask"].numpy())
+            block_rows["features"].append(feats.cpu())
+            computed += len(batch["index"])
+            bar.advance(task, len(batch["index"]))
+            start, stop = current
+            if sum(len(x) for x in block_rows["images"]) == stop - start:
+                store.write_block(
+                    start,
+                    np.concatenate(block_rows["images"]),
+                    np.concatenate(block_rows["masks"]),
+                    torch.cat(block_rows["features"]),
+                )
+                block_rows = {"images": [], "masks": [], "features": []}
+                if on_block is not None:
+                    on_block(start, stop)
+                current = next(block_iter, None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    counts = dist.gather_objects(computed)
+    if dist.is_main and not store.meta.get("complete"):
+        # A resumed run timed only part of the work: the total is scaled from what was measured.
+        total = sum(counts)
+        store.mark_complete(extraction={
+            "measured_seconds": round(seconds, 3),
+            "measured_images": total,
+            "seconds": round(seconds * store.n / total, 3) if total else None,
+            "images_per_second": round(total / seconds, 3) if seconds and total else None,
+            "device": str(device),
+            "world_size": dist.world_size,
+            "batch_size": cfg.batch_size,
+        })
+    return ExtractReport(str(cfg.out), store.n, computed, seconds, computed / seconds if seconds else 0.0, False, dist.rank)

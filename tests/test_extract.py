@@ -1,0 +1,150 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import extract_config
+from featcache.errors import FeatcacheError
+from featcache.extract import encode_views, extract
+from featcache.models import build_encoder, encoder_provenance
+from featcache.store import FeatureStore
+
+ARRAYS = ("ids", "split", "orig_hw", "images", "masks", "features", "written")
+
+
+def arrays(path) -> dict[str, np.ndarray]:
+    with FeatureStore.open(path) as store:
+        return {name: store.read(name) for name in ARRAYS}
+
+
+def assert_same_store(a, b):
+    left, right = arrays(a), arrays(b)
+    for name in ARRAYS:
+        assert np.array_equal(left[name], right[name]), name
+
+
+def test_features_are_the_encoders_on_every_flip_view(synth_root, tmp_path, store_suffix):
+    out = tmp_path / f"s{store_suffix}"
+    report = extract(extract_config(synth_root, out, dtype="float32"), progress=False)
+    assert report.computed == report.n == 24 and not report.resumed
+    encoder = build_encoder("vit_micro", "random", seed=0)
+    with FeatureStore.open(out, encoder=encoder_provenance(encoder)) as store:
+        assert store.meta["complete"] and store.meta["extraction"]["measured_images"] == 24
+        rows = store.indices("test")
+        images = store.images(rows)
+        feats = store.features(rows)
+        assert feats.shape == (6, 4, 32, 4, 4)
+        with torch.no_grad():
+            expected = encode_views(encoder, images, store.view_names, torch.device("cpu"))
+            hflip = encoder(images.flip(-1).float() / 255)
+        torch.testing.assert_close(feats, expected)
+        torch.testing.assert_close(feats[:, 1], hflip)
+        assert set(np.unique(store.masks(rows).numpy())) <= {0, 1}
+        assert store.meta["dataset"]["layout"] == "isic2017"
+
+
+def test_provenance_mismatch_refuses_and_overwrite_replaces(micro_store, synth_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    extract(extract_config(synth_root, out), progress=False)
+    with pytest.raises(FeatcacheError, match=r"holds another extraction \(.*encoder.*--overwrite"):
+        extract(extract_config(synth_root, out, seed=1), progress=False)
+    with pytest.raises(FeatcacheError, match=r"views: flips -> identity"):
+        extract(extract_config(synth_root, out, views="identity"), progress=False)
+    report = extract(extract_config(synth_root, out, views="identity", overwrite=True), progress=False)
+    assert report.computed == 24
+    again = extract(extract_config(synth_root, out, views="identity"), progress=False)
+    assert again.computed == 0 and again.resumed
+
+
+def test_existing_path_that_is_not_a_store_is_kept(synth_root, tmp_path):
+    out = tmp_path / "precious.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FeatcacheError, match="not a featcache store"):
+            extract(extract_config(synth_root, out, overwrite=overwrite), progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from conftest import extract_config
+from featcache.extract import extract
+
+def die(start, stop):
+    if stop >= 12:  # three of six blocks written
+        os.kill(os.getpid(), signal.SIGKILL)
+
+extract(extract_config({data!r}, {out!r}), progress=False, on_block=die)
+"""
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(synth_root, tmp_path, store_suffix):
+    out, reference = tmp_path / f"killed{store_suffix}", tmp_path / f"ref{store_suffix}"
+    script = KILLER.format(tests=os.path.dirname(__file__), data=str(synth_root), out=str(out))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with FeatureStore.open(out, allow_incomplete=True) as store:
+        assert store.written().sum() == 12 and not store.meta["complete"]
+    with pytest.raises(FeatcacheError, match="incomplete"):
+        FeatureStore.open(out)
+    report = extract(extract_config(synth_root, out), progress=False)  # the lock of the dead run is stale
+    assert report.resumed and report.computed == 12
+    extract(extract_config(synth_root, reference), progress=False)
+    assert_same_store(out, reference)
+
+
+def test_second_writer_is_refused_while_the_first_lives(synth_root, tmp_path):
+    out = tmp_path / "s.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "since": "now"}))
+        with pytest.raises(FeatcacheError, match=rf"being written by pid {holder.pid}.*delete .*s.zarr.lock"):
+            extract(extract_config(synth_root, out), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    extract(extract_config(synth_root, out), progress=False)  # its owner is gone now: recovered
+    assert not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_fsspec_memory_url(synth_root, micro_store):
+    url = "memory://featcache-extract/s.zarr"
+    extract(extract_config(synth_root, url, dtype="float32"), progress=False)
+    with FeatureStore.open(url) as a, FeatureStore.open(micro_store) as b:
+        assert torch.equal(a.features(np.arange(24)), b.features(np.arange(24)))
+
+
+def test_torchrun_two_cpu_ranks_equal_one_process(synth_root, micro_store, tmp_path):
+    out = tmp_path / "ranks.zarr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "featcache", "--device", "cpu", "extract", str(synth_root), "--out", str(out),
+           "--encoder", "random", "--arch", "vit_micro", "--image-size", "64", "--views", "flips",
+           "--dtype", "float32", "--batch-size", "3", "--shard-size", "4", "--workers", "0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_store(out, micro_store)
+    with FeatureStore.open(out) as store:
+        assert store.meta["extraction"]["world_size"] == 2
+
+
+def test_cli_extract_and_info(synth_root, tmp_path, cli):
+    out = tmp_path / "s.h5"
+    result = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro",
+                 "--image-size", "64", "--views", "flips", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "24 of 24 samples" in result.stdout
+    info = cli("info", out)
+    assert info.returncode == 0 and "cos" in info.stdout
+    summary = json.loads(cli("info", out, "--json").stdout)
+    assert summary["complete"] and summary["shapes"]["features"] == [24, 4, 32, 4, 4]
+    assert 0 < summary["flip_check_cos"]["mean"] < 1
+    bad = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro", "--image-size", "60")
+    assert bad.returncode == 1 and "multiple of 16" in bad.stderr

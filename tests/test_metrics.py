@@ -1,0 +1,359 @@
+"""Tests for featcache.metrics: hand-computed scores, the official ISIC scorer as oracle, folders."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featcache.errors import FeatcacheError
+from featcache.metrics import (
+    CONVENTIONS,
+    COUNTS,
+    METRICS,
+    Evaluation,
+    confusion,
+    evaluate_dirs,
+    mean_scores,
+    scores,
+)
+
+EPS = 1e-6
+
+
+def counts(*rows: tuple[int, int, int, int]) -> torch.Tensor:
+    """[N, 4] int64 (tp, fp, fn, tn)."""
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def write_mask(path: Path, pixels: np.ndarray, mode: str = "L") -> None:
+    """Save uint8 [H, W] gray levels as PNG (replicated to RGB when mode is 'RGB')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(path)
+
+
+# ---------------------------------------------------------------- confusion
+
+
+def test_confusion_counts_and_strict_threshold():
+    pred = torch.tensor([[[0.9, 0.5], [0.2, 0.51]]])  # [1, 2, 2]; 0.5 is not > 0.5
+    truth = torch.tensor([[[1, 1], [0, 0]]], dtype=torch.uint8)
+    assert confusion(pred, truth).tolist() == [[1, 1, 1, 1]]
+    assert confusion(pred, truth, threshold=0.4).tolist() == [[2, 1, 0, 1]]
+
+
+def test_confusion_accepts_channel_dim_and_truth_dtypes():
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(3, 1, 16, 20, generator=gen)  # [N, 1, H, W]
+    truth = torch.rand(3, 16, 20, generator=gen) > 0.5  # bool [N, H, W]
+    expected = confusion(pred[:, 0], truth)
+    assert expected.dtype == torch.int64 and expected.shape == (3, 4)
+    assert expected.sum(1).tolist() == [16 * 20] * 3
+    for as_type in (truth, truth.to(torch.uint8), truth.float(), truth[:, None].float()):
+        assert torch.equal(confusion(pred, as_type), expected)
+    tp = ((pred[:, 0] > 0.5) & truth).flatten(1).sum(1)
+    assert torch.equal(expected[:, 0], tp)
+
+
+def test_confusion_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        confusion(torch.zeros(2, 16, 16), torch.zeros(2, 16, 17))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_confusion_on_gpu_matches_cpu():
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.rand(4, 1, 32, 32, generator=gen)
+    truth = torch.rand(4, 32, 32, generator=gen) > 0.5
+    on_gpu = confusion(pred.cuda(), truth.cuda())
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), confusion(pred, truth))
+    assert scores(on_gpu, "isic")["iou"].device.type == "cuda"
+
+
+# ---------------------------------------------------------------- scores, hand-computed
+
+
+def test_scores_study_convention():
+    got = scores(counts((6, 2, 4, 20)), "study")
+    assert got["iou"].dtype == torch.float64
+    expected = {
+        "iou": 6 / (12 + EPS),
+        "dice": 12 / (18 + EPS),
+        "sensitivity": 6 / (10 + EPS),
+        "specificity": 20 / (22 + EPS),
+        "accuracy": 26 / (32 + EPS),
+        "thresholded_jaccard": 0.0,  # IoU 0.5 < 0.65
+    }
+    for name, value in expected.items():
+        assert got[name].item() == pytest.approx(value, abs=1e-12), name
+
+
+def test_scores_isic_convention():
+    got = scores(counts((6, 2, 4, 20)), "isic")
+    expected = {"iou": 0.5, "dice": 12 / 18, "sensitivity": 0.6, "specificity": 20 / 22,
+                "accuracy": 26 / 32, "thresholded_jaccard": 0.0}
+    for name, value in expected.items():
+        assert got[name].item() == pytest.approx(value, abs=1e-12), name
+
+
+# rows: both empty; empty truth, non-empty prediction; empty prediction, non-empty truth;
+# truth and prediction covering the whole image
+EMPTY_CASES = counts((0, 0, 0, 16), (0, 5, 0, 11), (0, 0, 5, 11), (16, 0, 0, 0))
+
+# metric -> expected value per row of EMPTY_CASES
+EXPECTED_EMPTY = {
+    "isic": {
+        "iou": [1.0, 0.0, 0.0, 1.0],
+        "dice": [1.0, 0.0, 0.0, 1.0],
+        "sensitivity": [1.0, 1.0, 0.0, 1.0],  # empty truth: sensitivity is a freebie
+        "specificity": [1.0, 11 / 16, 1.0, 1.0],  # full truth: specificity is a freebie
+        "accuracy": [1.0, 11 / 16, 11 / 16, 1.0],
+        "thresholded_jaccard": [1.0, 0.0, 0.0, 1.0],
+    },
+    "study": {
+        "iou": [0.0, 0.0, 0.0, 16 / (16 + EPS)],
+        "dice": [0.0, 0.0, 0.0, 32 / (32 + EPS)],
+        "sensitivity": [0.0, 0.0, 0.0, 16 / (16 + EPS)],
+        "specificity": [16 / (16 + EPS), 11 / (16 + EPS), 11 / (11 + EPS), 0.0],
+        "accuracy": [16 / (16 + EPS), 11 / (16 + EPS), 11 / (16 + EPS), 16 / (16 + EPS)],
+        "thresholded_jaccard": [0.0, 0.0, 0.0, 16 / (16 + EPS)],
+    },
+}
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_scores_empty_masks(convention):
+    got = scores(EMPTY_CASES, convention)
+    assert set(got) == set(METRICS)
+    for name, values in EXPECTED_EMPTY[convention].items():
+        assert got[name].tolist() == pytest.approx(values, abs=1e-12), name
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_thresholded_jaccard_cutoff(convention):
+    # IoU 13/20 = 0.65 exactly (isic) is kept; 12/20 = 0.6 and 0.65 - eps-ish (study) are dropped
+    got = scores(counts((13, 4, 3, 30), (12, 4, 4, 30)), convention)
+    iou = got["iou"].tolist()
+    if convention == "isic":
+        assert iou[0] == 0.65
+        assert got["thresholded_jaccard"].tolist() == [0.65, 0.0]
+    else:
+        assert iou[0] == pytest.approx(13 / (20 + EPS)) and iou[0] < 0.65
+        assert got["thresholded_jaccard"].tolist() == [0.0, 0.0]
+    high = scores(counts((14, 3, 3, 30)), convention)
+    assert high["thresholded_jaccard"].item() == high["iou"].item() > 0.65
+
+
+def test_unknown_convention_lists_choices():
+    with pytest.raises(FeatcacheError, match="study, isic"):
+        scores(counts((1, 0, 0, 1)), "kaggle")
+
+
+def test_mean_scores_averages_over_images():
+    means = mean_scores(scores(EMPTY_CASES, "isic"))
+    assert set(means) == set(METRICS)
+    assert all(isinstance(v, float) for v in means.values())
+    assert means["iou"] == pytest.approx(0.5)
+    assert means["sensitivity"] == pytest.approx(0.75)
+    assert means["specificity"] == pytest.approx((3 + 11 / 16) / 4)
+
+
+# ---------------------------------------------------------------- oracle: the official scorer
+
+
+def oracle_pairs(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """~30 (prediction, truth) uint8 pairs, 16x16 .. 32x32, edge cases first, values 0..255."""
+    h, w = 16, 24
+    empty = np.zeros((h, w), np.uint8)
+    full = np.full((h, w), 255, np.uint8)
+    blob = empty.copy()
+    blob[4:12, 5:15] = 255
+    other = empty.copy()
+    other[0:3, 18:24] = 255
+    edge = np.full((h, w), 128, np.uint8)  # exactly on the official "> 128" boundary
+    edge[:, :8] = 129
+    pairs = [
+        (empty, empty),  # both empty
+        (blob, empty),  # empty truth
+        (empty, blob),  # empty prediction
+        (blob, blob),  # identical
+        (other, blob),  # disjoint
+        (full, full),  # full
+        (blob, full),  # full truth, partial prediction
+        (full, empty),  # full prediction, empty truth
+        (edge, blob),  # gray levels 128 / 129
+        (blob, edge),  # gray-level truth
+    ]
+    while len(pairs) < 30:
+        hh, ww = rng.integers(16, 33, size=2)
+        truth = np.zeros((hh, ww), np.uint8)
+        top, left = rng.integers(0, hh // 2), rng.integers(0, ww // 2)
+        truth[top: top + rng.integers(2, hh // 2 + 1), left: left + rng.integers(2, ww // 2 + 1)] = 255
+        if len(pairs) % 3 == 0:  # probability map: any gray level
+            pred = rng.integers(0, 256, size=(hh, ww)).astype(np.uint8)
+        else:  # a shifted, noisy copy of the truth
+            pred = np.roll(truth, tuple(rng.integers(-3, 4, size=2)), axis=(0, 1))
+            flips = rng.random((hh, ww)) < 0.1
+            pred = np.where(flips, 255 - pred, pred).astype(np.uint8)
+        pairs.append((pred, truth))
+    return pairs
+
+
+OFFICIAL_NAMES = {"iou": "jaccard", "dice": "dice", "sensitivity": "sensitivity",
+                  "specificity": "specificity", "accuracy": "accuracy",
+                  "thresholded_jaccard": "threshold_jaccard"}
+
+
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # pandas, inside the official scorer
+def test_isic_convention_matches_official_scorer(tmp_path):
+    scoring = pytest.importorskip("isic_challenge_scoring")
+    from isic_challenge_scoring import metrics as official
+    from isic_challenge_scoring.confusion import create_binary_confusion_matrix
+    from isic_challenge_scoring.load_image import iter_image_pairs
+
+    pred_dir, truth_dir = tmp_path / "pred", tmp_path / "truth"
+    for i, (pred, truth) in enumerate(oracle_pairs(np.random.default_rng(0))):
+        # the official scorer finds a prediction by the 7 digits in its name
+        write_mask(pred_dir / f"ISIC_{i:07d}_segmentation.png", pred)
+        write_mask(truth_dir / f"ISIC_{i:07d}_segmentation.png", truth)
+
+    ours = evaluate_dirs(pred_dir, truth_dir, convention="isic")
+    assert ours.convention == "isic" and len(ours.per_image) == 30
+
+    # per image: what SegmentationScore computes for each pair before averaging
+    official_rows = {}
+    for pair in iter_image_pairs(truth_dir, pred_dir):
+        cm = create_binary_confusion_matrix(
+            truth_binary_values=pair.truth_image > 128,
+            prediction_binary_values=pair.prediction_image > 128,
+            name=pair.image_id,
+        )
+        official_rows[pair.image_id] = {
+            "tp": cm["TP"], "fp": cm["FP"], "fn": cm["FN"], "tn": cm["TN"],
+            "jaccard": official.binary_jaccard(cm),
+            "dice": official.binary_dice(cm),
+            "sensitivity": official.binary_sensitivity(cm),
+            "specificity": official.binary_specificity(cm),
+            "accuracy": official.binary_accuracy(cm),
+            "threshold_jaccard": official.binary_threshold_jaccard(cm, threshold=0.65),
+        }
+    assert sorted(official_rows) == [row["id"] for row in ours.per_image]
+    for row in ours.per_image:
+        expected = official_rows[row["id"]]
+        for name in COUNTS:
+            assert row[name] == expected[name], (row["id"], name)
+        for name, official_name in OFFICIAL_NAMES.items():
+            assert math.isclose(row[name], expected[official_name], rel_tol=0, abs_tol=1e-6), (
+                row["id"], name, row[name], expected[official_name])
+
+    macro = scoring.SegmentationScore.from_dir(truth_dir, pred_dir).macro_average
+    for name, official_name in OFFICIAL_NAMES.items():
+        assert math.isclose(ours.mean[name], macro[official_name], rel_tol=0, abs_tol=1e-6), name
+
+
+# ---------------------------------------------------------------- evaluate_dirs
+
+
+@pytest.fixture
+def folders(tmp_path) -> tuple[Path, Path]:
+    """Three predictions (varied names, one RGB) and their truths, 16x16."""
+    pred_dir, truth_dir = tmp_path / "pred", tmp_path / "truth"
+    truth = np.zeros((16, 16), np.uint8)
+    truth[4:12, 4:12] = 255  # 64 pixels
+    pred = np.zeros((16, 16), np.uint8)
+    pred[4:12, 4:10] = 200  # 48 pixels inside the truth
+    write_mask(truth_dir / "ISIC_0000001_segmentation.png", truth)
+    write_mask(truth_dir / "ISIC_0000002_segmentation.png", truth)
+    write_mask(truth_dir / "ISIC_0000003_segmentation.png", np.zeros((16, 16), np.uint8))
+    write_mask(pred_dir / "ISIC_0000001.png", pred)
+    write_mask(pred_dir / "pred_ISIC_0000002_mask.png", truth, mode="RGB")
+    write_mask(pred_dir / "ISIC_0000003_segmentation.png", np.zeros((16, 16), np.uint8))
+    return pred_dir, truth_dir
+
+
+def test_evaluate_dirs_study(folders):
+    result = evaluate_dirs(*folders)
+    assert [row["id"] for row in result.per_image] == ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
+    first = result.per_image[0]
+    assert (first["tp"], first["fp"], first["fn"], first["tn"]) == (48, 0, 16, 192)
+    assert first["iou"] == pytest.approx(48 / (64 + EPS))
+    assert result.per_image[1]["iou"] == pytest.approx(1.0, abs=1e-6)  # RGB prediction read as gray
+    assert result.per_image[2]["iou"] == 0.0  # both empty scores 0 in the study's convention
+    assert result.mean["iou"] == pytest.approx((0.75 + 1.0) / 3, abs=1e-6)
+    assert evaluate_dirs(*folders, convention="isic").per_image[2]["iou"] == 1.0
+
+
+def test_evaluate_dirs_threshold(folders):
+    # prediction gray level 200: positive for threshold < 200/256, negative above
+    assert evaluate_dirs(*folders, threshold=0.78).per_image[0]["tp"] == 48
+    assert evaluate_dirs(*folders, threshold=0.79).per_image[0]["tp"] == 0
+
+
+def test_evaluate_dirs_refuses_size_mismatch(folders):
+    pred_dir, truth_dir = folders
+    write_mask(pred_dir / "ISIC_0000001.png", np.zeros((16, 20), np.uint8))
+    with pytest.raises(FeatcacheError, match=r"ISIC_0000001\.png is 20x16 .* 16x16"):
+        evaluate_dirs(pred_dir, truth_dir)
+
+
+def test_evaluate_dirs_refuses_truth_without_prediction(folders):
+    pred_dir, truth_dir = folders
+    for i in range(4, 11):
+        write_mask(truth_dir / f"ISIC_{i:07d}_segmentation.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(FeatcacheError, match=r"7 truth masks .*ISIC_0000004, .*ISIC_0000008, \.\.\."):
+        evaluate_dirs(pred_dir, truth_dir)
+
+
+def test_evaluate_dirs_refuses_prediction_without_truth(folders):
+    pred_dir, truth_dir = folders
+    write_mask(pred_dir / "ISIC_0000009.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(FeatcacheError, match=r"1 predictions .*\(ISIC_0000009\)"):
+        evaluate_dirs(pred_dir, truth_dir)
+
+
+def test_evaluate_dirs_refuses_two_predictions_for_one_id(folders):
+    pred_dir, truth_dir = folders
+    write_mask(pred_dir / "ISIC_0000001_v2.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(FeatcacheError, match="ISIC_0000001_v2.png"):
+        evaluate_dirs(pred_dir, truth_dir)
+
+
+def test_evaluate_dirs_refuses_missing_or_empty_dir(folders, tmp_path):
+    pred_dir, truth_dir = folders
+    with pytest.raises(FeatcacheError, match="nowhere"):
+        evaluate_dirs(tmp_path / "nowhere", truth_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no masks here")
+    with pytest.raises(FeatcacheError, match="empty"):
+        evaluate_dirs(pred_dir, empty)
+
+
+def test_evaluate_dirs_refuses_unknown_convention(folders):
+    with pytest.raises(FeatcacheError, match="study, isic"):
+        evaluate_dirs(*folders, convention="nope")
+
+
+def test_evaluation_json_and_csv_round_trip(folders, tmp_path):
+    result = evaluate_dirs(*folders, convention="isic")
+    result.to_json(tmp_path / "out" / "eval.json")
+    data = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert data["mean"] == result.mean and data["per_image"] == result.per_image
+    assert Evaluation(data["mean"], data["per_image"], data["convention"]) == result
+
+    result.to_csv(tmp_path / "out" / "eval.csv")
+    with open(tmp_path / "out" / "eval.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["id", *METRICS, *COUNTS]
+        rows = list(reader)
+    assert [row["id"] for row in rows] == [row["id"] for row in result.per_image]
+    for row, original in zip(rows, result.per_image):
+        assert {name: float(row[name]) for name in METRICS} == {name: original[name] for name in METRICS}
+        assert {name: int(row[name]) for name in COUNTS} == {name: original[name] for name in COUNTS}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.csv", "eval.json"]
