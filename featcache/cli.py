@@ -172,6 +172,52 @@ def info(
     out_console.print(table)
 
 
+@app.command("train-decoder")
+def train_decoder(
+    store: str = typer.Argument(..., help="A complete store (featcache extract)."),
+    size: int = typer.Option(..., help="Training images (a seeded subset of the training split)."),
+    seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4: one run (subset, init, order) each."),
+    augment: str = typer.Option("exact", help="exact (stored flip views) | feature-flip (approximate) | none."),
+    decoder: str = typer.Option("sd", help="sd (the study's decoder) | linear (a per-patch linear probe)."),
+    epochs: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
+    val_size: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
+    lr: float = typer.Option(2e-4, help="SGD learning rate (momentum 0.9, weight decay 1e-4)."),
+    eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
+    out: Optional[Path] = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """Train a decoder straight from the store, once per seed, and summarise over seeds."""
+    from featcache.experiment import parse_seeds, train_decoder as run_train
+    from featcache.train import TrainConfig
+
+    cfg = TrainConfig(size=size, augment=augment, decoder=decoder, epochs=epochs, batch_size=batch_size,
+                      val_size=val_size, lr=lr, eval_size=eval_size)
+    run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
+    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device)
+    out_console.print(f"runs and summary.json in {sweep.out}")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A train-decoder output (a seed-K folder, or the sweep folder: best seed by validation loss)."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/<stem>_overlay.png)."),
+    truth: Optional[Path] = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """Predict masks at each image's own resolution, with overlays (truth red, prediction green)."""
+    from featcache.predict import predict as run_predict
+
+    predictions = run_predict(run_dir, images, out, truth, device or state.device)
+    table = Table(title=f"{len(predictions)} masks in {out}")
+    table.add_column("image")
+    table.add_column("lesion %", justify="right")
+    for p in predictions:
+        table.add_row(p.image.name, f"{100 * p.lesion_fraction:.1f}")
+    out_console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit 1 for featcache errors, 2 for usage errors."""
     try:

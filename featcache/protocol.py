@@ -1,0 +1,60 @@
+"""The study's few-shot protocol (training-set size -> validation size, epochs, batch) and seeded subsets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from featcache.errors import FeatcacheError
+
+#: The study's table: train size -> (validation size, epochs, batch size).
+STUDY_PROTOCOL: dict[int, tuple[int, int, int]] = {
+    2000: (150, 100, 50),
+    160: (80, 200, 10),
+    80: (40, 300, 10),
+    40: (20, 500, 10),
+    20: (10, 800, 10),
+    10: (5, 1200, 5),
+}
+STUDY_SIZES = tuple(STUDY_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    size: int
+    val_size: int
+    epochs: int
+    batch_size: int
+    rule: str  # "study" for a size of the study's table, else how the row was derived
+
+
+def protocol_for(size: int) -> Protocol:
+    """The study's row for its sizes; for other sizes a documented rule.
+
+    Rule: epochs and batch size come from the study's size nearest on a log scale (e.g. 30 -> 20
+    or 40, whichever is nearer; ties go to the larger size); the validation size is half the
+    training size (at least 1) up to 160 images and 150 beyond, as in the study's table.
+    """
+    if size < 1:
+        raise FeatcacheError(f"--size {size} must be at least 1")
+    if size in STUDY_PROTOCOL:
+        return Protocol(size, *STUDY_PROTOCOL[size], rule="study")
+    nearest = min(STUDY_SIZES, key=lambda s: (abs(math.log(s) - math.log(size)), -s))
+    _, epochs, batch = STUDY_PROTOCOL[nearest]
+    val = max(1, size // 2) if size <= 160 else 150
+    return Protocol(size, val, epochs, min(batch, size), rule=f"epochs and batch of size {nearest}, validation half the size")
+
+
+def subset(n_available: int, size: int, seed: int, salt: int = 0) -> np.ndarray:
+    """``size`` sorted positions out of ``n_available``, seeded.
+
+    The first ``size`` entries of one seeded permutation, so for one seed the subsets are nested
+    across sizes (10 inside 20 inside 40 ...), as in the study, and independent of listing order.
+    ``salt`` separates the draws of different splits under one seed.
+    """
+    if size > n_available:
+        raise FeatcacheError(f"asked for {size} images but only {n_available} are available")
+    perm = np.random.default_rng(np.random.SeedSequence([seed, salt])).permutation(n_available)
+    return np.sort(perm[:size])

@@ -1,0 +1,130 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import extract_config
+from featcache.errors import FeatcacheError
+from featcache.experiment import parse_seeds, train_decoder
+from featcache.extract import extract
+from featcache.io import safe_torch_load
+from featcache.models import build_encoder
+from featcache.store import FeatureStore
+from featcache.train import (
+    EncoderFeatures,
+    StoreFeatures,
+    TrainConfig,
+    fit,
+    flip_per_sample,
+    select_rows,
+    seeded_decoder,
+    train_from_store,
+)
+
+QUICK = dict(size=8, epochs=3, batch_size=4, val_size=4)
+RESULT_KEYS = {"mode", "size", "seed", "val_size", "epochs", "batch_size", "best_epoch", "train_seconds",
+               "total_seconds", "augment", "device", "test", "history"}
+TEST_KEYS = {"iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard"}
+
+
+def test_sweep_writes_results_checkpoints_curves_and_summary(micro_store, tmp_path):
+    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0, 1], tmp_path / "run", device="cpu", progress=False)
+    for seed in (0, 1):
+        run = tmp_path / "run" / f"seed-{seed}"
+        result = json.loads((run / "results.json").read_text())
+        assert RESULT_KEYS <= set(result) and set(result["test"]) == TEST_KEYS
+        assert result["mode"] == "C" and result["seed"] == seed and result["epochs"] == 3
+        assert len(result["history"]["val_loss"]) == 3
+        assert result["best_val_loss"] == min(result["history"]["val_loss"])
+        assert result["history"]["val_loss"][result["best_epoch"] - 1] == result["best_val_loss"]
+        assert (run / "loss_curve.png").stat().st_size > 1000
+        ckpt = safe_torch_load(run / "decoder.pt")
+        assert ckpt["store"]["encoder"]["arch"] == "vit_micro" and "state_dict" in ckpt
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(TEST_KEYS) <= set(summary["mean"]) and "std" in summary
+    assert (tmp_path / "run" / "summary.csv").read_text().count("\n") == 3
+    assert sweep.summary["mean"]["iou"] == pytest.approx(np.mean([r["test"]["iou"] for r in sweep.results]))
+
+
+def test_same_seed_same_metrics_and_subsets(micro_store):
+    with FeatureStore.open(micro_store) as store:
+        a, _ = train_from_store(store, TrainConfig(**QUICK, seed=5), torch.device("cpu"))
+        b, _ = train_from_store(store, TrainConfig(**QUICK, seed=5), torch.device("cpu"))
+        c, _ = train_from_store(store, TrainConfig(**QUICK, seed=6), torch.device("cpu"))
+        assert a["test"] == b["test"] and a["history"] == b["history"]
+        assert a["train_ids"] == b["train_ids"] != c["train_ids"]
+        small = select_rows(store, 4, 2, seed=5)
+        assert set(small.train_ids) <= set(a["train_ids"])  # nested across sizes
+
+
+def test_refusals_name_the_fix(micro_store, synth_root, tmp_path):
+    with FeatureStore.open(micro_store) as store:
+        with pytest.raises(FeatcacheError, match=r"--size 13 is larger than the training split .*\(12 images\)"):
+            train_from_store(store, TrainConfig(size=13, epochs=1), torch.device("cpu"))
+        with pytest.raises(FeatcacheError, match="--augment"):
+            train_from_store(store, TrainConfig(**QUICK, augment="mixup"), torch.device("cpu"))
+    identity = tmp_path / "identity.zarr"
+    extract(extract_config(synth_root, identity, views="identity"), progress=False)
+    with FeatureStore.open(identity) as store:
+        with pytest.raises(FeatcacheError, match="--views flips"):
+            train_from_store(store, TrainConfig(**QUICK), torch.device("cpu"))
+        result, _ = train_from_store(store, TrainConfig(**QUICK, augment="feature-flip"), torch.device("cpu"))
+        assert result["augment"] == "feature-flip"
+    with pytest.raises(FeatcacheError, match="distinct"):
+        parse_seeds("1,1")
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+def test_flip_per_sample_matches_views():
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4).repeat(4, 1, 1, 1)  # [4, 2, 3, 4]
+    out = flip_per_sample(x, torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], x[1].flip(-1))
+    assert torch.equal(out[2], x[2].flip(-2)) and torch.equal(out[3], x[3].flip(-2, -1))
+
+
+def test_the_cache_changes_nothing_but_speed(micro_store):
+    """A decoder trained from a float32 store with exact flips ends where one trained with the frozen
+    encoder recomputing features of the flipped images at every step ends (same seed)."""
+    cfg = TrainConfig(size=8, epochs=4, batch_size=3, val_size=4, seed=2)
+    device = torch.device("cpu")
+    with FeatureStore.open(micro_store) as store:
+        rows = select_rows(store, 8, 4, seed=2)
+        masks_train, masks_val = store.masks(rows.train_rows), store.masks(rows.val_rows)
+        cached = seeded_decoder(cfg, 32)
+        from_store = fit(cached, StoreFeatures(store.features(rows.train_rows), "exact"), masks_train,
+                         StoreFeatures(store.features(rows.val_rows), "none"), masks_val, cfg, device)
+        encoder = build_encoder("vit_micro", "random", seed=0)
+        recomputed = seeded_decoder(cfg, 32)
+        from_encoder = fit(recomputed, EncoderFeatures(encoder, store.images(rows.train_rows), trainable=False), masks_train,
+                           EncoderFeatures(encoder, store.images(rows.val_rows), trainable=False), masks_val, cfg, device)
+    assert from_store.best_epoch == from_encoder.best_epoch
+    np.testing.assert_allclose(from_store.history["train_loss"], from_encoder.history["train_loss"], rtol=1e-4)
+    for name, value in cached.state_dict().items():
+        torch.testing.assert_close(value, recomputed.state_dict()[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The comparison has teeth: with feature-space flips instead of exact views the weights differ.
+    approx = seeded_decoder(cfg, 32)
+    with FeatureStore.open(micro_store) as store:
+        fit(approx, StoreFeatures(store.features(rows.train_rows), "feature-flip"), masks_train,
+            StoreFeatures(store.features(rows.val_rows), "none"), masks_val, dataclasses.replace(cfg, augment="feature-flip"), device)
+    assert not torch.allclose(approx.layers[0].weight, cached.layers[0].weight, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_at_original_size_reads_masks_from_disk(micro_store):
+    with FeatureStore.open(micro_store) as store:
+        at_store, _ = train_from_store(store, TrainConfig(**QUICK), torch.device("cpu"))
+        original, _ = train_from_store(store, TrainConfig(**QUICK, eval_size="original"), torch.device("cpu"))
+    assert original["history"] == at_store["history"]
+    assert original["test"]["iou"] == pytest.approx(at_store["test"]["iou"], abs=0.1)
+    assert original["test"] != at_store["test"]
+
+
+def test_cli_train_decoder(micro_store, tmp_path, cli):
+    result = cli("train-decoder", micro_store, "--size", "6", "--seeds", "0", "--epochs", "2", "--val-size", "3",
+                 "--out", tmp_path / "run", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "mean ± std" in result.stdout or "mean" in result.stdout
+    assert (tmp_path / "run" / "seed-0" / "results.json").exists()
+    too_big = cli("train-decoder", micro_store, "--size", "99", "--out", tmp_path / "x")
+    assert too_big.returncode == 1 and "larger than the training split" in too_big.stderr
