@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -216,6 +217,73 @@ def predict(
     for p in predictions:
         table.add_row(p.image.name, f"{100 * p.lesion_fraction:.1f}")
     out_console.print(table)
+
+
+@app.command("compare-e2e")
+def compare_e2e(
+    store: str = typer.Argument(..., help="A complete store whose encoder is the self-supervised one."),
+    encoder: Optional[str] = typer.Option(None, help="Default: the store's own encoder (from its provenance); must match it."),
+    e_init: Optional[str] = typer.Option(None, help="imagenet | random | PATH; default: the weights the store's encoder started from."),
+    sizes: str = typer.Option("2000,160,80,40,20,10", help="Training-set sizes."),
+    seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4."),
+    modes: str = typer.Option("E,Es,F,FI,C", help="Any of E, Es, F, FI, C."),
+    epochs: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
+    val_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
+    lr: float = typer.Option(2e-4, help="SGD learning rate of every mode (the study's 2e-4)."),
+    augment: str = typer.Option("exact", help="exact (image flips / stored views) | none."),
+    out: Path = typer.Option(Path("runs/compare-e2e"), help="REPORT_DIR."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
+    from featcache.experiment import CompareConfig, compare_e2e as run_compare, parse_list, parse_seeds
+
+    cfg = CompareConfig(
+        store=store, out=out, encoder=encoder, e_init=e_init, sizes=parse_list(sizes, "--sizes"),
+        seeds=tuple(parse_seeds(seeds)), modes=parse_list(modes, "--modes", str), epochs=epochs,
+        batch_size=batch_size, val_size=val_size, lr=lr, augment=augment, device=device or state.device,
+    )
+    result = run_compare(cfg)
+    out_console.print(compare_table(result.results))
+    out_console.print(f"report: {result.report}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("featcache-demo"), help="Folder for the data, encoder, store and report."),
+    data: Optional[Path] = typer.Option(None, help="A real dataset instead of synthetic images (e.g. ISIC 2017 at 256 px)."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """synth -> pretrain (small ViT) -> extract (flips) -> compare-e2e (E, F, C) -> report, in minutes on a CPU."""
+    from featcache.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=out, data=data, device=device or state.device)
+    result = run_demo(cfg)
+    out_console.print(compare_table(result.comparison.results))
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
+    out_console.print(f"demo finished in {result.seconds:.0f} s ({steps}); shortened settings: {cfg.shortenings()}")
+    out_console.print(f"report: {result.comparison.report}")
+
+
+def compare_table(results: list[dict]) -> Table:
+    """Mean ± std test IoU and mean training seconds per (size, mode)."""
+    from featcache.report import _by
+
+    groups = _by(results)
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    table = Table(title="test IoU (mean ± std over seeds) · training seconds")
+    table.add_column("size", justify="right")
+    for m in modes:
+        table.add_column(m, justify="right")
+    for size in sorted({r["size"] for r in results}, reverse=True):
+        cells = []
+        for m in modes:
+            ious = [r["test"]["iou"] for r in groups[(m, size)]]
+            secs = sum(r["train_seconds"] for r in groups[(m, size)]) / len(ious)
+            std = f"±{np.std(ious, ddof=1):.3f}" if len(ious) > 1 else ""
+            cells.append(f"{np.mean(ious):.3f}{std} {secs:.1f}s")
+        table.add_row(str(size), *cells)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

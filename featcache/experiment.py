@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featcache.errors import FeatcacheError
 from featcache.io import torch_save, write_json
+from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
+from featcache.protocol import protocol_for
 from featcache.report import aggregate, plot_loss_curve, seeds_table, write_runs_csv
 from featcache.runtime import err_console, out_console, resolve_device
 from featcache.store import FeatureStore
-from featcache.train import TrainConfig, train_from_store
+from featcache.train import (
+    EncoderFeatures,
+    TrainConfig,
+    evaluate_test,
+    fit,
+    results_dict,
+    seeded_decoder,
+    select_rows,
+    train_from_store,
+)
 
 
 @dataclass
@@ -43,9 +57,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _epoch_progress(bar: Progress, task) -> callable:
+def _epoch_progress(bar: Progress, label: str, total: int) -> Callable[[int, int, float, float], None]:
+    """A progress bar row for one run's epochs; returns the callback `fit` calls after each epoch."""
+    task = bar.add_task(label, total=total)
+
     def update(epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
-        bar.update(task, completed=epoch, total=epochs, description=f"{bar.tasks[task].fields['label']} val {val_loss:.4f}")
+        bar.update(task, completed=epoch, description=f"{label} · val {val_loss:.4f}")
+        if epoch == epochs:
+            bar.remove_task(task)
 
     return update
 
@@ -70,10 +89,9 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
             for seed in seeds:
                 run_cfg = dataclasses.replace(cfg, seed=seed)
                 label = f"C size {cfg.size} seed {seed}"
-                task = bar.add_task(label, total=run_cfg.resolved()[0], label=label)
-                result, checkpoint = train_from_store(store, run_cfg, dev, _epoch_progress(bar, task))
-                write_run(run_dir(out, seed), result, checkpoint)
-                results.append(result)
+                run = train_from_store(store, run_cfg, dev, _epoch_progress(bar, label, run_cfg.resolved()[0]))
+                write_run(run_dir(out, seed), run.results, run.checkpoint)
+                results.append(run.results)
     summary = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder,
                "store": str(store_path), **aggregate(results)}
     write_json(out / "summary.json", summary)
@@ -89,3 +107,153 @@ def write_run(directory: Path, result: dict, checkpoint: dict | None) -> None:
         torch_save(checkpoint, directory / "decoder.pt")
     plot_loss_curve(result["history"], result["best_epoch"], directory / "loss_curve.png",
                     f"{result['mode']} · {result['size']} images · seed {result['seed']}")
+
+
+MODES = ("E", "Es", "F", "FI", "C")
+CASE_IMAGES = 3
+
+
+@dataclass
+class CompareConfig:
+    """What ``featcache compare-e2e`` takes; None epochs/batch/val follow the study's protocol."""
+
+    store: str
+    out: Path
+    encoder: str | None = None
+    e_init: str | None = None
+    sizes: tuple[int, ...] = (2000, 160, 80, 40, 20, 10)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    modes: tuple[str, ...] = MODES
+    epochs: int | None = None
+    batch_size: int | None = None
+    val_size: int | None = None
+    lr: float = 2e-4
+    augment: str = "exact"
+    device: str = "auto"
+
+    def validate(self) -> None:
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise FeatcacheError(f"--modes {','.join(self.modes)}: choose from {', '.join(MODES)}")
+        if not self.sizes or min(self.sizes) < 1:
+            raise FeatcacheError(f"--sizes {self.sizes} must be positive training-set sizes")
+
+
+@dataclass
+class Comparison:
+    out: Path
+    results: list[dict]
+    report: Path
+
+
+def parse_list(text: str, option: str, kind=int) -> tuple:
+    try:
+        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise FeatcacheError(f"{option} {text!r} is not a comma-separated list") from None
+    if not values:
+        raise FeatcacheError(f"{option} is empty")
+    return values
+
+
+def _encoders(store: FeatureStore, cfg: CompareConfig) -> tuple[Encoder, Encoder]:
+    """(self-supervised encoder = the store's, the encoder E and FI start from)."""
+    prov = store.meta["encoder"]
+    if cfg.encoder is not None:
+        ss = build_encoder(prov["arch"], cfg.encoder)
+        store.check_encoder(encoder_provenance(ss))
+    else:
+        ss = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+    if cfg.e_init is not None:
+        init = build_encoder(prov["arch"], cfg.e_init, seed=prov["source"].get("seed", 0))
+    elif prov["source"].get("kind") == "featcache" and prov["source"].get("init"):
+        start = prov["source"]["init"]
+        init = encoder_from_provenance(prov["arch"], start, start["weights_sha256"])
+    else:
+        init = ss  # no pretraining recorded: E starts where F is frozen
+    return ss, init
+
+
+def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[str, Encoder], device: torch.device,
+             progress=None) -> tuple[dict, torch.Tensor]:
+    """One (mode, size, seed) run: its results dict and its test logits ``[n_test, 1, S, S]``."""
+    epochs, batch, val_size = cfg.resolved()
+    if mode == "C":
+        run = train_from_store(store, cfg, device, progress)
+        return run.results, run.test_logits
+    rows = select_rows(store, cfg.size, val_size, cfg.seed)
+    encoder = copy.deepcopy(encoders["init" if mode in ("E", "FI") else "ss"]).to(device)
+    trainable = mode in ("E", "Es")
+    images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
+    sources = {k: EncoderFeatures(encoder, images[k], trainable and k == "train") for k in images}
+    decoder = seeded_decoder(cfg, encoder.width).to(device)
+    fitted = fit(decoder, sources["train"], store.masks(rows.train_rows, device), sources["val"],
+                 store.masks(rows.val_rows, device), cfg, device, progress)
+    decoder.load_state_dict(fitted.best_decoder)
+    if fitted.best_encoder is not None:
+        encoder.load_state_dict(fitted.best_encoder)
+    test, logits = evaluate_test(store, decoder, sources["test"], rows, cfg, device)
+    return results_dict(mode, cfg, rows, fitted, test, device, epochs, batch, val_size), logits
+
+
+def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
+    """Every (mode, size, seed) run on the same subsets and protocol, then the report."""
+    from featcache.report import write_report
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    results: list[dict] = []
+    with FeatureStore.open(cfg.store) as store:
+        ss, init = _encoders(store, cfg)
+        encoders = {"ss": ss, "init": init}
+        n_train = len(store.indices("train"))
+        too_big = [s for s in cfg.sizes if s > n_train]
+        if too_big:
+            raise FeatcacheError(f"--sizes {too_big} exceed the training split of {cfg.store} ({n_train} images)")
+        runs = [(m, s, k) for s in cfg.sizes for k in cfg.seeds for m in cfg.modes]
+        n_test = len(store.indices("test"))
+        case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
+        cases: dict[tuple[str, int], torch.Tensor] = {}
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err_console, disable=not progress) as bar:
+            overall = bar.add_task("compare-e2e runs", total=len(runs))
+            for mode, size, seed in runs:
+                run_cfg = TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
+                                      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                      val_size=min(cfg.val_size or protocol_for(size).val_size, len(store.indices("val"))))
+                label = f"{mode} size {size} seed {seed}"
+                progress_cb = _epoch_progress(bar, label, run_cfg.resolved()[0])
+                result, logits = run_mode(store, mode, run_cfg, encoders, device, progress_cb)
+                if seed == cfg.seeds[0]:
+                    cases[(mode, size)] = (torch.sigmoid(logits[case_rows, 0]) > 0.5).to(torch.uint8)
+                write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", result, None)
+                results.append(result)
+                bar.advance(overall)
+        extraction = store.meta.get("extraction") or {}
+        context = {
+            "store": str(cfg.store),
+            "encoder": store.meta["encoder"],
+            "e_init": encoder_provenance(init)["source"],
+            "extraction_seconds": extraction.get("seconds"),
+            "extraction_device": extraction.get("device"),
+            "n_test": len(store.indices("test")),
+            "dataset": store.meta["dataset"],
+            "image_size": store.image_size,
+            "device": str(device),
+            "augment": cfg.augment,
+            "modes": list(cfg.modes),
+            "sizes": list(cfg.sizes),
+            "seeds": list(cfg.seeds),
+            "epochs": cfg.epochs,
+            "lr": cfg.lr,
+        }
+        test_rows = store.indices("test")[case_rows.numpy()]
+        case_data = {"ids": [store.ids[i] for i in test_rows], "images": store.images(test_rows),
+                     "masks": store.masks(test_rows), "predictions": cases}
+        report = write_report(results, context, cfg.out, case_data)
+    return Comparison(cfg.out, results, report)
+
+
+def _image_augment(augment: str) -> str:
+    """Encoder modes flip images, which is what ``exact`` reproduces; ``none`` stays none."""
+    return "none" if augment == "none" else "exact"

@@ -334,3 +334,23 @@ def encoder_provenance(encoder: Encoder) -> dict:
         "weights_sha256": weights_sha256(encoder),
         "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     }
+
+
+def encoder_from_provenance(arch: str, source: dict, sha256: str) -> Encoder:
+    """Rebuild an encoder from a recorded ``source`` and prove it is the same one by its weights' hash."""
+    kind = source.get("kind")
+    if kind == "random":
+        encoder = build_encoder(arch, "random", seed=source["seed"])
+    elif kind == "imagenet":
+        encoder = build_encoder(arch, "imagenet")
+    elif kind in ("file", "featcache"):
+        encoder = build_encoder(arch, source["file"])
+    else:
+        raise FeatcacheError(f"cannot rebuild an encoder of unknown origin {source}")
+    if weights_sha256(encoder) != sha256:
+        where = source.get("file", kind)
+        raise FeatcacheError(
+            f"the {arch} encoder rebuilt from {where} has other weights ({weights_sha256(encoder)[:10]}…) than "
+            f"the one recorded ({sha256[:10]}…); restore that weights file"
+        )
+    return encoder

@@ -18,9 +18,8 @@ from PIL import Image
 from featcache.data import IMAGE_EXTENSIONS, load_image, load_mask_full
 from featcache.errors import FeatcacheError
 from featcache.io import atomic_path, safe_torch_load
-from featcache.models import Encoder, build_decoder, build_encoder, weights_sha256
+from featcache.models import build_decoder, encoder_from_provenance
 from featcache.runtime import resolve_device
-from featcache.store import describe_encoder
 from featcache.train import DECODER_CHECKPOINT_FORMAT
 
 GREEN, RED = (0, 255, 0), (255, 0, 0)
@@ -35,26 +34,6 @@ def find_checkpoint(run_dir: Path) -> Path:
     if not candidates:
         raise FeatcacheError(f"{run_dir} holds no decoder.pt (nor seed-*/decoder.pt); pass a train-decoder output folder")
     return min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
-
-
-def encoder_from_provenance(prov: dict) -> Encoder:
-    """Rebuild the encoder a store was extracted with, and prove it is the same one by its weights."""
-    source = prov["source"]
-    kind = source.get("kind")
-    if kind == "random":
-        encoder = build_encoder(prov["arch"], "random", seed=source["seed"])
-    elif kind == "imagenet":
-        encoder = build_encoder(prov["arch"], "imagenet")
-    elif kind in ("file", "featcache"):
-        encoder = build_encoder(prov["arch"], source["file"])
-    else:
-        raise FeatcacheError(f"cannot rebuild an encoder of unknown origin {source}")
-    if weights_sha256(encoder) != prov["weights_sha256"]:
-        raise FeatcacheError(
-            f"the encoder rebuilt from {source.get('file', kind)} differs from the one the run used "
-            f"({describe_encoder(prov)}); restore that weights file"
-        )
-    return encoder
 
 
 def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
@@ -115,7 +94,8 @@ def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None
     if not isinstance(ckpt, dict) or ckpt.get("format") != DECODER_CHECKPOINT_FORMAT:
         raise FeatcacheError(f"{run_dir} does not hold a featcache decoder checkpoint")
     store = ckpt["store"]
-    encoder = encoder_from_provenance(store["encoder"])
+    prov = store["encoder"]
+    encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
     if ckpt.get("encoder_state_dict"):
         encoder.load_state_dict(ckpt["encoder_state_dict"])
     decoder = build_decoder(ckpt["decoder"], ckpt["in_channels"])

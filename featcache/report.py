@@ -85,3 +85,203 @@ def write_runs_csv(results: list[dict], path: Path) -> None:
         writer.writerow(fields)
         for r in results:
             writer.writerow([r[k] if k in r else r["test"][k] for k in fields])
+
+
+# ----- compare-e2e report ---------------------------------------------------------------------
+
+#: The study's reported mean test IoU and training seconds (RTX 4070 Ti Super), theirs not ours.
+STUDY_IOU = {"E": {2000: .670, 160: .640, 80: .633, 40: .580, 20: .527, 10: .497},
+             "F": {2000: .630, 160: .634, 80: .610, 40: .587, 20: .539, 10: .507}}
+STUDY_SECONDS = {"E": {2000: 1638.6, 160: 347.6, 80: 293.6, 40: 260.4, 20: 275.0, 10: 175.6},
+                 "F": {2000: 732.7, 160: 178.2, 80: 151.8, 40: 148.4, 20: 151.5, 10: 93.9}}
+MODE_COLOURS = {"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd", "C": "#2ca02c"}
+#: Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (normal beyond).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+MODE_DESCRIPTIONS = {
+    "E": "encoder and decoder trained end to end, the encoder starting from the weights the self-supervised encoder started from (the study's E)",
+    "Es": "end to end, starting from the self-supervised encoder",
+    "F": "self-supervised encoder frozen and recomputed at every step (the study's F)",
+    "FI": "the starting (ImageNet in the study's setting) encoder frozen and recomputed at every step",
+    "C": "decoder trained from the feature store: no encoder runs during training (featcache)",
+}
+PAIRS = (("C", "F"), ("F", "E"), ("C", "E"), ("Es", "E"), ("FI", "E"), ("F", "FI"), ("Es", "F"))
+
+
+def t975(df: int) -> float:
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired seeds and its 95 % t-interval (nan bounds for one pair)."""
+    d = np.asarray(a) - np.asarray(b)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = t975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _by(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        groups.setdefault((r["mode"], r["size"]), []).append(r)
+    return groups
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def plot_metrics_vs_size(groups, modes, sizes, path: Path) -> None:
+    """IoU, Dice and sensitivity against training-set size per mode, error bars = std over seeds."""
+    fig = Figure(figsize=(13, 4))
+    axes = fig.subplots(1, 3)
+    xs = sorted(sizes)
+    for ax, metric in zip(axes, ("iou", "dice", "sensitivity")):
+        for mode in modes:
+            ys = [np.mean([r["test"][metric] for r in groups[(mode, s)]]) for s in xs]
+            es = [np.std([r["test"][metric] for r in groups[(mode, s)]], ddof=1) if len(groups[(mode, s)]) > 1 else 0 for s in xs]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=mode, color=MODE_COLOURS[mode])
+        if metric == "iou":
+            for mode, marker in (("E", "x"), ("F", "+")):
+                theirs = [(s, STUDY_IOU[mode][s]) for s in xs if s in STUDY_IOU[mode]]
+                if theirs:
+                    ax.plot(*zip(*theirs), linestyle=":", marker=marker, color="0.5", label=f"study {mode} (theirs)")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(s) for s in xs])
+        ax.set_xlabel("training images")
+        ax.set_title({"iou": "IoU", "dice": "Dice", "sensitivity": "Sensitivity"}[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_loss_curves(groups, modes, sizes, path: Path) -> None:
+    """Validation loss per epoch, one panel per size, a line per mode (first seed), kept epoch dashed."""
+    xs = sorted(sizes, reverse=True)
+    fig = Figure(figsize=(4 * len(xs), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(xs)))
+    for ax, size in zip(axes, xs):
+        for mode in modes:
+            run = groups[(mode, size)][0]
+            ax.plot(range(1, len(run["history"]["val_loss"]) + 1), run["history"]["val_loss"], color=MODE_COLOURS[mode], label=mode)
+            ax.axvline(run["best_epoch"], color=MODE_COLOURS[mode], linestyle="--", alpha=0.6)
+        ax.set_yscale("log")
+        ax.set_title(f"{size} training images (seed {groups[(modes[0], size)][0]['seed']})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation BCE")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_cases(case_data: dict, modes, sizes, path: Path) -> None:
+    """Each case image across sizes (columns) and modes (rows): truth red, prediction green."""
+    from featcache.predict import overlay
+
+    xs = sorted(sizes)
+    ids = case_data["ids"]
+    rows = [(i, m) for i in range(len(ids)) for m in modes]
+    fig = Figure(figsize=(2 * len(xs) + 1, 2 * len(rows)))
+    axes = np.array(fig.subplots(len(rows), len(xs), squeeze=False))
+    for r, (i, mode) in enumerate(rows):
+        image = case_data["images"][i].permute(1, 2, 0).numpy()
+        truth = case_data["masks"][i].numpy().astype(bool)
+        for c, size in enumerate(xs):
+            ax = axes[r, c]
+            ax.imshow(overlay(image, case_data["predictions"][(mode, size)][i].numpy().astype(bool), truth))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{size} images")
+            if c == 0:
+                ax.set_ylabel(f"{ids[i]}\n{mode}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_report(results: list[dict], context: dict, out: Path, case_data: dict) -> Path:
+    """``OUT/report.md`` with its PNGs and ``results.csv``; returns the report's path."""
+    groups = _by(results)
+    modes = [m for m in context["modes"]]
+    sizes = sorted(context["sizes"], reverse=True)
+    write_runs_csv(results, out / "results.csv")
+    plot_metrics_vs_size(groups, modes, sizes, out / "metrics_vs_size.png")
+    plot_loss_curves(groups, modes, sizes, out / "loss_curves.png")
+    plot_cases(case_data, modes, sizes, out / "cases.png")
+    mean = {k: {m: float(np.mean([r[m] if m != "iou" else r["test"]["iou"] for r in v])) for m in ("iou", "train_seconds", "total_seconds")}
+            for k, v in groups.items()}
+    std_iou = {k: float(np.std([r["test"]["iou"] for r in v], ddof=1)) if len(v) > 1 else float("nan") for k, v in groups.items()}
+    n_c = sum(1 for r in results if r["mode"] == "C")
+    extraction = context.get("extraction_seconds")
+    share = extraction / n_c if extraction and n_c else None
+
+    lines = [
+        "# featcache compare-e2e report",
+        "",
+        f"Store `{context['store']}`: {context['n_test']} test images at {context['image_size']} px, "
+        f"encoder {context['encoder']['arch']} ({context['encoder']['source'].get('kind')}), runs on {context['device']}. "
+        f"Sizes {', '.join(map(str, sizes))}; seeds {', '.join(map(str, context['seeds']))}; "
+        + (f"epochs shortened to {context['epochs']} for every size (the study's protocol uses 100–1200)." if context["epochs"]
+           else "epochs and batch sizes from the study's protocol.")
+        + (f" SGD learning rate {context['lr']} (the study's: 0.0002)." if context.get("lr", 2e-4) != 2e-4 else ""),
+        "",
+        "Modes, all on the same seeded subsets, flips and protocol:",
+        "",
+        *[f"- **{m}**: {MODE_DESCRIPTIONS[m]}" for m in modes],
+        "",
+        "Every number below is the mean over seeds; ± is the standard deviation over seeds. "
+        "Columns marked *study* are the published figures (theirs, ISIC 2017 test set, RTX 4070 Ti Super), "
+        "shown for orientation only: they are not from this run.",
+        "",
+        "## Test IoU",
+        "",
+        "| size | " + " | ".join(modes) + " | study E | study F |",
+        "|---|" + "---|" * (len(modes) + 2),
+    ]
+    for s in sizes:
+        cells = [f"{_fmt(mean[(m, s)]['iou'])} ± {_fmt(std_iou[(m, s)])}" for m in modes]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt(STUDY_IOU['E'].get(s))} | {_fmt(STUDY_IOU['F'].get(s))} |")
+    lines += ["", "![IoU, Dice and sensitivity against training-set size](metrics_vs_size.png)", "",
+              "## Training time (the study's Table 3, extended)", "",
+              "Seconds of training steps per run (device synchronised; validation, checkpoints and extraction excluded), "
+              "% saved and speed-up against E."]
+    if share is not None:
+        lines.append(f"The store's extraction took {extraction:.1f} s ({context.get('extraction_device')}); spread over the "
+                     f"{n_c} C runs that used it, that is {share:.2f} s per run, shown as *C+extract*.")
+    header = ["size", *modes] + (["C+extract"] if share is not None and "C" in modes else [])
+    if "E" in modes:
+        header += [f"{m} saved vs E" for m in modes if m != "E"] + [f"{m} speed-up" for m in modes if m != "E"]
+    header += ["study E", "study F"]
+    lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for s in sizes:
+        t = {m: mean[(m, s)]["train_seconds"] for m in modes}
+        row = [str(s), *(f"{t[m]:.2f}" for m in modes)]
+        if share is not None and "C" in modes:
+            row.append(f"{t['C'] + share:.2f}")
+        if "E" in modes:
+            row += [f"{100 * (1 - t[m] / t['E']):.1f} %" for m in modes if m != "E"]
+            row += [f"{t['E'] / t[m]:.1f}x" for m in modes if m != "E"]
+        row += [_fmt(STUDY_SECONDS["E"].get(s), 1), _fmt(STUDY_SECONDS["F"].get(s), 1)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Paired differences in test IoU", "",
+              "Each difference is taken between two modes on the same (size, seed) subset, then averaged over seeds; "
+              "the interval is a 95 % Student t interval over seeds (– with one seed). An interval that excludes 0 "
+              "means the difference is larger than the seed-to-seed noise.", "",
+              "| size | difference | mean | 95 % interval |", "|---|---|---|---|"]
+    for s in sizes:
+        for a, b in PAIRS:
+            if a in modes and b in modes:
+                d, lo, hi = paired_difference([r["test"]["iou"] for r in groups[(a, s)]], [r["test"]["iou"] for r in groups[(b, s)]])
+                lines.append(f"| {s} | {a} − {b} | {d:+.3f} | [{_fmt(lo)}, {_fmt(hi)}] |")
+    lines += ["", "## Loss curves", "", "Validation loss per epoch for the first seed; the dashed line marks the kept epoch.", "",
+              "![validation loss curves](loss_curves.png)", "", "## Cases", "",
+              f"{len(case_data['ids'])} test images, first seed: truth outlined red, prediction green.", "",
+              "![case figures](cases.png)", "", "## Files", "",
+              "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json`: each run in full, with its loss curve.", ""]
+    report = out / "report.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines))
+    return report

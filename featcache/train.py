@@ -123,7 +123,6 @@ class EncoderFeatures:
         self.encoder = encoder
         self.images = images
         self.trainable = trainable
-        encoder.requires_grad_(trainable)
 
     def _encode(self, images: torch.Tensor, grad: bool) -> torch.Tensor:
         x = images.float().div_(255)
@@ -301,8 +300,17 @@ def select_rows(store: FeatureStore, size: int, val_size: int, seed: int) -> Run
     return RunData(train_rows, val_rows, store.indices("test"), [store.ids[i] for i in train_rows])
 
 
-def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device, progress=None) -> tuple[dict, dict]:
-    """C mode, one (size, seed): returns the ``results.json`` dict and the decoder checkpoint dict."""
+@dataclass
+class RunOutput:
+    """One run: its ``results.json`` dict, its checkpoint dict and the test logits ``[n_test, 1, S, S]``."""
+
+    results: dict
+    checkpoint: dict
+    test_logits: torch.Tensor
+
+
+def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device, progress=None) -> RunOutput:
+    """C mode, one (size, seed), decoder trained from the store's features."""
     epochs, batch, val_size = cfg.resolved()
     if cfg.augment == "exact" and not store.has_flip_views:
         raise FeatcacheError(
@@ -322,9 +330,9 @@ def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device
     result = fit(decoder, train_source, store.masks(rows.train_rows, device), val_source,
                  store.masks(rows.val_rows, device), cfg, device, progress)
     decoder.load_state_dict(result.best_decoder)
-    test = evaluate_test(store, decoder, test_source, rows, cfg, device)
+    test, logits = evaluate_test(store, decoder, test_source, rows, cfg, device)
     results = results_dict("C", cfg, rows, result, test, device, epochs, batch, val_size)
-    return results, decoder_checkpoint(store, cfg, result, results)
+    return RunOutput(results, decoder_checkpoint(store, cfg, result, results), logits)
 
 
 def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
@@ -334,14 +342,14 @@ def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
 
 
 def evaluate_test(store: FeatureStore, decoder: nn.Module, source: FeatureSource, rows: RunData,
-                  cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean test metrics over the whole test split, at S or at each image's original size."""
+                  cfg: TrainConfig, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+    """Mean test metrics over the whole test split (at S or at each image's original size), and the logits."""
     logits = predict_logits(decoder, source, len(rows.test_rows), cfg.eval_batch_size, device)
     if cfg.eval_size == "original":
         masks = original_masks(store, [store.ids[i] for i in rows.test_rows])
     else:
         masks = store.masks(rows.test_rows)
-    return mean_scores(score_logits(logits, masks, cfg.eval_size == "original"))
+    return mean_scores(score_logits(logits, masks, cfg.eval_size == "original")), logits
 
 
 def results_dict(mode: str, cfg: TrainConfig, rows: RunData, fit_result: FitResult, test: dict[str, float],

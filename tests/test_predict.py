@@ -6,7 +6,8 @@ from PIL import Image
 from featcache.errors import FeatcacheError
 from featcache.experiment import train_decoder
 from featcache.metrics import evaluate_dirs
-from featcache.predict import encoder_from_provenance, outline, predict
+from featcache.models import encoder_from_provenance
+from featcache.predict import outline, predict
 from featcache.train import TrainConfig
 
 
@@ -38,9 +39,9 @@ def test_rebuilt_encoder_must_have_the_same_weights():
     from featcache.models import build_encoder, encoder_provenance
 
     prov = encoder_provenance(build_encoder("vit_micro", seed=0))
-    encoder_from_provenance(prov)
-    with pytest.raises(FeatcacheError, match="differs from the one the run used"):
-        encoder_from_provenance({**prov, "weights_sha256": "0" * 64})
+    encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+    with pytest.raises(FeatcacheError, match="has other weights .* than the one recorded"):
+        encoder_from_provenance(prov["arch"], prov["source"], "0" * 64)
 
 
 def test_missing_inputs(trained_run, tmp_path):

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.errors import FeatcacheError
+from featcache.experiment import CompareConfig, compare_e2e
+from featcache.report import paired_difference
+
+
+@pytest.fixture(scope="module")
+def comparison(micro_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    cfg = CompareConfig(store=str(micro_store), out=out, sizes=(8, 4), seeds=(0, 1), modes=("E", "Es", "F", "FI", "C"),
+                        epochs=3, batch_size=4, val_size=3, lr=0.01, device="cpu")
+    return compare_e2e(cfg, progress=False)
+
+
+def test_every_mode_runs_on_the_same_subsets(comparison):
+    runs = {(r["mode"], r["size"], r["seed"]): r for r in comparison.results}
+    assert len(runs) == 5 * 2 * 2
+    for size in (8, 4):
+        for seed in (0, 1):
+            ids = {tuple(runs[(m, size, seed)]["train_ids"]) for m in ("E", "Es", "F", "FI", "C")}
+            assert len(ids) == 1
+    path = comparison.out / "runs" / "E" / "size-8" / "seed-1" / "results.json"
+    assert json.loads(path.read_text())["mode"] == "E"
+
+
+def test_store_mode_reproduces_the_frozen_pipeline(comparison):
+    """float32 store + exact views: C and F see the same features, so they train alike."""
+    runs = {(r["mode"], r["size"], r["seed"]): r for r in comparison.results}
+    for size in (8, 4):
+        c, f = runs[("C", size, 0)], runs[("F", size, 0)]
+        np.testing.assert_allclose(c["history"]["val_loss"], f["history"]["val_loss"], rtol=1e-4)
+        # End to end differs: the encoder itself moves.
+        assert runs[("E", size, 0)]["history"]["val_loss"] != f["history"]["val_loss"]
+
+
+def test_report_has_every_part(comparison):
+    report = (comparison.out / "report.md").read_text()
+    for heading in ("## Test IoU", "## Training time", "## Paired differences", "## Loss curves", "## Cases"):
+        assert heading in report
+    assert "study E" in report and "theirs" in report
+    assert "| 8 | C − F |" in report
+    for png in ("metrics_vs_size.png", "loss_curves.png", "cases.png"):
+        assert (comparison.out / png).stat().st_size > 5000
+    assert (comparison.out / "results.csv").read_text().count("\n") == 21
+
+
+def test_paired_difference_interval():
+    mean, lo, hi = paired_difference([0.5, 0.6, 0.7], [0.4, 0.5, 0.7])
+    assert mean == pytest.approx(0.2 / 3)
+    assert lo < mean < hi and hi - mean == pytest.approx(4.303 * np.std([0.1, 0.1, 0.0], ddof=1) / np.sqrt(3))
+    assert np.isnan(paired_difference([0.5], [0.4])[1])
+
+
+def test_another_encoder_is_refused(micro_store, tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    tv = VisionTransformer(224, 16, 2, 2, 32, 64)
+    torch.save(tv.state_dict(), tmp_path / "other.pth")
+    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "c", encoder=str(tmp_path / "other.pth"), sizes=(4,),
+                        seeds=(0,), modes=("F",), epochs=1, val_size=2, device="cpu")
+    with pytest.raises(FeatcacheError, match="was written by vit_micro .* not by vit_micro"):
+        compare_e2e(cfg, progress=False)
+    with pytest.raises(FeatcacheError, match="exceed the training split"):
+        compare_e2e(CompareConfig(store=str(micro_store), out=tmp_path / "d", sizes=(99,), seeds=(0,), modes=("C",),
+                                  epochs=1, val_size=2, device="cpu"), progress=False)
