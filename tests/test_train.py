@@ -50,9 +50,7 @@ def test_sweep_writes_results_checkpoints_curves_and_summary(micro_store, tmp_pa
 
 def test_same_seed_same_metrics_and_subsets(micro_store):
     with FeatureStore.open(micro_store) as store:
-        a, _ = train_from_store(store, TrainConfig(**QUICK, seed=5), torch.device("cpu"))
-        b, _ = train_from_store(store, TrainConfig(**QUICK, seed=5), torch.device("cpu"))
-        c, _ = train_from_store(store, TrainConfig(**QUICK, seed=6), torch.device("cpu"))
+        a, b, c = (train_from_store(store, TrainConfig(**QUICK, seed=s), torch.device("cpu")).results for s in (5, 5, 6))
         assert a["test"] == b["test"] and a["history"] == b["history"]
         assert a["train_ids"] == b["train_ids"] != c["train_ids"]
         small = select_rows(store, 4, 2, seed=5)
@@ -70,7 +68,7 @@ def test_refusals_name_the_fix(micro_store, synth_root, tmp_path):
     with FeatureStore.open(identity) as store:
         with pytest.raises(FeatcacheError, match="--views flips"):
             train_from_store(store, TrainConfig(**QUICK), torch.device("cpu"))
-        result, _ = train_from_store(store, TrainConfig(**QUICK, augment="feature-flip"), torch.device("cpu"))
+        result = train_from_store(store, TrainConfig(**QUICK, augment="feature-flip"), torch.device("cpu")).results
         assert result["augment"] == "feature-flip"
     with pytest.raises(FeatcacheError, match="distinct"):
         parse_seeds("1,1")
@@ -113,8 +111,8 @@ def test_the_cache_changes_nothing_but_speed(micro_store):
 
 def test_eval_at_original_size_reads_masks_from_disk(micro_store):
     with FeatureStore.open(micro_store) as store:
-        at_store, _ = train_from_store(store, TrainConfig(**QUICK), torch.device("cpu"))
-        original, _ = train_from_store(store, TrainConfig(**QUICK, eval_size="original"), torch.device("cpu"))
+        at_store = train_from_store(store, TrainConfig(**QUICK), torch.device("cpu")).results
+        original = train_from_store(store, TrainConfig(**QUICK, eval_size="original"), torch.device("cpu")).results
     assert original["history"] == at_store["history"]
     assert original["test"]["iou"] == pytest.approx(at_store["test"]["iou"], abs=0.1)
     assert original["test"] != at_store["test"]
