@@ -97,6 +97,34 @@ def evaluate(
 
 
 @app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help="Dataset folder (its training split trains, its validation split selects)."),
+    out: Path = typer.Option(..., "--out", help="ENCODER.pt (figures and history are written beside it)."),
+    arch: str = typer.Option("vit_b_16", help="vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro."),
+    init: str = typer.Option("imagenet", help="imagenet | random | a torchvision state dict | a featcache encoder checkpoint."),
+    seed: int = typer.Option(0, help="Seed of the random init, batch order and noise."),
+    epochs: int = typer.Option(32),
+    batch_size: int = typer.Option(40),
+    lr: float = typer.Option(2e-5, help="Adam learning rate."),
+    noise_std: float = typer.Option(0.1, help="Gaussian noise std, pixel range [0, 1]."),
+    image_size: int = typer.Option(224, help="Training resolution (a multiple of 16)."),
+    workers: int = typer.Option(0, help="DataLoader workers for the one-off image loading."),
+    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+) -> None:
+    """Self-supervised denoising pretraining of the encoder (the study's VE + RD)."""
+    from featcache.pretrain import PretrainConfig, pretrain as run_pretrain
+
+    report = run_pretrain(PretrainConfig(
+        data=data, out=out, arch=arch, init=init, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+        noise_std=noise_std, image_size=image_size, workers=workers, device=device or state.device,
+    ))
+    out_console.print(
+        f"wrote {report.out}: best epoch {report.best_epoch} (validation MSE {report.best_val_loss:.5f}), "
+        f"{report.seconds:.1f} s of training; figures {', '.join(str(f) for f in report.figures)}"
+    )
+
+
+@app.command()
 def extract(
     data: Path = typer.Argument(..., help="Dataset folder (ISIC 2017/2018 layout or images/ + masks/)."),
     out: str = typer.Option(..., "--out", help="STORE.zarr (Zarr v3, also an fsspec URL) or STORE.h5 (HDF5)."),

@@ -238,6 +238,7 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             "extraction_device": extraction.get("device"),
             "n_test": len(store.indices("test")),
             "dataset": store.meta["dataset"],
+            "dataset_root": store.meta.get("dataset_root"),
             "image_size": store.image_size,
             "device": str(device),
             "augment": cfg.augment,

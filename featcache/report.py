@@ -17,8 +17,9 @@ SHORT_NAMES = {"iou": "IoU", "dice": "Dice", "sensitivity": "Sens", "specificity
                "thresholded_jaccard": "TJ"}
 
 
-def plot_loss_curve(history: dict[str, list[float]], best_epoch: int, path: Path, title: str) -> None:
-    """Training and validation BCE per epoch, the kept (best) epoch dashed."""
+def plot_loss_curve(history: dict[str, list[float]], best_epoch: int, path: Path, title: str,
+                    ylabel: str = "BCE loss") -> None:
+    """Training and validation loss per epoch, the kept (best) epoch dashed."""
     fig = Figure(figsize=(6.4, 4))
     ax = fig.subplots()
     epochs = np.arange(1, len(history["train_loss"]) + 1)
@@ -26,7 +27,7 @@ def plot_loss_curve(history: dict[str, list[float]], best_epoch: int, path: Path
     ax.plot(epochs, history["val_loss"], label="validation", color="#d62728")
     ax.axvline(best_epoch, linestyle="--", color="0.3", label=f"kept: epoch {best_epoch}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("BCE loss")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
@@ -148,6 +149,7 @@ def plot_metrics_vs_size(groups, modes, sizes, path: Path) -> None:
                 if theirs:
                     ax.plot(*zip(*theirs), linestyle=":", marker=marker, color="0.5", label=f"study {mode} (theirs)")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(xs, [str(s) for s in xs])
         ax.set_xlabel("training images")
         ax.set_title({"iou": "IoU", "dice": "Dice", "sensitivity": "Sensitivity"}[metric])
@@ -227,6 +229,10 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         + (f"epochs shortened to {context['epochs']} for every size (the study's protocol uses 100–1200)." if context["epochs"]
            else "epochs and batch sizes from the study's protocol.")
         + (f" SGD learning rate {context['lr']} (the study's: 0.0002)." if context.get("lr", 2e-4) != 2e-4 else ""),
+        "",
+        f"Data: `{context['dataset_root']}` ({context['dataset']['layout']} layout, "
+        + ", ".join(f"{k} {v}" for k, v in context["dataset"]["counts"].items()) + "). "
+        + (context["dataset"].get("split_note") or "Official splits."),
         "",
         "Modes, all on the same seeded subsets, flips and protocol:",
         "",

@@ -165,6 +165,12 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _nhwc(features: torch.Tensor) -> torch.Tensor:
+    """Decoder input in channels_last: its convolutions run about twice as fast, on the CPU too
+    (measured), and every mode gets the same layout, so the comparison stays fair."""
+    return features.contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def _eval_loss(decoder: nn.Module, source: FeatureSource, masks: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     """Mean per-pixel BCE over a whole split, decoder and encoder in eval mode (a device scalar)."""
@@ -172,7 +178,7 @@ def _eval_loss(decoder: nn.Module, source: FeatureSource, masks: torch.Tensor, b
     for start in range(0, len(masks), batch):
         rows = torch.arange(start, min(start + batch, len(masks)), device=device)
         with _autocast(device):
-            logits = decoder(source.eval_features(rows))
+            logits = decoder(_nhwc(source.eval_features(rows)))
         total += F.binary_cross_entropy_with_logits(logits.float().squeeze(1), masks[rows].float(), reduction="sum")
     return total / masks.numel()
 
@@ -186,6 +192,7 @@ def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tens
     validation; no checkpoint is written inside.
     """
     epochs, batch, _ = cfg.resolved()
+    decoder.to(memory_format=torch.channels_last)
     params = list(decoder.parameters()) + train_source.parameters()
     optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -210,7 +217,7 @@ def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tens
             if views is not None:
                 target = flip_per_sample(target, views)
             with _autocast(device):
-                logits = decoder(train_source.train_features(rows, views))
+                logits = decoder(_nhwc(train_source.train_features(rows, views)))
             loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(1), target.float())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,7 +254,7 @@ def predict_logits(decoder: nn.Module, source: FeatureSource, n: int, batch: int
     for start in range(0, n, batch):
         rows = torch.arange(start, min(start + batch, n), device=device)
         with _autocast(device):
-            out.append(decoder(source.eval_features(rows)).float().cpu())
+            out.append(decoder(_nhwc(source.eval_features(rows))).float().cpu())
     return torch.cat(out)
 
 

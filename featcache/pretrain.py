@@ -1,0 +1,313 @@
+"""Self-supervised denoising pretraining of an encoder (the study's VE + RD), as DESIGN.md describes.
+
+The encoder and the `ReconstructionDecoder` are trained end to end to reconstruct the clean image
+from the image plus Gaussian noise (clamped to [0, 1]) with MSE and Adam; the epoch with the lowest
+validation loss is kept. Unlike the study, the validation noise is fixed by the seed (the same
+noise for every image in every epoch), so validation losses compare across epochs.
+
+The result is a featcache encoder checkpoint (``ENCODER_CHECKPOINT_FORMAT``) that
+``build_encoder(arch, PATH)`` loads, recording the weights it started from under ``"init"``,
+plus two figures and the loss history beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from featcache.data import Sample, SampleDataset, SplitConfig, find_samples
+from featcache.errors import FeatcacheError
+from featcache.io import torch_save, write_json
+from featcache.models import (
+    ARCHITECTURES,
+    ENCODER_CHECKPOINT_FORMAT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    ReconstructionDecoder,
+    build_encoder,
+    weights_sha256,
+)
+from featcache.report import plot_loss_curve, save_figure
+from featcache.runtime import err_console, resolve_device
+
+#: Validation images shown in the reconstruction figure.
+FIGURE_IMAGES = 4
+# Independent random streams of one run, derived from (seed, stream).
+_ORDER_STREAM, _TRAIN_NOISE_STREAM, _VAL_NOISE_STREAM = 0, 1, 2
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``featcache pretrain`` takes; defaults are the study's (DESIGN.md).
+
+    ``init``: ``imagenet``, ``random`` (torchvision's initialisation under ``seed``) or the path of
+    a torchvision ViT state dict or a featcache encoder checkpoint. ``out`` is the checkpoint path;
+    the figures and history are written beside it. ``lr`` is Adam's learning rate, ``noise_std``
+    the standard deviation of the added noise in units of the [0, 1] pixel range, ``image_size``
+    the square training resolution in pixels (a multiple of the patch size).
+    """
+
+    data: Path
+    out: Path
+    arch: str = "vit_b_16"
+    init: str = "imagenet"
+    seed: int = 0
+    epochs: int = 32
+    batch_size: int = 40
+    lr: float = 2e-5
+    noise_std: float = 0.1
+    image_size: int = 224
+    workers: int = 0
+    device: str = "auto"
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self) -> None:
+        """Raise a one-line FeatcacheError naming the first out-of-range option."""
+        if self.arch not in ARCHITECTURES:
+            raise FeatcacheError(f"--arch {self.arch} is not one of {', '.join(ARCHITECTURES)}")
+        if self.init not in ("imagenet", "random") and not Path(self.init).is_file():
+            raise FeatcacheError(f"--init {self.init}: no such file; pass imagenet, random or a weights file")
+        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise FeatcacheError(f"{option} {value} must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise FeatcacheError(f"--lr {self.lr} must be a positive number")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise FeatcacheError(f"--noise-std {self.noise_std} must be 0 or more (pixel range is [0, 1])")
+        patch = ARCHITECTURES[self.arch].patch_size
+        if self.image_size <= 0 or self.image_size % patch:
+            raise FeatcacheError(f"--image-size {self.image_size} must be a positive multiple of {patch} (the patch size)")
+        if self.workers < 0:
+            raise FeatcacheError(f"--workers {self.workers} must be 0 or more")
+        if self.seed < 0:
+            raise FeatcacheError(f"--seed {self.seed} must be 0 or more")
+
+    def to_dict(self) -> dict:
+        """JSON-able form (paths as strings, the split config as a dict)."""
+        return {**dataclasses.asdict(self), "data": str(self.data), "out": str(self.out)}
+
+
+@dataclass
+class PretrainReport:
+    """What `pretrain` wrote and how it went.
+
+    ``best_val_loss`` is the per-pixel MSE (pixel range [0, 1]) of the kept epoch (1-based
+    ``best_epoch``); ``seconds`` the synchronised time of the training steps, ``total_seconds``
+    that plus validation (neither counts loading, figures or checkpoint writes).
+    """
+
+    out: Path
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    total_seconds: float
+    history: Path
+    figures: list[Path]
+
+
+def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` for one of a run's random streams, independent across (seed, stream)."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(1)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def load_images(samples: list[Sample], size: int, batch_size: int, workers: int) -> torch.Tensor:
+    """The samples' images resized to ``size`` x ``size``: uint8 ``[n, 3, size, size]`` (0..255), CPU."""
+    loader = DataLoader(SampleDataset(samples, size), batch_size=batch_size, num_workers=workers, shuffle=False)
+    return torch.cat([batch["image"] for batch in loader])
+
+
+def add_noise(clean: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """``clean`` float ``[B, 3, H, W]`` in [0, 1] plus N(0, std^2) noise, clamped to [0, 1]."""
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    return (clean + std * noise).clamp_(0, 1)
+
+
+def noisy_batches(images: torch.Tensor, batch_size: int, std: float, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(clean, noisy) float ``[b, 3, S, S]`` pairs over uint8 ``images`` ``[m, 3, S, S]``, in order.
+
+    The noise comes from a generator seeded afresh from ``seed`` on every call, so each image
+    gets the same noise on every call (the fixed validation noise).
+    """
+    generator = _generator(seed, _VAL_NOISE_STREAM, images.device)
+    for start in range(0, len(images), batch_size):
+        clean = images[start:start + batch_size].float().div_(255)
+        yield clean, add_noise(clean, std, generator)
+
+
+@torch.no_grad()
+def validation_loss(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, batch_size: int, std: float,
+                    seed: int) -> torch.Tensor:
+    """Per-pixel MSE (a 0-dim device tensor) of the reconstructions of uint8 ``images`` ``[m, 3, S, S]``.
+
+    Encoder and decoder are put in eval mode; the noise is the fixed noise of `noisy_batches`.
+    """
+    encoder.eval()
+    decoder.eval()
+    total = torch.zeros((), device=images.device)
+    for clean, noisy in noisy_batches(images, batch_size, std, seed):
+        with _autocast(images.device):
+            recon = decoder(encoder(noisy))
+        total += F.mse_loss(recon.float(), clean, reduction="sum")
+    return total / images.numel()
+
+
+@torch.no_grad()
+def _reconstruction_figure(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, ids: list[str],
+                           cfg: PretrainConfig, path: Path) -> None:
+    """A row per validation image (the first `FIGURE_IMAGES`): input, noisy input (the fixed
+    validation noise), reconstruction with its per-pixel MSE."""
+    encoder.eval()
+    decoder.eval()
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for clean, noisy in noisy_batches(images, cfg.batch_size, cfg.noise_std, cfg.seed):
+        with _autocast(images.device):
+            recon = decoder(encoder(noisy)).float()
+        rows += zip(clean.cpu(), noisy.cpu(), recon.clamp(0, 1).cpu())
+        if len(rows) >= FIGURE_IMAGES:
+            break
+    rows = rows[:FIGURE_IMAGES]
+    fig = Figure(figsize=(7.5, 2.6 * len(rows)))
+    axes = np.array(fig.subplots(len(rows), 3, squeeze=False))
+    for r, (clean, noisy, recon) in enumerate(rows):
+        mse = float(F.mse_loss(recon, clean))
+        panels = ((clean, "input"), (noisy, f"noisy (σ = {cfg.noise_std:g})"), (recon, f"reconstruction (MSE {mse:.4f})"))
+        for ax, (image, title) in zip(axes[r], panels):
+            ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(ids[r], fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
+    """Denoising pretraining of ``cfg.arch`` from ``cfg.init``; writes the best epoch's checkpoint.
+
+    Images of the train and val splits are decoded and resized once (uint8 on the device). Each
+    epoch visits the training images in a seeded random order in batches of ``batch_size``; a
+    step adds seeded noise, reconstructs with encoder + decoder (bf16 autocast on CUDA) and takes
+    an Adam step on the MSE. Writes ``cfg.out`` (atomically), ``<stem>_history.json``,
+    ``<stem>_loss.png`` and ``<stem>_reconstructions.png`` beside it.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    index = find_samples(cfg.data, cfg.split)
+    if index.split_note:
+        err_console.print(f"{cfg.data}: {index.split_note}")
+    train_samples, val_samples = index.split("train"), index.split("val")
+    if not val_samples:
+        raise FeatcacheError(f"{cfg.data}: no validation images; add a validation folder or raise --val-fraction above 0")
+    train_images = load_images(train_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
+    val_images = load_images(val_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
+
+    encoder = build_encoder(cfg.arch, cfg.init, seed=cfg.seed)
+    init = {**encoder.source, "seed": cfg.seed, "weights_sha256": weights_sha256(encoder)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        decoder = ReconstructionDecoder(encoder.width)
+    encoder.to(device)
+    decoder.to(device)
+    optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
+    order_gen = _generator(cfg.seed, _ORDER_STREAM, torch.device("cpu"))
+    noise_gen = _generator(cfg.seed, _TRAIN_NOISE_STREAM, device)
+
+    n = len(train_images)
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    best_loss, best_epoch = float("inf"), 0
+    best_encoder: dict[str, torch.Tensor] = {}
+    best_decoder: dict[str, torch.Tensor] = {}
+    seconds = total_seconds = 0.0
+    columns = (TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+               TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, disable=not progress) as bar:
+        task = bar.add_task("", total=cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            _sync(device)
+            started = time.perf_counter()
+            encoder.train()
+            decoder.train()
+            order = torch.randperm(n, generator=order_gen).to(device)
+            epoch_loss = torch.zeros((), device=device)
+            for start in range(0, n, cfg.batch_size):
+                clean = train_images[order[start:start + cfg.batch_size]].float().div_(255)  # [b, 3, S, S]
+                noisy = add_noise(clean, cfg.noise_std, noise_gen)
+                with _autocast(device):
+                    recon = decoder(encoder(noisy))
+                loss = F.mse_loss(recon.float(), clean)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                epoch_loss += loss.detach() * len(clean)
+            _sync(device)
+            trained = time.perf_counter()
+            val_loss = validation_loss(encoder, decoder, val_images, cfg.batch_size, cfg.noise_std, cfg.seed)
+            losses = torch.stack([epoch_loss / n, val_loss]).tolist()  # the one sync per epoch
+            total_seconds += time.perf_counter() - started
+            seconds += trained - started
+            history["train_loss"].append(losses[0])
+            history["val_loss"].append(losses[1])
+            if losses[1] < best_loss:
+                best_loss, best_epoch = losses[1], epoch
+                best_encoder, best_decoder = _cpu_copy(encoder), _cpu_copy(decoder)
+            bar.update(task, completed=epoch, description=f"train {losses[0]:.5f} · val {losses[1]:.5f} (best {best_epoch})")
+
+    encoder.load_state_dict(best_encoder)
+    decoder.load_state_dict(best_decoder)
+    checkpoint = {
+        "format": ENCODER_CHECKPOINT_FORMAT,
+        "arch": encoder.arch,
+        "config": dataclasses.asdict(encoder.config),
+        "state_dict": best_encoder,
+        "decoder_state_dict": best_decoder,
+        "init": init,
+        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "history": history,
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "config_pretrain": cfg.to_dict(),
+        "dataset": index.to_dict(),
+        "device": str(device),
+        "seconds": seconds,
+        "total_seconds": total_seconds,
+    }
+    out = Path(cfg.out)
+    torch_save(checkpoint, out)
+    history_path = out.with_name(f"{out.stem}_history.json")
+    write_json(history_path, {key: checkpoint[key] for key in
+                              ("history", "best_epoch", "best_val_loss", "seconds", "total_seconds", "device", "init",
+                               "config_pretrain")})
+    loss_png = out.with_name(f"{out.stem}_loss.png")
+    recon_png = out.with_name(f"{out.stem}_reconstructions.png")
+    plot_loss_curve(history, best_epoch, loss_png,
+                    f"denoising pretraining, {encoder.arch} (noise σ = {cfg.noise_std:g})", ylabel="reconstruction MSE")
+    _reconstruction_figure(encoder, decoder, val_images, [s.id for s in val_samples], cfg, recon_png)
+    return PretrainReport(out, best_epoch, best_loss, seconds, total_seconds, history_path, [recon_png, loss_png])
