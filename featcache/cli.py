@@ -142,6 +142,9 @@ def extract(
     test_fraction: float = typer.Option(0.15, help="Test fraction drawn from training when the layout has none."),
     split_seed: int = typer.Option(0, help="Seed of that draw."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store of other provenance."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images/masks (recorded in the store)."),
+    skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="Leave out images without masks and masks without images (recorded)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse masks that are not 0/255 gray images instead of binarising them."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Compute the encoder's features of every sample once and write them to a store (resumable)."""
@@ -152,6 +155,7 @@ def extract(
         data=data, out=out, encoder=encoder, arch=arch, seed=seed, image_size=image_size, views=views,
         dtype=dtype, batch_size=batch_size, shard_size=shard_size, compressor=compressor, overwrite=overwrite,
         device=device or state.device, split=SplitConfig(val_fraction, test_fraction, split_seed),
+        skip_bad=skip_bad, skip_unpaired=skip_unpaired, strict=strict,
     )
     if workers is not None:
         cfg.workers = workers
@@ -214,6 +218,7 @@ def train_decoder(
     lr: float = typer.Option(2e-4, help="SGD learning rate (momentum 0.9, weight decay 1e-4)."),
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
     out: Optional[Path] = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
+    encoder: Optional[str] = typer.Option(None, help="If given, the encoder you expect the store to hold; refused if it differs."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train a decoder straight from the store, once per seed, and summarise over seeds."""
@@ -223,7 +228,7 @@ def train_decoder(
     cfg = TrainConfig(size=size, augment=augment, decoder=decoder, epochs=epochs, batch_size=batch_size,
                       val_size=val_size, lr=lr, eval_size=eval_size)
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
-    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device)
+    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder)
     out_console.print(f"runs and summary.json in {sweep.out}")
 
 

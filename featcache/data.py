@@ -278,6 +278,17 @@ def _header_hw(path: Path) -> tuple[int, int]:
     return height, width
 
 
+def _unreadable(*paths: Path) -> bool:
+    """Whether any of ``paths`` has a header PIL cannot read (as opposed to, say, a size mismatch)."""
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError):
+            return True
+    return False
+
+
 def _bad_file(path: Path, err: Exception) -> FeatcacheError:
     """The error for an unreadable image or mask file."""
     return FeatcacheError(
@@ -375,13 +386,15 @@ def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool
 
 
 def find_samples(root: Path, split: SplitConfig | None = None,
-                 skip_unpaired: bool = False) -> SampleIndex:
+                 skip_unpaired: bool = False, skip_bad: bool = False) -> SampleIndex:
     """Index the image/mask pairs under `root` (layouts in the module docstring).
 
     Splits the layout lacks (no folder, or no pairs in it) are drawn from the training pairs with
     `split` (default ``SplitConfig()``); `split` is ignored when every split has its folder.
     Unpaired images or masks raise a FeatcacheError, or with `skip_unpaired` are left out and
-    listed in ``SampleIndex.skipped``. Reads every file header (not pixels) for `orig_hw`.
+    listed in ``SampleIndex.skipped``. Reads every file header (not pixels) for `orig_hw`; a file
+    whose header is unreadable raises, or with `skip_bad` is left out and listed in ``skipped``.
+    The splits are drawn before bad files are left out, so they do not depend on `skip_bad`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -391,11 +404,16 @@ def find_samples(root: Path, split: SplitConfig | None = None,
     missing = [name for name in SPLITS[1:] if not pairs.get(name)]
     config = (split or SplitConfig()) if missing else None
     drawn = _draw_splits(root, sorted(pairs["train"]), missing, config) if config else {}
-    samples = sorted(
-        (_make_sample(image_id, image, mask, drawn.get(image_id, name) if name == "train" else name)
-         for name, found in pairs.items() for image_id, (image, mask) in found.items()),
-        key=lambda s: (SPLITS.index(s.split), s.id),
-    )
+    made = []
+    for name, found in pairs.items():
+        for image_id, (image, mask) in found.items():
+            try:
+                made.append(_make_sample(image_id, image, mask, drawn.get(image_id, name) if name == "train" else name))
+            except FeatcacheError:
+                if not skip_bad or not _unreadable(image, mask):
+                    raise
+                skipped.append(image)
+    samples = sorted(made, key=lambda s: (SPLITS.index(s.split), s.id))
     return SampleIndex(
         root=root,
         layout=layout.name,
@@ -440,10 +458,24 @@ def load_mask(path: Path, size: int) -> np.ndarray:
 
     Colour masks are converted to gray first. Masks stored as 0/1 (not 0/255) read as all 0.
     """
-    gray = _open_decoded(
-        path, lambda img: img.convert("L").resize((size, size), Image.Resampling.NEAREST)
-    )
-    return (np.asarray(gray) > 127).astype(np.uint8)
+    return load_mask_checked(path, size)[0]
+
+
+def load_mask_checked(path: Path, size: int) -> tuple[np.ndarray, str]:
+    """`load_mask` and what was wrong with the file before binarising ("" when it was a 0/255 gray mask)."""
+    modes: list[str] = []
+
+    def convert(img: Image.Image) -> Image.Image:
+        modes.append(img.mode)
+        return img.convert("L").resize((size, size), Image.Resampling.NEAREST)
+
+    gray = np.asarray(_open_decoded(path, convert))
+    problems = []
+    if modes[0] not in ("L", "1", "P"):
+        problems.append(f"{modes[0]} colour")
+    if not np.isin(gray, (0, 255)).all():
+        problems.append("values other than 0 and 255")
+    return (gray > 127).astype(np.uint8), " and ".join(problems)
 
 
 def load_mask_full(path: Path) -> np.ndarray:
@@ -455,20 +487,36 @@ def load_mask_full(path: Path) -> np.ndarray:
 class SampleDataset(Dataset):
     """Samples loaded at size x size pixels, for a DataLoader (picklable, worker-safe).
 
-    Item i is ``{"index": i, "image": uint8 tensor [3, S, S], "mask": uint8 tensor [S, S] of 0/1}``.
+    Item i is ``{"index": i, "image": uint8 tensor [3, S, S], "mask": uint8 tensor [S, S] of 0/1,
+    "error": str, "mask_problem": str}``. With ``catch_errors`` an unreadable file gives zero
+    tensors and its one-line message under ``error`` instead of raising (an exception raised in a
+    worker would reach the caller as a multi-line traceback); ``mask_problem`` says when a mask was
+    not a 0/255 gray image and had to be binarised.
     """
 
-    def __init__(self, samples: Sequence[Sample], size: int) -> None:
+    def __init__(self, samples: Sequence[Sample], size: int, catch_errors: bool = False) -> None:
         self.samples = list(samples)
         self.size = size
+        self.catch_errors = catch_errors
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, int | torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, int | str | torch.Tensor]:
         sample = self.samples[index]
+        try:
+            image = load_image(sample.image, self.size)
+            mask, problem = load_mask_checked(sample.mask, self.size)
+            error = ""
+        except FeatcacheError as err:
+            if not self.catch_errors:
+                raise
+            image = np.zeros((3, self.size, self.size), np.uint8)
+            mask, problem, error = np.zeros((self.size, self.size), np.uint8), "", str(err)
         return {
             "index": index,
-            "image": torch.from_numpy(load_image(sample.image, self.size)),
-            "mask": torch.from_numpy(load_mask(sample.mask, self.size)),
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(mask),
+            "error": error,
+            "mask_problem": problem,
         }

@@ -74,15 +74,19 @@ def run_dir(out: Path, seed: int) -> Path:
 
 
 def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path, device: str = "auto",
-                  progress: bool = True) -> SeedSweep:
+                  progress: bool = True, encoder: str | None = None) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed from the store; write every run's outputs.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's
     provenance) and ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``.
+    ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
     """
     dev = resolve_device(device)
     results = []
     with FeatureStore.open(store_path) as store:
+        if encoder is not None:
+            prov = store.meta["encoder"]
+            store.check_encoder(encoder_provenance(build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))))
         cfg.resolved()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
         with Progress(*columns, console=err_console, disable=not progress) as bar:

@@ -57,6 +57,9 @@ class ExtractConfig:
     overwrite: bool = False
     device: str = "auto"
     split: SplitConfig = field(default_factory=SplitConfig)
+    skip_bad: bool = False
+    skip_unpaired: bool = False
+    strict: bool = False
 
     def validate(self) -> None:
         if self.views not in VIEWS:
@@ -180,9 +183,11 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
         raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
     if device.type == "cpu" and dist.world_size == 1:
         torch.set_num_threads(os.cpu_count() or 1)
-    index = find_samples(cfg.data, cfg.split)
+    index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad)
     if index.split_note and dist.is_main:
         err_console.print(f"{cfg.data}: {index.split_note}")
+    if index.skipped and dist.is_main:
+        err_console.print(f"{cfg.data}: left out {len(index.skipped)} unpaired or unreadable files (recorded in the store): {', '.join(index.skipped[:5])}")
     encoder = build_encoder(cfg.arch, cfg.encoder, seed=cfg.seed).to(device).eval()
     prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype)
     lock_path = _lock_path(cfg.out)
@@ -201,6 +206,18 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
         dist.close()
 
 
+def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> None:
+    """Write one block; a full disk or a read-only target ends with the fix, the store still resumable."""
+    try:
+        store.write_block(start, np.concatenate(rows["images"]), np.concatenate(rows["masks"]),
+                          torch.cat(rows["features"]), skipped=rows["bad"])
+    except OSError as exc:
+        raise FeatcacheError(
+            f"cannot write {store.path} ({exc.strerror or exc}); free disk space or fix its permissions, then run the "
+            "same command again: the blocks already written are kept"
+        ) from exc
+
+
 def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
           dist: Distributed, progress: bool, on_block: Callable[[int, int], None] | None) -> ExtractReport:
     written = store.written()
@@ -209,7 +226,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     # Batches never span blocks, so a resumed run computes bit-identical features.
     batches = [list(range(s, min(s + cfg.batch_size, b))) for a, b in pending for s in range(a, b, cfg.batch_size)]
     loader = DataLoader(
-        SampleDataset(index.samples, cfg.image_size),
+        SampleDataset(index.samples, cfg.image_size, catch_errors=True),
         batch_sampler=batches,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -217,7 +234,8 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     )
     view_names = store.view_names
     computed, seconds = 0, 0.0
-    block_rows: dict[str, list] = {"images": [], "masks": [], "features": []}
+    block_rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
+    mask_problems: list[str] = []
     block_iter = iter(pending)
     current = next(block_iter, None)
     started = time.perf_counter()
@@ -225,6 +243,18 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         for batch in loader:
+            for i, error, problem in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"]):
+                if error and not cfg.skip_bad:
+                    raise FeatcacheError(error)
+                if error:
+                    err_console.print(f"skipping {index.samples[i].id}: {error}", markup=False, highlight=False)
+                    block_rows["bad"].append(i)
+                if problem:
+                    if cfg.strict:
+                        raise FeatcacheError(
+                            f"mask {index.samples[i].mask} has {problem}; save it as a 0/255 gray PNG, or drop --strict to binarise it at > 127"
+                        )
+                    mask_problems.append(f"{index.samples[i].mask.name} ({problem})")
             feats = encode_views(encoder, batch["image"], view_names, device)
             block_rows["images"].append(batch["image"].numpy())
             block_rows["masks"].append(batch["mask"].numpy())
@@ -233,19 +263,20 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
             bar.advance(task, len(batch["index"]))
             start, stop = current
             if sum(len(x) for x in block_rows["images"]) == stop - start:
-                store.write_block(
-                    start,
-                    np.concatenate(block_rows["images"]),
-                    np.concatenate(block_rows["masks"]),
-                    torch.cat(block_rows["features"]),
-                )
-                block_rows = {"images": [], "masks": [], "features": []}
+                write_or_explain(store, start, block_rows)
+                block_rows = {"images": [], "masks": [], "features": [], "bad": []}
                 if on_block is not None:
                     on_block(start, stop)
                 current = next(block_iter, None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
+    if mask_problems:
+        err_console.print(
+            f"warning: {len(mask_problems)} masks were not 0/255 gray images and were binarised at > 127 "
+            f"(e.g. {', '.join(mask_problems[:3])}); --strict refuses them",
+            markup=False, highlight=False,
+        )
     counts = dist.gather_objects(computed)
     if dist.is_main and not store.meta.get("complete"):
         # A resumed run timed only part of the work: the total is scaled from what was measured.

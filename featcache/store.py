@@ -33,6 +33,8 @@ FEATURE_DTYPES: dict[str, tuple[str, torch.dtype]] = {
     "bfloat16": ("uint16", torch.bfloat16),
 }
 COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
+#: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
+SKIPPED = "skipped"
 #: Provenance entries whose difference makes an existing store another store.
 IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype")
 
@@ -453,8 +455,12 @@ class FeatureStore:
         )
 
     # ----- writing --------------------------------------------------------------------------
-    def write_block(self, start: int, images: np.ndarray, masks: np.ndarray, features: torch.Tensor) -> None:
-        """Write rows ``[start, start + n)`` (one shard-aligned block) and mark them written, last."""
+    def write_block(self, start: int, images: np.ndarray, masks: np.ndarray, features: torch.Tensor,
+                    skipped: Sequence[int] = ()) -> None:
+        """Write rows ``[start, start + n)`` (one shard-aligned block) and mark them written, last.
+
+        Rows in ``skipped`` (unreadable files) get the split `SKIPPED`, so no split selects them.
+        """
         stop = start + len(images)
         if start % self.shard_size or (stop % self.shard_size and stop != self.n):
             raise ValueError(f"block [{start}, {stop}) is not shard-aligned (shard size {self.shard_size})")
@@ -465,6 +471,11 @@ class FeatureStore:
         self.backend["images"][start:stop] = images
         self.backend["masks"][start:stop] = masks
         self.backend["features"][start:stop] = feats.numpy()
+        if len(skipped):
+            splits = np.asarray(self.splits[start:stop], dtype=object)
+            splits[np.asarray(skipped) - start] = SKIPPED
+            self.backend["split"][start:stop] = splits if self.meta["backend"] == "hdf5" else splits.astype(str)
+            self._splits = None
         self.backend.flush()  # the data reaches the file before the flags that vouch for it
         self.backend["written"][start:stop] = np.ones(stop - start, dtype=bool)
         self.backend.flush()
@@ -474,11 +485,16 @@ class FeatureStore:
         self.backend.write_attrs(self.meta)
 
     def mark_complete(self, **entries: Any) -> None:
-        """Set the ``complete`` flag (last), after checking that every sample was written."""
+        """Set the ``complete`` flag (last), after checking that every sample was written.
+
+        Also records ``skipped_bad``: the ids of samples left out as unreadable.
+        """
         missing = int((~self.written()).sum())
         if missing:
             raise FeatcacheError(f"{self.path}: {missing} samples were not written; run the same extract command again")
-        self.update_meta(complete=True, **entries)
+        self._splits = None  # other ranks may have marked rows skipped
+        skipped = [self.ids[i] for i in np.flatnonzero(self.splits == SKIPPED)]
+        self.update_meta(complete=True, skipped_bad=skipped, **entries)
 
 
 def describe_encoder(prov: dict) -> str:

@@ -16,6 +16,7 @@ from featcache.data import (
     find_samples,
     load_image,
     load_mask,
+    load_mask_checked,
     load_mask_full,
 )
 from featcache.errors import FeatcacheError
@@ -272,7 +273,7 @@ def test_dataloader_two_workers_matches_single_process(isic2017: Path) -> None:
     assert len(single) == len(workers) == 3
     for a, b in zip(single, workers, strict=True):
         assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
 def test_fingerprint_changes_when_a_file_changes(isic2017: Path) -> None:
@@ -280,3 +281,24 @@ def test_fingerprint_changes_when_a_file_changes(isic2017: Path) -> None:
     assert find_samples(isic2017).fingerprint() == before
     write_image(isic2017 / "ISIC-2017_Test_v2_Data" / "ISIC_0000021.jpg", seed=99)
     assert find_samples(isic2017).fingerprint() != before
+
+
+def test_mask_problems_are_reported_and_bad_files_caught(tmp_path: Path) -> None:
+    image = tmp_path / "a.jpg"
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(image)
+    gray = np.zeros((20, 30), np.uint8)
+    gray[5:15, 5:25] = 200
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png")
+    Image.fromarray((gray > 0).astype(np.uint8) * 255).save(tmp_path / "clean.png")
+    assert load_mask_checked(tmp_path / "clean.png", 16)[1] == ""
+    assert load_mask_checked(tmp_path / "gray.png", 16)[1] == "values other than 0 and 255"
+    mask, problem = load_mask_checked(tmp_path / "rgb.png", 16)
+    assert problem == "RGB colour and values other than 0 and 255" and set(np.unique(mask)) == {0, 1}
+    truncated = tmp_path / "t.jpg"
+    truncated.write_bytes(image.read_bytes()[:200])
+    samples = [Sample("t", truncated, tmp_path / "clean.png", "train", (20, 30))]
+    item = SampleDataset(samples, 16, catch_errors=True)[0]
+    assert "t.jpg" in item["error"] and "--skip-bad" in item["error"] and "\n" not in item["error"]
+    with pytest.raises(FeatcacheError, match="t.jpg"):
+        SampleDataset(samples, 16)[0]

@@ -1,0 +1,134 @@
+"""Bad input ends with one line on stderr naming the file and the fix, exit code 1, nothing written lost."""
+
+import errno
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import extract_config
+from featcache.errors import FeatcacheError
+from featcache.extract import extract
+from featcache.store import SKIPPED, FeatureStore
+
+MICRO = ["--encoder", "random", "--arch", "vit_micro", "--image-size", "64", "--workers", "0", "--shard-size", "4"]
+TRAIN = "ISIC-2017_Training_Data"
+TRUTH = "ISIC-2017_Training_Part1_GroundTruth"
+
+
+@pytest.fixture
+def data(synth_root, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(synth_root, copy)
+    return copy
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_and_empty_data_folder(cli, tmp_path):
+    one_line_error(cli("extract", tmp_path / "nope", "--out", tmp_path / "s.zarr", *MICRO), str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("extract", tmp_path / "empty", "--out", tmp_path / "s.zarr", *MICRO), str(tmp_path / "empty"))
+
+
+def test_unpaired_files_listed_then_skipped_and_recorded(cli, data, tmp_path):
+    (data / TRUTH / "ISIC_0000003_segmentation.png").unlink()
+    shutil.copy(data / TRUTH / "ISIC_0000004_segmentation.png", data / TRUTH / "ISIC_0000999_segmentation.png")
+    out = tmp_path / "s.zarr"
+    one_line_error(cli("extract", data, "--out", out, *MICRO), "ISIC_0000003", "ISIC_0000999", "--skip-unpaired")
+    assert not out.exists()
+    assert cli("extract", data, "--out", out, "--skip-unpaired", *MICRO).returncode == 0
+    with FeatureStore.open(out) as store:
+        assert "ISIC_0000003" not in store.ids and store.n == 23
+        assert len(store.meta["dataset"]["skipped"]) == 2
+
+
+def test_truncated_jpeg_keeps_written_blocks_and_skip_bad_records_it(cli, data, tmp_path):
+    bad = data / TRAIN / "ISIC_0000009.jpg"
+    bad.write_bytes(bad.read_bytes()[:1200])  # the header reads, the pixels do not
+    out = tmp_path / "s.zarr"
+    one_line_error(cli("extract", data, "--out", out, *MICRO), "ISIC_0000009.jpg", "--skip-bad")
+    with FeatureStore.open(out, allow_incomplete=True) as store:
+        assert store.written().sum() == 8  # the two blocks before the bad file stay written
+    result = cli("extract", data, "--out", out, "--skip-bad", *MICRO)
+    assert result.returncode == 0, result.stderr
+    with FeatureStore.open(out) as store:
+        assert store.meta["skipped_bad"] == ["ISIC_0000009"]
+        assert store.splits[9] == SKIPPED and 9 not in store.indices("train")
+        assert len(store.indices("train")) == 11
+    (data / TRAIN / "ISIC_0000005.jpg").write_bytes(b"not a jpeg")  # unreadable header: left out at indexing
+    one_line_error(cli("extract", data, "--out", tmp_path / "t.zarr", *MICRO), "ISIC_0000005.jpg", "--skip-bad")
+    assert cli("extract", data, "--out", tmp_path / "t.zarr", "--skip-bad", *MICRO).returncode == 0
+    with FeatureStore.open(tmp_path / "t.zarr") as store:
+        assert "ISIC_0000005" not in store.ids and store.meta["skipped_bad"] == ["ISIC_0000009"]
+        assert store.meta["dataset"]["skipped"] == [f"{TRAIN}/ISIC_0000005.jpg"]
+
+
+def test_mask_of_another_size(cli, data, tmp_path):
+    mask = data / TRUTH / "ISIC_0000002_segmentation.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
+    one_line_error(cli("extract", data, "--out", tmp_path / "s.zarr", *MICRO), str(mask), "replace the mask")
+
+
+def test_rgb_and_grey_masks_binarised_with_a_warning_refused_under_strict(cli, data, tmp_path):
+    mask = data / TRUTH / "ISIC_0000001_segmentation.png"
+    gray = np.asarray(Image.open(mask))
+    Image.fromarray(np.stack([gray // 2 + 60] * 3, -1)).save(mask)  # RGB, values 60 and 187
+    one_line_error(cli("extract", data, "--out", tmp_path / "a.zarr", "--strict", *MICRO), str(mask), "0/255 gray PNG")
+    result = cli("extract", data, "--out", tmp_path / "b.zarr", *MICRO)
+    assert result.returncode == 0 and "warning: 1 masks were not 0/255" in result.stderr
+    with FeatureStore.open(tmp_path / "b.zarr") as store:
+        assert np.array_equal(store.masks([1])[0].numpy(), (np.asarray(Image.open(mask).convert("L").resize((64, 64), 0)) > 127))
+
+
+def test_output_that_is_not_a_store_and_out_of_range_options(cli, synth_root, tmp_path):
+    (tmp_path / "notes.h5").write_text("my notes")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "notes.h5", *MICRO), "notes.h5")
+    assert (tmp_path / "notes.h5").read_text() == "my notes"
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO), "--val-fraction")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.npy", *MICRO), ".zarr")
+
+
+def test_wrong_encoder_incomplete_store_and_too_large_size(cli, micro_store, synth_root, tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.save(VisionTransformer(224, 16, 2, 2, 32, 64).state_dict(), tmp_path / "other.pth")
+    one_line_error(cli("train-decoder", micro_store, "--size", "4", "--encoder", tmp_path / "other.pth", "--epochs", "1"),
+                   "was written by vit_micro", "not by vit_micro")
+    one_line_error(cli("compare-e2e", micro_store, "--encoder", tmp_path / "other.pth", "--sizes", "4", "--epochs", "1"),
+                   "was written by vit_micro")
+    one_line_error(cli("train-decoder", micro_store, "--size", "50", "--epochs", "1"), "--size 50", "12 images")
+    torch.save(VisionTransformer(224, 16, 4, 4, 128, 256).state_dict(), tmp_path / "mini.pth")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "x.zarr", *MICRO[2:], "--encoder", tmp_path / "mini.pth"),
+                   "another architecture", "--arch")
+
+
+def test_full_disk_is_explained_and_the_store_stays_resumable(synth_root, tmp_path, monkeypatch):
+    out, reference = tmp_path / "s.zarr", tmp_path / "ref.zarr"
+    original = FeatureStore.write_block
+    calls = {"n": 0}
+
+    def full_after_two(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_block", full_after_two)
+    with pytest.raises(FeatcacheError, match=r"No space left on device.*run the same command again"):
+        extract(extract_config(synth_root, out), progress=False)
+    monkeypatch.setattr(FeatureStore, "write_block", original)
+    report = extract(extract_config(synth_root, out), progress=False)
+    assert report.resumed and report.computed == 16
+    extract(extract_config(synth_root, reference), progress=False)
+    with FeatureStore.open(out) as a, FeatureStore.open(reference) as b:
+        assert torch.equal(a.features(np.arange(24)), b.features(np.arange(24)))
