@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,7 @@ from featcache.errors import FeatcacheError
 from featcache.io import torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
 from featcache.protocol import protocol_for
+from featcache.resume import Checkpointer
 from featcache.report import aggregate, plot_loss_curve, seeds_table, write_runs_csv
 from featcache.runtime import err_console, out_console, resolve_device
 from featcache.store import FeatureStore
@@ -74,14 +76,18 @@ def run_dir(out: Path, seed: int) -> Path:
 
 
 def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path, device: str = "auto",
-                  progress: bool = True, encoder: str | None = None) -> SeedSweep:
+                  progress: bool = True, encoder: str | None = None, checkpoint_seconds: float = 60.0) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed from the store; write every run's outputs.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's
     provenance) and ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``.
     ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
+    Resumable: a seed whose ``results.json`` exists for the same configuration is not trained
+    again, and an interrupted seed continues from its ``resume.pt`` (written at most every
+    ``checkpoint_seconds``).
     """
     dev = resolve_device(device)
+    out = Path(out)
     results = []
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
@@ -92,9 +98,20 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
         with Progress(*columns, console=err_console, disable=not progress) as bar:
             for seed in seeds:
                 run_cfg = dataclasses.replace(cfg, seed=seed)
+                directory = run_dir(out, seed)
+                identity = {"config": dataclasses.asdict(run_cfg), "weights_sha256": store.meta["encoder"]["weights_sha256"],
+                            "dataset": store.meta["dataset"]["fingerprint"]}
+                done = finished_run(directory, identity)
+                if done is not None:
+                    err_console.print(f"{directory}: already finished, kept")
+                    results.append(done)
+                    continue
+                checkpointer = Checkpointer(directory / "resume.pt", identity, checkpoint_seconds)
                 label = f"C size {cfg.size} seed {seed}"
-                run = train_from_store(store, run_cfg, dev, _epoch_progress(bar, label, run_cfg.resolved()[0]))
-                write_run(run_dir(out, seed), run.results, run.checkpoint)
+                run = train_from_store(store, run_cfg, dev, _epoch_progress(bar, label, run_cfg.resolved()[0]), checkpointer)
+                run.results["store_identity"] = identity
+                write_run(directory, run.results, run.checkpoint)
+                checkpointer.done()
                 results.append(run.results)
     summary = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder,
                "store": str(store_path), **aggregate(results)}
@@ -102,6 +119,17 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     write_runs_csv(results, out / "summary.csv")
     out_console.print(seeds_table(results, summary, f"C mode, {cfg.size} training images, {len(seeds)} seeds ({cfg.augment} flips)"))
     return SeedSweep(out, results, summary)
+
+
+def finished_run(directory: Path, identity: dict) -> dict | None:
+    """The results of a finished run of the same identity in ``directory``; refuses one of another."""
+    path = directory / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if results.get("store_identity") != identity:
+        raise FeatcacheError(f"{directory} holds a finished run of another configuration; choose another --out or delete it")
+    return results
 
 
 def write_run(directory: Path, result: dict, checkpoint: dict | None) -> None:

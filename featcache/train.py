@@ -27,6 +27,7 @@ from featcache.errors import FeatcacheError
 from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import Encoder, build_decoder
 from featcache.protocol import protocol_for, subset
+from featcache.resume import Checkpointer
 from featcache.store import VIEW_FLIPS, VIEWS, FeatureStore, placement
 
 AUGMENTS = ("exact", "feature-flip", "none")
@@ -184,12 +185,13 @@ def _eval_loss(decoder: nn.Module, source: FeatureSource, masks: torch.Tensor, b
 
 
 def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tensor, val_source: FeatureSource,
-        val_masks: torch.Tensor, cfg: TrainConfig, device: torch.device, progress=None) -> FitResult:
+        val_masks: torch.Tensor, cfg: TrainConfig, device: torch.device, progress=None,
+        checkpointer: Checkpointer | None = None) -> FitResult:
     """Train with SGD and BCE, validate every epoch, keep the epoch with the lowest validation loss.
 
     ``train_masks`` ``[n, S, S]`` and ``val_masks`` ``[m, S, S]`` uint8 on ``device``. Timing is
     synchronised: ``train_seconds`` covers the training steps only, ``total_seconds`` adds
-    validation; no checkpoint is written inside.
+    validation; the resume state (``checkpointer``) is written outside both.
     """
     epochs, batch, _ = cfg.resolved()
     decoder.to(memory_format=torch.channels_last)
@@ -201,7 +203,18 @@ def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tens
     best = (float("inf"), 0, None, None)
     train_seconds = total_seconds = 0.0
     encoder = getattr(train_source, "encoder", None)
-    for epoch in range(1, epochs + 1):
+    trains_encoder = encoder is not None and bool(train_source.parameters())
+    first = 1
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        decoder.load_state_dict(saved["decoder"])
+        if trains_encoder:
+            encoder.load_state_dict(saved["encoder"])
+        optimiser.load_state_dict(saved["optimiser"])
+        gen.set_state(saved["generator"])
+        history, best = saved["history"], tuple(saved["best"])
+        train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
+    for epoch in range(first, epochs + 1):
         _sync(device)
         started = time.perf_counter()
         decoder.train()
@@ -238,8 +251,14 @@ def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tens
                 losses[1],
                 epoch,
                 copy.deepcopy(decoder.state_dict()),
-                copy.deepcopy(encoder.state_dict()) if encoder is not None and train_source.parameters() else None,
+                copy.deepcopy(encoder.state_dict()) if trains_encoder else None,
             )
+        if checkpointer is not None and checkpointer.due(epoch, epochs):
+            checkpointer.save({
+                "epoch": epoch, "decoder": decoder.state_dict(), "encoder": encoder.state_dict() if trains_encoder else None,
+                "optimiser": optimiser.state_dict(), "generator": gen.get_state(), "history": history, "best": list(best),
+                "train_seconds": train_seconds, "total_seconds": total_seconds,
+            })
         if progress is not None:
             progress(epoch, epochs, losses[0], losses[1])
     return FitResult(best[1], best[0], best[2], best[3], history, train_seconds, total_seconds)
@@ -316,7 +335,8 @@ class RunOutput:
     test_logits: torch.Tensor
 
 
-def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device, progress=None) -> RunOutput:
+def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device, progress=None,
+                     checkpointer: Checkpointer | None = None) -> RunOutput:
     """C mode, one (size, seed), decoder trained from the store's features."""
     epochs, batch, val_size = cfg.resolved()
     if cfg.augment == "exact" and not store.has_flip_views:
@@ -335,7 +355,7 @@ def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu")
     decoder = seeded_decoder(cfg, store.meta["width"]).to(device)
     result = fit(decoder, train_source, store.masks(rows.train_rows, device), val_source,
-                 store.masks(rows.val_rows, device), cfg, device, progress)
+                 store.masks(rows.val_rows, device), cfg, device, progress, checkpointer)
     decoder.load_state_dict(result.best_decoder)
     test, logits = evaluate_test(store, decoder, test_source, rows, cfg, device)
     results = results_dict("C", cfg, rows, result, test, device, epochs, batch, val_size)
@@ -380,6 +400,7 @@ def results_dict(mode: str, cfg: TrainConfig, rows: RunData, fit_result: FitResu
         "optimiser": {"name": "SGD", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
         "test": {k: test[k] for k in METRICS},
         "test_images": len(rows.test_rows),
+        "config": asdict(cfg),
         "train_ids": rows.train_ids,
         "history": fit_result.history,
     }

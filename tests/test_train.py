@@ -126,3 +126,56 @@ def test_cli_train_decoder(micro_store, tmp_path, cli):
     assert (tmp_path / "run" / "seed-0" / "results.json").exists()
     too_big = cli("train-decoder", micro_store, "--size", "99", "--out", tmp_path / "x")
     assert too_big.returncode == 1 and "larger than the training split" in too_big.stderr
+
+
+KILLER = """
+import os, signal
+from featcache import resume
+from featcache.experiment import train_decoder
+from featcache.train import TrainConfig
+
+saves = {{"n": 0}}
+original = resume.Checkpointer.save
+
+def save_then_die(self, state):
+    original(self, state)
+    saves["n"] += 1
+    if saves["n"] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+resume.Checkpointer.save = save_then_die
+train_decoder({store!r}, TrainConfig(size=8, epochs=6, batch_size=3, val_size=4), [0, 1], {out!r}, "cpu",
+              progress=False, checkpoint_seconds=0)
+"""
+
+
+def test_sigkill_during_training_then_rerun_equals_uninterrupted(micro_store, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out, reference = tmp_path / "killed", tmp_path / "ref"
+    killed = subprocess.run([sys.executable, "-c", KILLER.format(store=str(micro_store), out=str(out))],
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (out / "seed-0" / "resume.pt").exists() and not (out / "seed-0" / "results.json").exists()
+    cfg = TrainConfig(size=8, epochs=6, batch_size=3, val_size=4)
+    resumed = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", progress=False, checkpoint_seconds=0)
+    plain = train_decoder(str(micro_store), cfg, [0, 1], reference, "cpu", progress=False)
+    for a, b in zip(resumed.results, plain.results):
+        assert a["test"] == b["test"] and a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
+    assert not (out / "seed-0" / "resume.pt").exists()
+    a, b = safe_torch_load(out / "seed-0" / "decoder.pt"), safe_torch_load(reference / "seed-0" / "decoder.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    again = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", progress=False)  # finished seeds are kept
+    assert [r["train_seconds"] for r in again.results] == [r["train_seconds"] for r in resumed.results]
+    with pytest.raises(FeatcacheError, match="another configuration"):
+        train_decoder(str(micro_store), dataclasses.replace(cfg, epochs=7), [0], out, "cpu", progress=False)
+
+
+def test_same_command_twice_gives_identical_metrics(micro_store, tmp_path, cli):
+    args = ["train-decoder", micro_store, "--size", "6", "--seeds", "0", "--epochs", "3", "--val-size", "3", "--device", "cpu"]
+    for name in ("a", "b"):
+        assert cli(*args, "--out", tmp_path / name).returncode == 0
+    a, b = (json.loads((tmp_path / n / "seed-0" / "results.json").read_text()) for n in "ab")
+    assert a["test"] == b["test"] and a["history"] == b["history"]
