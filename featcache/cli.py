@@ -228,7 +228,11 @@ def train_decoder(
     cfg = TrainConfig(size=size, augment=augment, decoder=decoder, epochs=epochs, batch_size=batch_size,
                       val_size=val_size, lr=lr, eval_size=eval_size)
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
+    from featcache.report import seeds_table
+
     sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder)
+    title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
+    out_console.print(seeds_table(sweep.results, sweep.summary, title))
     out_console.print(f"runs and summary.json in {sweep.out}")
 
 

@@ -17,8 +17,8 @@ from featcache.io import torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
 from featcache.protocol import protocol_for
 from featcache.resume import Checkpointer
-from featcache.report import aggregate, plot_loss_curve, seeds_table, write_runs_csv
-from featcache.runtime import err_console, out_console, resolve_device
+from featcache.report import aggregate, plot_loss_curve, write_runs_csv
+from featcache.runtime import err_console, resolve_device
 from featcache.store import FeatureStore
 from featcache.train import (
     EncoderFeatures,
@@ -117,7 +117,6 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
                "store": str(store_path), **aggregate(results)}
     write_json(out / "summary.json", summary)
     write_runs_csv(results, out / "summary.csv")
-    out_console.print(seeds_table(results, summary, f"C mode, {cfg.size} training images, {len(seeds)} seeds ({cfg.augment} flips)"))
     return SeedSweep(out, results, summary)
 
 
