@@ -1,0 +1,208 @@
+"""Where does feature extraction spend its time? Images/s of its three parts.
+
+Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` on CUDA):
+
+1. decode + resize: a DataLoader over ``featcache.data.SampleDataset`` with ``--workers``
+   workers, no encoder; the batches it yields are kept in memory for stage 2.
+2. encoder alone: ``featcache.extract.encode_views`` on those pre-decoded uint8 batches, with
+   ``--views`` (``flips`` encodes each image four times); one untimed warm-up batch first.
+3. whole extract: ``featcache.extract.extract(ExtractConfig(...))`` into a temporary store
+   (cold: it builds its own encoder and store). Two rows: the wall time of the whole call, and
+   the extraction loop as timed by ``extract`` itself (without index, encoder build and store
+   creation).
+
+Every rate counts source images (not views). The ratio whole/encoder = stage 3 images/s over
+stage 2 images/s: near 1 means the encoder is the bottleneck, well below 1 means decoding or
+writing holds it back.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_extract.py                       # synthetic 64/16/16 images, varied sizes
+    python benchmarks/bench_extract.py ../shared/data/isic2017-train-256 --limit 64 --extract-limit 64
+    python benchmarks/bench_extract.py DATA --arch vit_ti_16 --views flips --device cuda --json out.json
+
+``--limit N`` restricts stages 1-2 to the first N samples; ``--extract-limit N`` restricts stage 3
+to the first N samples (a temporary images/ + masks/ folder of symlinks). On CPU the script sets
+``torch.set_num_threads(os.cpu_count())`` before stage 2, as ``extract`` does, so stages 2 and 3
+use the same number of threads; the table shows the thread count of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from featcache.data import Sample, SampleDataset, find_samples
+from featcache.errors import FeatcacheError
+from featcache.extract import ExtractConfig, encode_views, extract
+from featcache.models import build_encoder
+from featcache.runtime import resolve_device
+from featcache.store import VIEWS
+
+console = Console()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", nargs="?", type=Path, metavar="DATA",
+                   help="dataset folder (any layout featcache reads); default: a synthetic 64/16/16 set in a temp dir")
+    p.add_argument("--arch", default="vit_b_16")
+    p.add_argument("--encoder", default="random", help="random | imagenet | weights file (default random)")
+    p.add_argument("--views", default="identity", choices=sorted(VIEWS))
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--limit", type=int, help="first N samples for stages 1-2 (default all)")
+    p.add_argument("--extract-limit", type=int, help="first N samples for stage 3 (default all)")
+    p.add_argument("--store-format", default="zarr", choices=("zarr", "h5"))
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def machine(device: torch.device) -> str:
+    """The CPU model (from /proc/cpuinfo) or the GPU's name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def subset_folder(samples: list[Sample], root: Path) -> Path:
+    """A plain images/ + masks/ folder of symlinks to ``samples`` (read by the ``folders`` layout)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for s in samples:
+        (root / "images" / f"{s.id}{s.image.suffix}").symlink_to(s.image.resolve())
+        (root / "masks" / f"{s.id}.png").symlink_to(s.mask.resolve())
+    return root
+
+
+def row(stage: str, images: int, seconds: float, threads: int) -> dict:
+    return {"stage": stage, "images": images, "seconds": seconds,
+            "images_per_second": images / seconds if seconds else 0.0, "threads": threads}
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    device = resolve_device(args.device)
+    data = args.data
+    if data is None:
+        from featcache.synth import synthesize
+
+        console.print("synthesizing 64/16/16 images of varied sizes (not timed) ...")
+        data = synthesize(tmp / "synth", n_train=64, n_val=16, n_test=16).out
+    samples = find_samples(data).samples
+    bench = samples[: args.limit] if args.limit else samples
+    views = VIEWS[args.views]
+    threads_start = torch.get_num_threads()
+    rows = []
+
+    # 1. decode + resize
+    loader = DataLoader(SampleDataset(bench, args.image_size), batch_size=args.batch_size,
+                        num_workers=args.workers, shuffle=False)
+    t0 = time.perf_counter()
+    batches = [b["image"] for b in loader]
+    rows.append(row("1 decode+resize", len(bench), time.perf_counter() - t0,
+                    torch.get_num_threads()))
+    if device.type == "cuda":
+        batches = [b.pin_memory() for b in batches]
+
+    # 2. encoder alone on pre-decoded uint8 batches
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # what extract() does on CPU
+    encoder = build_encoder(args.arch, args.encoder).to(device).eval()
+    encode_views(encoder, batches[0], views, device)  # warm-up, untimed
+    sync(device)
+    t0 = time.perf_counter()
+    for b in batches:
+        encode_views(encoder, b, views, device)
+    sync(device)
+    rows.append(row(f"2 encoder alone, {len(views)} view{'s' if len(views) > 1 else ''}", len(bench),
+                    time.perf_counter() - t0, torch.get_num_threads()))
+    del encoder
+
+    # 3. whole extract into a temporary store
+    extract_samples = samples[: args.extract_limit] if args.extract_limit else samples
+    extract_data = subset_folder(extract_samples, tmp / "subset") if args.extract_limit else data
+    cfg = ExtractConfig(data=extract_data, out=str(tmp / f"store.{args.store_format}"), encoder=args.encoder,
+                        arch=args.arch, image_size=args.image_size, views=args.views,
+                        batch_size=args.batch_size, workers=args.workers, device=args.device)
+    t0 = time.perf_counter()
+    report = extract(cfg, progress=False)
+    sync(device)
+    wall = time.perf_counter() - t0
+    rows.append(row("3 extract, wall", report.computed, wall, torch.get_num_threads()))
+    rows.append(row("3 extract, loop", report.computed, report.seconds, torch.get_num_threads()))
+
+    return {
+        "machine": machine(device), "device": str(device), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "threads_at_start": threads_start,
+        "interop_threads": torch.get_num_interop_threads(),
+        "data": "synthetic (featcache.synth, 64/16/16, varied sizes)" if args.data is None else str(args.data),
+        "samples_in_data": len(samples),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "stages": rows,
+        "ratio_whole_over_encoder": rows[3]["images_per_second"] / rows[1]["images_per_second"],
+        "ratio_whole_wall_over_encoder": rows[2]["images_per_second"] / rows[1]["images_per_second"],
+    }
+
+
+def show(result: dict) -> None:
+    o = result["options"]
+    console.print(f"machine: {result['machine']}, device {result['device']}, {result['cpu_count']} CPUs")
+    console.print(f"torch {result['torch']}, threads at start {result['threads_at_start']}, "
+                  f"interop threads {result['interop_threads']}")
+    console.print(f"data: {result['data']} ({result['samples_in_data']} samples)")
+    console.print(f"arch {o['arch']}, encoder {o['encoder']}, views {o['views']}, {o['image_size']} px")
+    console.print(f"batch {o['batch_size']}, workers {o['workers']}, store {o['store_format']}")
+    table = Table(title="images/s per stage")
+    for name, justify in (("stage", "left"), ("images", "right"), ("seconds", "right"),
+                          ("images/s", "right"), ("torch threads", "right")):
+        table.add_column(name, justify=justify)
+    for r in result["stages"]:
+        table.add_row(r["stage"], str(r["images"]), f"{r['seconds']:.2f}", f"{r['images_per_second']:.2f}",
+                      str(r["threads"]))
+    console.print(table)
+    console.print("3 wall: the whole extract() call; 3 loop: extract's own timer")
+    console.print("(3 loop leaves out indexing, encoder build, store creation)")
+    console.print(f"ratio whole/encoder-alone (images/s): {result['ratio_whole_over_encoder']:.2f} (loop), "
+                  f"{result['ratio_whole_wall_over_encoder']:.2f} (wall)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+            result = run(args, Path(tmp))
+    except FeatcacheError as exc:
+        Console(stderr=True).print(f"error: {exc}")
+        return 1
+    show(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
