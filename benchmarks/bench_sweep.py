@@ -1,8 +1,9 @@
-"""The study's protocol x seeds in C mode from a store, and a measured F-mode ratio on a subset.
+"""The study's protocol x seeds in C mode from a store, grouped against sequential seeds, and F/C.
 
 Runs `featcache.experiment.train_decoder` (C mode, every size of the protocol that the store's
-training split allows, each over ``--seeds``) and reports wall seconds per size and in total,
-beside the study's F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation).
+training split allows, each over ``--seeds``), once with the seeds trained together as one grouped
+network and once one by one, and reports wall seconds per size and in total, beside the study's
+F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation).
 Then it times F mode (the frozen encoder recomputed every step) and C mode for the same few
 epochs of one size and seed, so the F/C ratio is measured here, not taken from the study.
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--ratio-size", type=int, default=20, help="size of the F vs C comparison")
     parser.add_argument("--ratio-epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-sequential", action="store_true", help="skip the one-seed-at-a-time sweep")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -59,23 +61,30 @@ def main() -> None:
     console.print(f"bench_sweep: {name}; store {args.store} ({encoder_prov['arch']}); seeds {seeds}; "
                   f"epochs {'protocol' if args.epochs is None else args.epochs}")
 
-    table = Table(title="C mode sweep (train-decoder, sequential seeds)")
-    for col in ("size", "runs", "wall s", "train s / run", "study F s / run (RTX 4070 Ti S, theirs)"):
+    ways = ("grouped",) if args.no_sequential else ("grouped", "sequential")
+    table = Table(title="C mode sweep (train-decoder): wall seconds")
+    for col in ("size", "runs", *ways, *(("sequential/grouped",) if len(ways) == 2 else ()),
+                "study F s, one seed (RTX 4070 Ti S, theirs)"):
         table.add_column(col, justify="right")
-    rows, total = [], 0.0
+    rows, totals = [], dict.fromkeys(ways, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            sync(device)
-            started = time.perf_counter()
-            sweep = train_decoder(args.store, TrainConfig(size=size, epochs=args.epochs), seeds, Path(tmp) / f"n{size}",
-                                  str(device), progress=False)
-            sync(device)
-            wall = time.perf_counter() - started
-            total += wall
-            per_run = sum(r["train_seconds"] for r in sweep.results) / len(seeds)
-            rows.append({"size": size, "runs": len(seeds), "wall_seconds": wall, "train_seconds_per_run": per_run})
-            table.add_row(str(size), str(len(seeds)), f"{wall:.1f}", f"{per_run:.2f}", str(STUDY_SECONDS["F"].get(size, "–")))
-    table.add_row("all", str(len(seeds) * len(sizes)), f"{total:.1f}", "", f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f} (one seed)")
+            walls = {}
+            for way in ways:
+                sync(device)
+                started = time.perf_counter()
+                train_decoder(args.store, TrainConfig(size=size, epochs=args.epochs), seeds, Path(tmp) / f"{way}-n{size}",
+                              str(device), progress=False, grouped=way == "grouped")
+                sync(device)
+                walls[way] = time.perf_counter() - started
+                totals[way] += walls[way]
+            rows.append({"size": size, "runs": len(seeds), **{f"{w}_seconds": walls[w] for w in ways}})
+            ratio = (f"{walls['sequential'] / walls['grouped']:.1f}x",) if len(ways) == 2 else ()
+            table.add_row(str(size), str(len(seeds)), *(f"{walls[w]:.1f}" for w in ways), *ratio,
+                          str(STUDY_SECONDS["F"].get(size, "–")))
+    ratio = (f"{totals['sequential'] / totals['grouped']:.1f}x",) if len(ways) == 2 else ()
+    table.add_row("all", str(len(seeds) * len(sizes)), *(f"{totals[w]:.1f}" for w in ways), *ratio,
+                  f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f}")
     console.print(table)
 
     encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
@@ -91,7 +100,7 @@ def main() -> None:
     ratio.add_row(f"{timings['F']:.2f}", f"{timings['C']:.2f}", f"{timings['F'] / timings['C']:.1f}x")
     console.print(ratio)
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "sweep": rows, "total_seconds": total, "ratio": timings}, indent=2))
+        args.json.write_text(json.dumps({"device": name, "sweep": rows, "totals": totals, "ratio": timings}, indent=2))
 
 
 if __name__ == "__main__":

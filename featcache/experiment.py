@@ -29,6 +29,7 @@ from featcache.train import (
     seeded_decoder,
     select_rows,
     train_from_store,
+    train_group_from_store,
 )
 
 
@@ -76,43 +77,54 @@ def run_dir(out: Path, seed: int) -> Path:
 
 
 def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path, device: str = "auto",
-                  progress: bool = True, encoder: str | None = None, checkpoint_seconds: float = 60.0) -> SeedSweep:
+                  progress: bool = True, encoder: str | None = None, checkpoint_seconds: float = 60.0,
+                  grouped: bool | None = None) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed from the store; write every run's outputs.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's
     provenance) and ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``.
+    ``grouped``: the seeds train together as one grouped network (`fit_group`), else one by one;
+    None: grouped on CUDA only (on two CPU cores grouping measured about 0.9x, see RESULTS.md).
     ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
     Resumable: a seed whose ``results.json`` exists for the same configuration is not trained
-    again, and an interrupted seed continues from its ``resume.pt`` (written at most every
+    again, and interrupted seeds continue from ``OUT/resume-SEEDS.pt`` (written at most every
     ``checkpoint_seconds``).
     """
     dev = resolve_device(device)
+    grouped = dev.type == "cuda" if grouped is None else grouped
     out = Path(out)
-    results = []
+    finished: dict[int, dict] = {}
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
             prov = store.meta["encoder"]
             store.check_encoder(encoder_provenance(build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))))
         cfg.resolved()
+
+        def identity(seed: int) -> dict:
+            return {"config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
+                    "weights_sha256": store.meta["encoder"]["weights_sha256"], "dataset": store.meta["dataset"]["fingerprint"]}
+
+        for seed in seeds:
+            done = finished_run(run_dir(out, seed), identity(seed))
+            if done is not None:
+                err_console.print(f"{run_dir(out, seed)}: already finished, kept")
+                finished[seed] = done
+        pending = [s for s in seeds if s not in finished]
+        groups = [pending] if grouped and pending else [[s] for s in pending]
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
         with Progress(*columns, console=err_console, disable=not progress) as bar:
-            for seed in seeds:
-                run_cfg = dataclasses.replace(cfg, seed=seed)
-                directory = run_dir(out, seed)
-                identity = {"config": dataclasses.asdict(run_cfg), "weights_sha256": store.meta["encoder"]["weights_sha256"],
-                            "dataset": store.meta["dataset"]["fingerprint"]}
-                done = finished_run(directory, identity)
-                if done is not None:
-                    err_console.print(f"{directory}: already finished, kept")
-                    results.append(done)
-                    continue
-                checkpointer = Checkpointer(directory / "resume.pt", identity, checkpoint_seconds)
-                label = f"C size {cfg.size} seed {seed}"
-                run = train_from_store(store, run_cfg, dev, _epoch_progress(bar, label, run_cfg.resolved()[0]), checkpointer)
-                run.results["store_identity"] = identity
-                write_run(directory, run.results, run.checkpoint)
+            for group in groups:
+                names = "-".join(map(str, group))
+                checkpointer = Checkpointer(out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds)
+                cfgs = [dataclasses.replace(cfg, seed=s) for s in group]
+                label = f"C size {cfg.size} seed{'s' if len(group) > 1 else ''} {names}"
+                runs = train_group_from_store(store, cfgs, dev, _epoch_progress(bar, label, cfg.resolved()[0]), checkpointer)
+                for seed, run in zip(group, runs):
+                    run.results["store_identity"] = identity(seed)
+                    write_run(run_dir(out, seed), run.results, run.checkpoint)
+                    finished[seed] = run.results
                 checkpointer.done()
-                results.append(run.results)
+    results = [finished[s] for s in seeds]
     summary = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder,
                "store": str(store_path), **aggregate(results)}
     write_json(out / "summary.json", summary)
@@ -241,25 +253,33 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
         too_big = [s for s in cfg.sizes if s > n_train]
         if too_big:
             raise FeatcacheError(f"--sizes {too_big} exceed the training split of {cfg.store} ({n_train} images)")
-        runs = [(m, s, k) for s in cfg.sizes for k in cfg.seeds for m in cfg.modes]
+        # On CUDA the C runs of one size train their seeds as one grouped network; the rest run one by one.
+        group_c = device.type == "cuda"
+        batches = [(m, s, list(cfg.seeds) if m == "C" and group_c else [k]) for s in cfg.sizes for k in cfg.seeds
+                   for m in cfg.modes if not (m == "C" and group_c) or k == cfg.seeds[0]]
         n_test = len(store.indices("test"))
         case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
         cases: dict[tuple[str, int], torch.Tensor] = {}
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, disable=not progress) as bar:
-            overall = bar.add_task("compare-e2e runs", total=len(runs))
-            for mode, size, seed in runs:
-                run_cfg = TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
-                                      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                      val_size=min(cfg.val_size or protocol_for(size).val_size, len(store.indices("val"))))
-                label = f"{mode} size {size} seed {seed}"
-                progress_cb = _epoch_progress(bar, label, run_cfg.resolved()[0])
-                result, logits = run_mode(store, mode, run_cfg, encoders, device, progress_cb)
-                if seed == cfg.seeds[0]:
-                    cases[(mode, size)] = (torch.sigmoid(logits[case_rows, 0]) > 0.5).to(torch.uint8)
-                write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", result, None)
-                results.append(result)
-                bar.advance(overall)
+            overall = bar.add_task("compare-e2e runs", total=len(cfg.sizes) * len(cfg.seeds) * len(cfg.modes))
+            for mode, size, seeds in batches:
+                run_cfgs = [TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
+                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        val_size=min(cfg.val_size or protocol_for(size).val_size, len(store.indices("val"))))
+                            for seed in seeds]
+                label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                progress_cb = _epoch_progress(bar, label, run_cfgs[0].resolved()[0])
+                if mode == "C":
+                    outputs = [(r.results, r.test_logits) for r in train_group_from_store(store, run_cfgs, device, progress_cb)]
+                else:
+                    outputs = [run_mode(store, mode, run_cfgs[0], encoders, device, progress_cb)]
+                for seed, (result, logits) in zip(seeds, outputs):
+                    write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", result, None)
+                    results.append(result)
+                    if seed == cfg.seeds[0]:
+                        cases[(mode, size)] = (torch.sigmoid(logits[case_rows, 0]) > 0.5).to(torch.uint8)
+                    bar.advance(overall)
         extraction = store.meta.get("extraction") or {}
         context = {
             "store": str(cfg.store),

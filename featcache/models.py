@@ -155,19 +155,23 @@ class SegmentationDecoder(nn.Module):
     """The study's SD: four [Conv3x3, BatchNorm, ReLU, Upsample x2 bilinear] C->256->128->64->32, Conv1x1 -> 1.
 
     ``[B, C, h, w]`` features -> logits ``[B, 1, 16h, 16w]``. 2,158,017 parameters at C = 768.
+    With ``groups = K`` it is K independent decoders in one network (grouped convolutions, per-group
+    BatchNorm channels): ``[B, K*C, h, w]`` -> ``[B, K, 16h, 16w]``, group k reading channels
+    ``k*C:(k+1)*C``; see `group_state` / `stack_states`.
     """
 
-    def __init__(self, in_channels: int = 768) -> None:
+    def __init__(self, in_channels: int = 768, groups: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        g = groups
         for cin, cout in zip((in_channels, 256, 128, 64), (256, 128, 64, 32)):
             layers += [
-                nn.Conv2d(cin, cout, 3, padding=1),
-                nn.BatchNorm2d(cout),
+                nn.Conv2d(cin * g, cout * g, 3, padding=1, groups=g),
+                nn.BatchNorm2d(cout * g),
                 nn.ReLU(inplace=True),
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             ]
-        layers.append(nn.Conv2d(32, 1, 1))
+        layers.append(nn.Conv2d(32 * g, g, 1, groups=g))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -177,12 +181,13 @@ class SegmentationDecoder(nn.Module):
 class LinearProbe(nn.Module):
     """A per-patch linear classifier: Conv1x1(C -> 1), logits upsampled x16 bilinearly.
 
-    ``[B, C, h, w]`` features -> logits ``[B, 1, 16h, 16w]``; C + 1 parameters.
+    ``[B, C, h, w]`` features -> logits ``[B, 1, 16h, 16w]``; C + 1 parameters. ``groups``: as
+    `SegmentationDecoder`.
     """
 
-    def __init__(self, in_channels: int = 768, scale: int = 16) -> None:
+    def __init__(self, in_channels: int = 768, groups: int = 1, scale: int = 16) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, 1, 1)
+        self.proj = nn.Conv2d(in_channels * groups, groups, 1, groups=groups)
         self.scale = scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -192,11 +197,25 @@ class LinearProbe(nn.Module):
 DECODERS: dict[str, type[nn.Module]] = {"sd": SegmentationDecoder, "linear": LinearProbe}
 
 
-def build_decoder(name: str, in_channels: int) -> nn.Module:
-    """A segmentation decoder by name (``sd`` or ``linear``) for features of ``in_channels``."""
+def build_decoder(name: str, in_channels: int, groups: int = 1) -> nn.Module:
+    """A segmentation decoder by name (``sd`` or ``linear``) for features of ``in_channels``; ``groups`` of them in one."""
     if name not in DECODERS:
         raise FeatcacheError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
-    return DECODERS[name](in_channels)
+    return DECODERS[name](in_channels, groups)
+
+
+def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """K single decoders' state dicts -> the state dict of their grouped decoder (``groups=K``).
+
+    Every parameter and BatchNorm buffer of a grouped layer is its groups' tensors concatenated
+    along dim 0 (output channels); the scalar batch counters are shared.
+    """
+    return {k: v if v.ndim == 0 else torch.cat([s[k] for s in states]) for k, v in states[0].items()}
+
+
+def group_state(state: dict[str, torch.Tensor], k: int, groups: int) -> dict[str, torch.Tensor]:
+    """Group ``k``'s slice of a grouped decoder's state dict: a plain (``groups=1``) decoder's state."""
+    return {name: v.clone() if v.ndim == 0 else v.chunk(groups)[k].clone() for name, v in state.items()}
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -25,9 +25,10 @@ from torch import nn
 from featcache.data import SplitConfig, find_samples, load_mask_full
 from featcache.errors import FeatcacheError
 from featcache.metrics import METRICS, confusion, mean_scores, scores
-from featcache.models import Encoder, build_decoder
+from featcache.models import Encoder, build_decoder, group_state, stack_states
 from featcache.protocol import protocol_for, subset
 from featcache.resume import Checkpointer
+from featcache.runtime import err_console
 from featcache.store import VIEW_FLIPS, VIEWS, FeatureStore, placement
 
 AUGMENTS = ("exact", "feature-flip", "none")
@@ -174,41 +175,71 @@ def _nhwc(features: torch.Tensor) -> torch.Tensor:
     return features.contiguous(memory_format=torch.channels_last)
 
 
+def _stacked(sources: list[FeatureSource], rows: list[torch.Tensor], views: list[torch.Tensor | None] | None) -> torch.Tensor:
+    """Group k's features side by side on the channel axis: ``[B, K*C, h, w]``, channels_last."""
+    if views is None:
+        feats = [src.eval_features(r) for src, r in zip(sources, rows)]
+    else:
+        feats = [src.train_features(r, v) for src, r, v in zip(sources, rows, views)]
+    return _nhwc(feats[0] if len(feats) == 1 else torch.cat(feats, dim=1))
+
+
 @torch.no_grad()
-def _eval_loss(decoder: nn.Module, source: FeatureSource, masks: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """Mean per-pixel BCE over a whole split, decoder and encoder in eval mode (a device scalar)."""
-    total = torch.zeros((), device=device)
-    for start in range(0, len(masks), batch):
-        rows = torch.arange(start, min(start + batch, len(masks)), device=device)
+def _eval_losses(decoder: nn.Module, sources: list[FeatureSource], masks: list[torch.Tensor], batch: int,
+                 device: torch.device) -> torch.Tensor:
+    """Mean per-pixel BCE of each group over its whole split, in eval mode: a device tensor ``[K]``."""
+    m = len(masks[0])
+    total = torch.zeros(len(sources), device=device)
+    for start in range(0, m, batch):
+        rows = torch.arange(start, min(start + batch, m), device=device)
         with _autocast(device):
-            logits = decoder(_nhwc(source.eval_features(rows)))
-        total += F.binary_cross_entropy_with_logits(logits.float().squeeze(1), masks[rows].float(), reduction="sum")
-    return total / masks.numel()
+            logits = decoder(_stacked(sources, [rows] * len(sources), None))
+        target = torch.stack([mk[rows] for mk in masks], dim=1).float()
+        total += F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(dim=(0, 2, 3))
+    return total / masks[0].numel()
 
 
 def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tensor, val_source: FeatureSource,
         val_masks: torch.Tensor, cfg: TrainConfig, device: torch.device, progress=None,
         checkpointer: Checkpointer | None = None) -> FitResult:
-    """Train with SGD and BCE, validate every epoch, keep the epoch with the lowest validation loss.
+    """Train one decoder with SGD and BCE, validate every epoch, keep the epoch with the lowest validation loss.
 
     ``train_masks`` ``[n, S, S]`` and ``val_masks`` ``[m, S, S]`` uint8 on ``device``. Timing is
     synchronised: ``train_seconds`` covers the training steps only, ``total_seconds`` adds
     validation; the resume state (``checkpointer``) is written outside both.
     """
-    epochs, batch, _ = cfg.resolved()
+    return fit_group(decoder, [train_source], [train_masks], [val_source], [val_masks], [cfg], device, progress,
+                     checkpointer)[0]
+
+
+def fit_group(decoder: nn.Module, train_sources: list[FeatureSource], train_masks: list[torch.Tensor],
+              val_sources: list[FeatureSource], val_masks: list[torch.Tensor], cfgs: list[TrainConfig],
+              device: torch.device, progress=None, checkpointer: Checkpointer | None = None) -> list[FitResult]:
+    """`fit` for K runs at once (K seeds of one size): ``decoder`` has ``groups=K``.
+
+    Each run keeps its own subset, random stream (batch order, views), batch statistics (its own
+    BatchNorm channels), optimiser state (SGD is elementwise, and the summed loss gives each group
+    exactly its own gradient) and model selection, so the K results equal K separate `fit` runs
+    up to floating-point order. The timings are of the whole group.
+    """
+    k_runs = len(cfgs)
+    epochs, batch, _ = cfgs[0].resolved()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
     decoder.to(memory_format=torch.channels_last)
-    params = list(decoder.parameters()) + train_source.parameters()
+    encoder = getattr(train_sources[0], "encoder", None)
+    trains_encoder = encoder is not None and bool(train_sources[0].parameters())
+    if trains_encoder and k_runs > 1:
+        raise ValueError("runs that train the encoder cannot be grouped")
+    params = list(decoder.parameters()) + train_sources[0].parameters()
+    cfg = cfgs[0]
     optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Batch order and views are drawn on the training device: no host round trip per step.
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    n = len(train_masks)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-    best = (float("inf"), 0, None, None)
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
+    n = len(train_masks[0])
+    histories: list[dict[str, list[float]]] = [{"train_loss": [], "val_loss": []} for _ in cfgs]
+    bests: list[tuple] = [(float("inf"), 0, None, None) for _ in cfgs]
     train_seconds = total_seconds = 0.0
-    encoder = getattr(train_source, "encoder", None)
-    trains_encoder = encoder is not None and bool(train_source.parameters())
     first = 1
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
@@ -216,68 +247,75 @@ def fit(decoder: nn.Module, train_source: FeatureSource, train_masks: torch.Tens
         if trains_encoder:
             encoder.load_state_dict(saved["encoder"])
         optimiser.load_state_dict(saved["optimiser"])
-        gen.set_state(saved["generator"])
-        history, best = saved["history"], tuple(saved["best"])
+        for gen, state in zip(gens, saved["generators"]):
+            gen.set_state(state)
+        histories, bests = saved["histories"], [tuple(b) for b in saved["bests"]]
         train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
     for epoch in range(first, epochs + 1):
         _sync(device)
         started = time.perf_counter()
         decoder.train()
-        train_source.train(True)
-        order = torch.randperm(n, generator=gen, device=device)
-        views_all = torch.randint(0, 4, (n,), generator=gen, device=device) if cfg.augment != "none" else None
-        epoch_loss = torch.zeros((), device=device)
+        for src in train_sources:
+            src.train(True)
+        orders = [torch.randperm(n, generator=g, device=device) for g in gens]
+        views_all = [torch.randint(0, 4, (n,), generator=g, device=device) if cfg.augment != "none" else None for g in gens]
+        epoch_loss = torch.zeros(k_runs, device=device)
         for start in range(0, n, batch):
-            rows = order[start:start + batch]
-            views = views_all[start:start + batch] if views_all is not None else None
-            target = train_masks[rows]
-            if views is not None:
-                target = flip_per_sample(target, views)
+            rows = [order[start:start + batch] for order in orders]
+            views = [v[start:start + batch] if v is not None else None for v in views_all]
+            target = torch.stack([
+                flip_per_sample(mk[r], v) if v is not None else mk[r] for mk, r, v in zip(train_masks, rows, views)
+            ], dim=1).float()
             with _autocast(device):
-                logits = decoder(_nhwc(train_source.train_features(rows, views)))
-            loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(1), target.float())
+                logits = decoder(_stacked(train_sources, rows, views))
+            per_run = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            per_run.sum().backward()
             optimiser.step()
-            epoch_loss += loss.detach() * len(rows)
+            epoch_loss += per_run.detach() * len(rows[0])
         _sync(device)
         trained = time.perf_counter()
         decoder.eval()
-        train_source.train(False)
-        val_loss = _eval_loss(decoder, val_source, val_masks, cfg.eval_batch_size, device)
+        for src in train_sources:
+            src.train(False)
+        val_loss = _eval_losses(decoder, val_sources, val_masks, cfg.eval_batch_size, device)
         losses = torch.stack([epoch_loss / n, val_loss]).tolist()  # the one sync per epoch
         total_seconds += time.perf_counter() - started
         train_seconds += trained - started
-        history["train_loss"].append(losses[0])
-        history["val_loss"].append(losses[1])
-        if losses[1] < best[0]:
-            best = (
-                losses[1],
-                epoch,
-                copy.deepcopy(decoder.state_dict()),
-                copy.deepcopy(encoder.state_dict()) if trains_encoder else None,
-            )
+        state = None
+        for k in range(k_runs):
+            histories[k]["train_loss"].append(losses[0][k])
+            histories[k]["val_loss"].append(losses[1][k])
+            if losses[1][k] < bests[k][0]:
+                state = decoder.state_dict() if state is None else state
+                bests[k] = (
+                    losses[1][k],
+                    epoch,
+                    group_state(state, k, k_runs),
+                    copy.deepcopy(encoder.state_dict()) if trains_encoder else None,
+                )
         if checkpointer is not None and checkpointer.due(epoch, epochs):
             checkpointer.save({
                 "epoch": epoch, "decoder": decoder.state_dict(), "encoder": encoder.state_dict() if trains_encoder else None,
-                "optimiser": optimiser.state_dict(), "generator": gen.get_state(), "history": history, "best": list(best),
-                "train_seconds": train_seconds, "total_seconds": total_seconds,
+                "optimiser": optimiser.state_dict(), "generators": [g.get_state() for g in gens], "histories": histories,
+                "bests": [list(b) for b in bests], "train_seconds": train_seconds, "total_seconds": total_seconds,
             })
         if progress is not None:
-            progress(epoch, epochs, losses[0], losses[1])
-    return FitResult(best[1], best[0], best[2], best[3], history, train_seconds, total_seconds)
+            progress(epoch, epochs, sum(losses[0]) / k_runs, sum(losses[1]) / k_runs)
+    return [FitResult(b[1], b[0], b[2], b[3], h, train_seconds, total_seconds) for b, h in zip(bests, histories)]
 
 
 @torch.no_grad()
-def predict_logits(decoder: nn.Module, source: FeatureSource, n: int, batch: int, device: torch.device) -> torch.Tensor:
-    """Logits ``[n, 1, S, S]`` float32 on the CPU, in eval mode."""
+def predict_logits(decoder: nn.Module, sources: list[FeatureSource], n: int, batch: int, device: torch.device) -> torch.Tensor:
+    """Logits ``[n, K, S, S]`` float32 on the CPU, in eval mode (K = len(sources) = the decoder's groups)."""
     decoder.eval()
-    source.train(False)
+    for src in sources:
+        src.train(False)
     out = []
     for start in range(0, n, batch):
         rows = torch.arange(start, min(start + batch, n), device=device)
         with _autocast(device):
-            out.append(decoder(_nhwc(source.eval_features(rows))).float().cpu())
+            out.append(decoder(_stacked(sources, [rows] * len(sources), None)).float().cpu())
     return torch.cat(out)
 
 
@@ -342,28 +380,55 @@ class RunOutput:
 def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device, progress=None,
                      checkpointer: Checkpointer | None = None) -> RunOutput:
     """C mode, one (size, seed), decoder trained from the store's features."""
+    return train_group_from_store(store, [cfg], device, progress, checkpointer)[0]
+
+
+def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device: torch.device, progress=None,
+                           checkpointer: Checkpointer | None = None) -> list[RunOutput]:
+    """C mode, one size and several seeds trained together as one grouped decoder (`fit_group`).
+
+    Each run's ``results.json`` reports its share of the group's time (``train_seconds`` divided
+    by the number of runs) and the group's own under ``group``.
+    """
+    cfg = cfgs[0]
     epochs, batch, val_size = cfg.resolved()
+    n_val = len(store.indices("val"))
+    if cfg.val_size is None and val_size > n_val:  # the protocol asks for more than the split holds
+        err_console.print(f"validation size {val_size} of the protocol capped at the {n_val} images of the validation split")
+        val_size = n_val
     if cfg.augment == "exact" and not store.has_flip_views:
         raise FeatcacheError(
             f"{store.path} has no flip views, which --augment exact needs; extract it with --views flips "
             "(or train with --augment feature-flip or none)"
         )
-    rows = select_rows(store, cfg.size, val_size, cfg.seed)
+    rows = [select_rows(store, c.size, val_size, c.seed) for c in cfgs]
     views = slice(None) if cfg.augment == "exact" else slice(0, 1)
-    train_feats = store.features(rows.train_rows)[:, views]
-    target = placement(device, 2 * train_feats.nbytes)
-    train_source = StoreFeatures(train_feats.to(target), cfg.augment)
-    val_source = StoreFeatures(store.features(rows.val_rows)[:, :1].to(target), "none")
-    test_source = StoreFeatures(store.features(rows.test_rows)[:, :1].to(target), "none")
+    train_feats = [store.features(r.train_rows)[:, views] for r in rows]
+    target = placement(device, 2 * sum(f.nbytes for f in train_feats))
     if target != device:
-        raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu")
-    decoder = seeded_decoder(cfg, store.meta["width"]).to(device)
-    result = fit(decoder, train_source, store.masks(rows.train_rows, device), val_source,
-                 store.masks(rows.val_rows, device), cfg, device, progress, checkpointer)
-    decoder.load_state_dict(result.best_decoder)
-    test, logits = evaluate_test(store, decoder, test_source, rows, cfg, device)
-    results = results_dict("C", cfg, rows, result, test, device, epochs, batch, val_size)
-    return RunOutput(results, decoder_checkpoint(store, cfg, result, results), logits)
+        raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
+    train_sources = [StoreFeatures(f.to(device), cfg.augment) for f in train_feats]
+    val_sources = [StoreFeatures(store.features(r.val_rows)[:, :1].to(device), "none") for r in rows]
+    test_source = StoreFeatures(store.features(rows[0].test_rows)[:, :1].to(device), "none")
+    width, k_runs = store.meta["width"], len(cfgs)
+    decoder = build_decoder(cfg.decoder, width, k_runs)
+    decoder.load_state_dict(stack_states([seeded_decoder(c, width).state_dict() for c in cfgs]))
+    decoder.to(device)
+    fits = fit_group(decoder, train_sources, [store.masks(r.train_rows, device) for r in rows], val_sources,
+                     [store.masks(r.val_rows, device) for r in rows], cfgs, device, progress, checkpointer)
+    decoder.load_state_dict(stack_states([f.best_decoder for f in fits]))
+    logits = predict_logits(decoder, [test_source] * k_runs, len(rows[0].test_rows), cfg.eval_batch_size, device)
+    outputs = []
+    for k, (c, r, fitted) in enumerate(zip(cfgs, rows, fits)):
+        test = score_test(store, logits[:, k:k + 1], r, c)
+        results = results_dict("C", c, r, fitted, test, device, epochs, batch, val_size)
+        if k_runs > 1:
+            results["group"] = {"runs": k_runs, "seeds": [x.seed for x in cfgs], "train_seconds": round(fitted.train_seconds, 4),
+                                "total_seconds": round(fitted.total_seconds, 4)}
+            results["train_seconds"] = round(fitted.train_seconds / k_runs, 4)
+            results["total_seconds"] = round(fitted.total_seconds / k_runs, 4)
+        outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results), logits[:, k:k + 1]))
+    return outputs
 
 
 def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
@@ -375,12 +440,17 @@ def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
 def evaluate_test(store: FeatureStore, decoder: nn.Module, source: FeatureSource, rows: RunData,
                   cfg: TrainConfig, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
     """Mean test metrics over the whole test split (at S or at each image's original size), and the logits."""
-    logits = predict_logits(decoder, source, len(rows.test_rows), cfg.eval_batch_size, device)
+    logits = predict_logits(decoder, [source], len(rows.test_rows), cfg.eval_batch_size, device)
+    return score_test(store, logits, rows, cfg), logits
+
+
+def score_test(store: FeatureStore, logits: torch.Tensor, rows: RunData, cfg: TrainConfig) -> dict[str, float]:
+    """Mean test metrics of logits ``[n_test, 1, S, S]``, at S or at each image's original size."""
     if cfg.eval_size == "original":
         masks = original_masks(store, [store.ids[i] for i in rows.test_rows])
     else:
         masks = store.masks(rows.test_rows)
-    return mean_scores(score_logits(logits, masks, cfg.eval_size == "original")), logits
+    return mean_scores(score_logits(logits, masks, cfg.eval_size == "original"))
 
 
 def results_dict(mode: str, cfg: TrainConfig, rows: RunData, fit_result: FitResult, test: dict[str, float],

@@ -21,7 +21,9 @@ from featcache.train import (
     select_rows,
     seeded_decoder,
     train_from_store,
+    train_group_from_store,
 )
+from featcache.metrics import METRICS
 
 QUICK = dict(size=8, epochs=3, batch_size=4, val_size=4)
 RESULT_KEYS = {"mode", "size", "seed", "val_size", "epochs", "batch_size", "best_epoch", "train_seconds",
@@ -145,7 +147,7 @@ def save_then_die(self, state):
 
 resume.Checkpointer.save = save_then_die
 train_decoder({store!r}, TrainConfig(size=8, epochs=6, batch_size=3, val_size=4), [0, 1], {out!r}, "cpu",
-              progress=False, checkpoint_seconds=0)
+              progress=False, checkpoint_seconds=0, grouped=True)
 """
 
 
@@ -158,15 +160,18 @@ def test_sigkill_during_training_then_rerun_equals_uninterrupted(micro_store, tm
     killed = subprocess.run([sys.executable, "-c", KILLER.format(store=str(micro_store), out=str(out))],
                             capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert (out / "seed-0" / "resume.pt").exists() and not (out / "seed-0" / "results.json").exists()
+    assert (out / "resume-0-1.pt").exists() and not (out / "seed-0" / "results.json").exists()
     cfg = TrainConfig(size=8, epochs=6, batch_size=3, val_size=4)
-    resumed = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", progress=False, checkpoint_seconds=0)
-    plain = train_decoder(str(micro_store), cfg, [0, 1], reference, "cpu", progress=False)
-    for a, b in zip(resumed.results, plain.results):
-        assert a["test"] == b["test"] and a["history"] == b["history"] and a["best_epoch"] == b["best_epoch"]
-    assert not (out / "seed-0" / "resume.pt").exists()
-    a, b = safe_torch_load(out / "seed-0" / "decoder.pt"), safe_torch_load(reference / "seed-0" / "decoder.pt")
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    resumed = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", progress=False, checkpoint_seconds=0, grouped=True)
+    plain = train_decoder(str(micro_store), cfg, [0, 1], reference, "cpu", progress=False, grouped=False)
+    for a, b in zip(resumed.results, plain.results):  # grouped and resumed against sequential and uninterrupted
+        assert a["best_epoch"] == b["best_epoch"]
+        np.testing.assert_allclose(a["history"]["val_loss"], b["history"]["val_loss"], rtol=1e-4)
+    assert not (out / "resume-0-1.pt").exists()
+    grouped_ref = tmp_path / "grouped-ref"
+    train_decoder(str(micro_store), cfg, [0, 1], grouped_ref, "cpu", progress=False, grouped=True)
+    a, b = safe_torch_load(out / "seed-0" / "decoder.pt"), safe_torch_load(grouped_ref / "seed-0" / "decoder.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])  # bit-identical
     again = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", progress=False)  # finished seeds are kept
     assert [r["train_seconds"] for r in again.results] == [r["train_seconds"] for r in resumed.results]
     with pytest.raises(FeatcacheError, match="another configuration"):
@@ -179,3 +184,19 @@ def test_same_command_twice_gives_identical_metrics(micro_store, tmp_path, cli):
         assert cli(*args, "--out", tmp_path / name).returncode == 0
     a, b = (json.loads((tmp_path / n / "seed-0" / "results.json").read_text()) for n in "ab")
     assert a["test"] == b["test"] and a["history"] == b["history"]
+
+
+def test_grouped_seeds_equal_separate_runs(micro_store):
+    """Three seeds trained as one grouped network end with the weights and metrics of three separate runs."""
+    cfgs = [TrainConfig(size=8, epochs=4, batch_size=3, val_size=4, seed=s) for s in (0, 1, 2)]
+    with FeatureStore.open(micro_store) as store:
+        grouped = train_group_from_store(store, cfgs, torch.device("cpu"))
+        separate = [train_from_store(store, c, torch.device("cpu")) for c in cfgs]
+    for g, s in zip(grouped, separate):
+        assert g.results["train_ids"] == s.results["train_ids"] and g.results["best_epoch"] == s.results["best_epoch"]
+        np.testing.assert_allclose(g.results["history"]["val_loss"], s.results["history"]["val_loss"], rtol=1e-4)
+        for k in METRICS:
+            assert g.results["test"][k] == pytest.approx(s.results["test"][k], abs=1e-3)
+        for name, value in s.checkpoint["state_dict"].items():
+            torch.testing.assert_close(g.checkpoint["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+        assert g.results["group"]["runs"] == 3
