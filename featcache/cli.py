@@ -232,6 +232,8 @@ def train_decoder(
     from featcache.report import seeds_table
 
     sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder, grouped=grouped)
+    if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
+        return
     title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
     out_console.print(seeds_table(sweep.results, sweep.summary, title))
     out_console.print(f"runs and summary.json in {sweep.out}")
@@ -282,6 +284,8 @@ def compare_e2e(
         batch_size=batch_size, val_size=val_size, lr=lr, augment=augment, device=device or state.device,
     )
     result = run_compare(cfg)
+    if result.report is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     out_console.print(compare_table(result.results))
     out_console.print(f"report: {result.report}")
 

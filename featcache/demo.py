@@ -27,15 +27,17 @@ class DemoConfig:
     data: Path | None = None
     arch: str = "vit_mini"
     image_size: int = 64
+    init: str = "random"
     n_train: int = 48
     n_val: int = 12
     n_test: int = 16
     pretrain_epochs: int = 4
     pretrain_lr: float = 1e-3
+    pretrain_batch: int = 16
     sizes: tuple[int, ...] = (40, 20, 10)
     seeds: tuple[int, ...] = (0, 1)
     modes: tuple[str, ...] = ("E", "F", "C")
-    epochs: int = 40
+    epochs: int | None = 40
     lr: float = 0.05
     device: str = "auto"
     workers: int = 0
@@ -44,8 +46,8 @@ class DemoConfig:
     def shortenings(self) -> str:
         return (
             f"{self.arch} at {self.image_size} px (study: vit_b_16 at 224 px); pretraining {self.pretrain_epochs} epochs "
-            f"from random weights at Adam lr {self.pretrain_lr} (study: 32 epochs from ImageNet at 2e-5); "
-            f"{self.epochs} epochs per run at SGD lr {self.lr} (study: 100–1200 epochs at 2e-4); sizes "
+            f"from {self.init} weights at Adam lr {self.pretrain_lr} (study: 32 epochs from ImageNet at 2e-5); "
+            f"{self.epochs or 'the protocol’s'} epochs per run at SGD lr {self.lr} (study: 100–1200 epochs at 2e-4); sizes "
             f"{', '.join(map(str, self.sizes))}; seeds {', '.join(map(str, self.seeds))}"
         )
 
@@ -74,8 +76,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     t = time.perf_counter()
     encoder_path = out / "encoder.pt"
     pretrain(PretrainConfig(
-        data=data, out=encoder_path, arch=cfg.arch, init="random", epochs=cfg.pretrain_epochs,
-        batch_size=16, lr=cfg.pretrain_lr, image_size=cfg.image_size, workers=cfg.workers, device=cfg.device, split=cfg.split,
+        data=data, out=encoder_path, arch=cfg.arch, init=cfg.init, epochs=cfg.pretrain_epochs,
+        batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, image_size=cfg.image_size, workers=cfg.workers, device=cfg.device, split=cfg.split,
     ))
     steps["pretrain"] = time.perf_counter() - t
 

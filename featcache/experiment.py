@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from featcache.distributed import Distributed
 from featcache.errors import FeatcacheError
 from featcache.io import torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
@@ -90,7 +91,8 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     again, and interrupted seeds continue from ``OUT/resume-SEEDS.pt`` (written at most every
     ``checkpoint_seconds``).
     """
-    dev = resolve_device(device)
+    dist = Distributed.from_env(device)
+    dev = dist.device
     grouped = dev.type == "cuda" if grouped is None else grouped
     out = Path(out)
     finished: dict[int, dict] = {}
@@ -111,8 +113,9 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
                 finished[seed] = done
         pending = [s for s in seeds if s not in finished]
         groups = [pending] if grouped and pending else [[s] for s in pending]
+        groups = groups[dist.rank::dist.world_size]  # torchrun: each rank its share of the seeds
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, disable=not progress) as bar:
+        with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
             for group in groups:
                 names = "-".join(map(str, group))
                 checkpointer = Checkpointer(out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds)
@@ -124,6 +127,12 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
                     write_run(run_dir(out, seed), run.results, run.checkpoint)
                     finished[seed] = run.results
                 checkpointer.done()
+    gathered = dist.gather_objects(finished)
+    dist.close()
+    if not dist.is_main:
+        return SeedSweep(out, [finished[s] for s in finished], {})
+    for part in gathered:
+        finished.update(part)
     results = [finished[s] for s in seeds]
     summary = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder,
                "store": str(store_path), **aggregate(results)}
@@ -184,9 +193,11 @@ class CompareConfig:
 
 @dataclass
 class Comparison:
+    """Every run's results and the report (None on torchrun ranks other than 0, which gathers)."""
+
     out: Path
     results: list[dict]
-    report: Path
+    report: Path | None
 
 
 def parse_list(text: str, option: str, kind=int) -> tuple:
@@ -244,7 +255,8 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
     from featcache.report import write_report
 
     cfg.validate()
-    device = resolve_device(cfg.device)
+    dist = Distributed.from_env(cfg.device)
+    device = dist.device
     results: list[dict] = []
     with FeatureStore.open(cfg.store) as store:
         ss, init = _encoders(store, cfg)
@@ -257,12 +269,14 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
         group_c = device.type == "cuda"
         batches = [(m, s, list(cfg.seeds) if m == "C" and group_c else [k]) for s in cfg.sizes for k in cfg.seeds
                    for m in cfg.modes if not (m == "C" and group_c) or k == cfg.seeds[0]]
+        # Under torchrun each rank takes every K-th batch of runs; runs are independent and seeded.
+        batches = batches[dist.rank::dist.world_size]
         n_test = len(store.indices("test"))
         case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
         cases: dict[tuple[str, int], torch.Tensor] = {}
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, disable=not progress) as bar:
-            overall = bar.add_task("compare-e2e runs", total=len(cfg.sizes) * len(cfg.seeds) * len(cfg.modes))
+        with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
+            overall = bar.add_task("compare-e2e runs", total=sum(len(seeds) for _, _, seeds in batches))
             for mode, size, seeds in batches:
                 run_cfgs = [TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
                                         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -280,6 +294,13 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                     if seed == cfg.seeds[0]:
                         cases[(mode, size)] = (torch.sigmoid(logits[case_rows, 0]) > 0.5).to(torch.uint8)
                     bar.advance(overall)
+        gathered = dist.gather_objects((results, cases))
+        dist.close()
+        if not dist.is_main:
+            return Comparison(cfg.out, results, None)
+        results = sorted((r for part, _ in gathered for r in part),
+                         key=lambda r: (cfg.sizes.index(r["size"]), r["seed"], cfg.modes.index(r["mode"])))
+        cases = {key: value for _, part in gathered for key, value in part.items()}
         extraction = store.meta.get("extraction") or {}
         context = {
             "store": str(cfg.store),

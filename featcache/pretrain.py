@@ -8,6 +8,10 @@ noise for every image in every epoch), so validation losses compare across epoch
 The result is a featcache encoder checkpoint (``ENCODER_CHECKPOINT_FORMAT``) that
 ``build_encoder(arch, PATH)`` loads, recording the weights it started from under ``"init"``,
 plus two figures and the loss history beside it.
+
+A run killed part way resumes when started again with the same configuration and data: the
+resume state ``<stem>.resume.pt`` beside the checkpoint (see `resume_path`) holds everything the
+next epoch needs, random generators included, so the outputs equal an uninterrupted run's on the CPU.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ from featcache.models import (
     weights_sha256,
 )
 from featcache.report import plot_loss_curve, save_figure
+from featcache.resume import Checkpointer
 from featcache.runtime import err_console, resolve_device
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
 # Independent random streams of one run, derived from (seed, stream).
 _ORDER_STREAM, _TRAIN_NOISE_STREAM, _VAL_NOISE_STREAM = 0, 1, 2
+# Options that do not change the results: a resume state written under other values still applies.
+_RESUME_IGNORES = ("device", "workers", "checkpoint_seconds")
 
 
 @dataclass
@@ -58,6 +65,8 @@ class PretrainConfig:
     the figures and history are written beside it. ``lr`` is Adam's learning rate, ``noise_std``
     the standard deviation of the added noise in units of the [0, 1] pixel range, ``image_size``
     the square training resolution in pixels (a multiple of the patch size).
+    ``checkpoint_seconds`` is the least wall time between two writes of the resume state
+    (`resume_path`; 0: after every epoch).
     """
 
     data: Path
@@ -73,6 +82,7 @@ class PretrainConfig:
     workers: int = 0
     device: str = "auto"
     split: SplitConfig = field(default_factory=SplitConfig)
+    checkpoint_seconds: float = 60.0
 
     def validate(self) -> None:
         """Raise a one-line FeatcacheError naming the first out-of-range option."""
@@ -116,6 +126,12 @@ class PretrainReport:
     total_seconds: float
     history: Path
     figures: list[Path]
+
+
+def resume_path(out: Path) -> Path:
+    """The resume state of a run writing ``out``: ``<stem>.resume.pt`` beside it (``encoder.pt`` -> ``encoder.resume.pt``)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.resume.pt")
 
 
 def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
@@ -217,6 +233,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     step adds seeded noise, reconstructs with encoder + decoder (bf16 autocast on CUDA) and takes
     an Adam step on the MSE. Writes ``cfg.out`` (atomically), ``<stem>_history.json``,
     ``<stem>_loss.png`` and ``<stem>_reconstructions.png`` beside it.
+
+    After an epoch, at most every ``checkpoint_seconds`` and after the last one, the resume state
+    (`resume_path`) is written atomically, outside the timed region; a run whose resume state
+    exists continues after its epoch if configuration (but for ``device``, ``workers`` and
+    ``checkpoint_seconds``) and data fingerprint match, and is refused otherwise. The resume
+    state is deleted once all outputs are written.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -246,11 +268,28 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     best_encoder: dict[str, torch.Tensor] = {}
     best_decoder: dict[str, torch.Tensor] = {}
     seconds = total_seconds = 0.0
+    first = 1
+    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
+                "fingerprint": index.fingerprint()}
+    checkpointer = Checkpointer(resume_path(cfg.out), identity, cfg.checkpoint_seconds)
+    saved = checkpointer.load()
+    if saved is not None:
+        if saved["device_type"] != device.type:  # CPU and CUDA generators have different states
+            raise FeatcacheError(f"{checkpointer.path} was written on {saved['device_type']}; resume with "
+                                 f"--device {saved['device_type']}, or delete it to start again on {device.type}")
+        encoder.load_state_dict(saved["encoder"])
+        decoder.load_state_dict(saved["decoder"])
+        optimiser.load_state_dict(saved["optimiser"])
+        order_gen.set_state(saved["order_generator"])
+        noise_gen.set_state(saved["noise_generator"])
+        history, best_loss, best_epoch = saved["history"], saved["best_val_loss"], saved["best_epoch"]
+        best_encoder, best_decoder = saved["best_encoder"], saved["best_decoder"]
+        seconds, total_seconds, first = saved["seconds"], saved["total_seconds"], saved["epoch"] + 1
     columns = (TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, disable=not progress) as bar:
-        task = bar.add_task("", total=cfg.epochs)
-        for epoch in range(1, cfg.epochs + 1):
+        task = bar.add_task("", total=cfg.epochs, completed=first - 1)
+        for epoch in range(first, cfg.epochs + 1):
             _sync(device)
             started = time.perf_counter()
             encoder.train()
@@ -278,6 +317,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
             if losses[1] < best_loss:
                 best_loss, best_epoch = losses[1], epoch
                 best_encoder, best_decoder = _cpu_copy(encoder), _cpu_copy(decoder)
+            if checkpointer.due(epoch, cfg.epochs):
+                checkpointer.save({
+                    "epoch": epoch, "device_type": device.type, "encoder": encoder.state_dict(),
+                    "decoder": decoder.state_dict(), "optimiser": optimiser.state_dict(),
+                    "order_generator": order_gen.get_state(), "noise_generator": noise_gen.get_state(),
+                    "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch,
+                    "best_encoder": best_encoder, "best_decoder": best_decoder, "seconds": seconds,
+                    "total_seconds": total_seconds,
+                })
             bar.update(task, completed=epoch, description=f"train {losses[0]:.5f} · val {losses[1]:.5f} (best {best_epoch})")
 
     encoder.load_state_dict(best_encoder)
@@ -310,4 +358,5 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     plot_loss_curve(history, best_epoch, loss_png,
                     f"denoising pretraining, {encoder.arch} (noise σ = {cfg.noise_std:g})", ylabel="reconstruction MSE")
     _reconstruction_figure(encoder, decoder, val_images, [s.id for s in val_samples], cfg, recon_png)
+    checkpointer.done()
     return PretrainReport(out, best_epoch, best_loss, seconds, total_seconds, history_path, [recon_png, loss_png])

@@ -254,6 +254,9 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
               "## Training time (the study's Table 3, extended)", "",
               "Seconds of training steps per run (device synchronised; validation, checkpoints and extraction excluded), "
               "% saved and speed-up against E."]
+    if any("group" in r for r in results):
+        lines.append("C runs of one size trained their seeds together as one grouped network; each run's time is the "
+                     "group's divided by the number of seeds.")
     if share is not None:
         lines.append(f"The store's extraction took {extraction:.1f} s ({context.get('extraction_device')}); spread over the "
                      f"{n_c} C runs that used it, that is {share:.2f} s per run, shown as *C+extract*.")

@@ -68,3 +68,26 @@ def test_another_encoder_is_refused(micro_store, tmp_path):
     with pytest.raises(FeatcacheError, match="exceed the training split"):
         compare_e2e(CompareConfig(store=str(micro_store), out=tmp_path / "d", sizes=(99,), seeds=(0,), modes=("C",),
                                   epochs=1, val_size=2, device="cpu"), progress=False)
+
+
+def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcache",
+           "--device", "cpu", "compare-e2e", str(micro_store), "--sizes", "8,4", "--seeds", "0,1", "--modes", "E,Es,F,FI,C",
+           "--epochs", "3", "--batch-size", "4", "--val-size", "3", "--lr", "0.01", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("report:") == 1  # rank 0 alone reports
+    one = {(r["mode"], r["size"], r["seed"]): r for r in comparison.results}
+    two = {(r["mode"], r["size"], r["seed"]): r for r in
+           (json.loads(p.read_text()) for p in out.glob("runs/*/size-*/seed-*/results.json"))}
+    assert one.keys() == two.keys()
+    for key in one:  # equal up to the thread count's summation order (1 thread per rank here, 2 in the fixture)
+        np.testing.assert_allclose(one[key]["history"]["val_loss"], two[key]["history"]["val_loss"], rtol=1e-5)
+        for metric, value in one[key]["test"].items():
+            assert two[key]["test"][metric] == pytest.approx(value, abs=1e-4), (key, metric)
+    assert (out / "report.md").exists()

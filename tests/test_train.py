@@ -200,3 +200,22 @@ def test_grouped_seeds_equal_separate_runs(micro_store):
         for name, value in s.checkpoint["state_dict"].items():
             torch.testing.assert_close(g.checkpoint["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
         assert g.results["group"]["runs"] == 3
+
+
+def test_torchrun_spreads_seeds_over_ranks(micro_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = TrainConfig(size=6, epochs=3, batch_size=3, val_size=3)
+    single = train_decoder(str(micro_store), cfg, [0, 1], tmp_path / "one", "cpu", progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcache",
+           "--device", "cpu", "train-decoder", str(micro_store), "--size", "6", "--seeds", "0,1", "--epochs", "3",
+           "--batch-size", "3", "--val-size", "3", "--out", str(tmp_path / "two")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    for seed, ref in zip((0, 1), single.results):
+        ran = json.loads((tmp_path / "two" / f"seed-{seed}" / "results.json").read_text())
+        np.testing.assert_allclose(ran["history"]["val_loss"], ref["history"]["val_loss"], rtol=1e-5)
