@@ -64,7 +64,7 @@ def synth(
         try:
             h, w = (int(v) for v in image_size.lower().split("x"))
         except ValueError:
-            raise typer.BadParameter(f"{image_size!r} is not HxW, e.g. 48x64", param_hint="--image-size")
+            raise typer.BadParameter(f"{image_size!r} is not HxW, e.g. 48x64", param_hint="--image-size") from None
         size = (h, w)
     report = synthesize(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=size, seed=seed, progress=True)
     out_console.print(f"wrote {report.counts} images to {report.out}; contact sheet {report.contact_sheet}")

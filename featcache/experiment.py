@@ -19,7 +19,7 @@ from featcache.models import Encoder, build_encoder, encoder_from_provenance, en
 from featcache.protocol import protocol_for
 from featcache.resume import Checkpointer
 from featcache.report import aggregate, plot_loss_curve, write_runs_csv
-from featcache.runtime import err_console, resolve_device
+from featcache.runtime import err_console
 from featcache.store import FeatureStore
 from featcache.train import (
     EncoderFeatures,

@@ -181,8 +181,6 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     device = dist.device if dist.world_size > 1 else resolve_device(cfg.device)
     if dist.world_size > 1 and backend_kind(cfg.out) == "hdf5":
         raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
-    if device.type == "cpu" and dist.world_size == 1:
-        torch.set_num_threads(os.cpu_count() or 1)
     index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad)
     if index.split_note and dist.is_main:
         err_console.print(f"{cfg.data}: {index.split_note}")
@@ -233,7 +231,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
         persistent_workers=False,
     )
     view_names = store.view_names
-    computed, seconds = 0, 0.0
+    computed = 0
     block_rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
     mask_problems: list[str] = []
     block_iter = iter(pending)

@@ -248,6 +248,13 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     train_samples, val_samples = index.split("train"), index.split("val")
     if not val_samples:
         raise FeatcacheError(f"{cfg.data}: no validation images; add a validation folder or raise --val-fraction above 0")
+    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
+                "fingerprint": index.fingerprint()}
+    checkpointer = Checkpointer(resume_path(cfg.out), identity, cfg.checkpoint_seconds)
+    saved = checkpointer.load()
+    if saved is not None and saved["device_type"] != device.type:  # CPU and CUDA generators have different states
+        raise FeatcacheError(f"{checkpointer.path} was written on {saved['device_type']}; resume with "
+                             f"--device {saved['device_type']}, or delete it to start again on {device.type}")
     train_images = load_images(train_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
     val_images = load_images(val_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
 
@@ -269,14 +276,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     best_decoder: dict[str, torch.Tensor] = {}
     seconds = total_seconds = 0.0
     first = 1
-    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
-                "fingerprint": index.fingerprint()}
-    checkpointer = Checkpointer(resume_path(cfg.out), identity, cfg.checkpoint_seconds)
-    saved = checkpointer.load()
     if saved is not None:
-        if saved["device_type"] != device.type:  # CPU and CUDA generators have different states
-            raise FeatcacheError(f"{checkpointer.path} was written on {saved['device_type']}; resume with "
-                                 f"--device {saved['device_type']}, or delete it to start again on {device.type}")
         encoder.load_state_dict(saved["encoder"])
         decoder.load_state_dict(saved["decoder"])
         optimiser.load_state_dict(saved["optimiser"])

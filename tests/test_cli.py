@@ -1,4 +1,3 @@
-from featcache.cli import app
 
 
 def test_help_lists_commands(cli):

@@ -1,5 +1,9 @@
 import dataclasses
 import json
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +22,8 @@ from featcache.models import (
     file_sha256,
     weights_sha256,
 )
-from featcache.pretrain import PretrainConfig, load_images, noisy_batches, pretrain, validation_loss
+from featcache.pretrain import PretrainConfig, load_images, noisy_batches, pretrain, resume_path, validation_loss
+from featcache.resume import Checkpointer
 
 # lr 6e-3 makes the micro ViT's validation loss non-monotone here, so the kept epoch is usually not the last.
 QUICK = dict(arch="vit_micro", init="random", epochs=3, batch_size=4, lr=6e-3, image_size=32, workers=0, device="cpu")
@@ -143,3 +148,68 @@ def test_out_of_range_options_name_the_option(synth_root, tmp_path, overrides, o
         pretrain(quick_config(synth_root, tmp_path / "x.pt", **overrides), progress=False)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "x.pt").exists()
+
+
+# `pretrain` of the PretrainConfig keywords in JSON argv[1], SIGKILLing itself right after the 2nd resume-state write.
+KILLED_RUN = """
+import json, os, signal, sys
+import featcache.pretrain as pretrain_module
+
+save = pretrain_module.Checkpointer.save
+writes = []
+
+def save_then_die(self, state):
+    save(self, state)
+    writes.append(state["epoch"])
+    if len(writes) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+pretrain_module.Checkpointer.save = save_then_die
+pretrain_module.pretrain(pretrain_module.PretrainConfig(**json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(run, synth_root, tmp_path, capsys):
+    """Killed after epoch 2 of 3, the run resumes and ends exactly where `run` (uninterrupted) ended."""
+    cfg, report, ckpt = run
+    assert resume_path(tmp_path / "encoder.pt") == tmp_path / "encoder.resume.pt"
+    out = tmp_path / "killed.pt"
+    killed_cfg = quick_config(synth_root, out, checkpoint_seconds=0.0)
+    options = json.dumps({**QUICK, "data": str(synth_root), "out": str(out), "checkpoint_seconds": 0.0})
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, options], capture_output=True, text=True, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert resume_path(out).is_file() and not out.exists()
+    assert torch.load(resume_path(out), weights_only=True)["state"]["epoch"] == 2
+
+    resumed = pretrain(killed_cfg, progress=False)
+    assert f"resuming from {resume_path(out)} (epoch 2 finished)" in capsys.readouterr().err
+    assert not resume_path(out).exists()
+    got = torch.load(out, weights_only=True)
+    assert_same_weights(got["state_dict"], ckpt["state_dict"])
+    assert_same_weights(got["decoder_state_dict"], ckpt["decoder_state_dict"])
+    assert got["history"] == ckpt["history"] and len(got["history"]["val_loss"]) == cfg.epochs
+    assert got["best_epoch"] == ckpt["best_epoch"] and got["best_val_loss"] == ckpt["best_val_loss"]
+    saved, expected = (json.loads(r.history.read_text()) for r in (resumed, report))
+    assert saved["history"] == expected["history"] and saved["best_epoch"] == expected["best_epoch"]
+
+
+def test_resume_state_of_another_run_is_refused(synth_root, tmp_path, monkeypatch):
+    out = tmp_path / "one.pt"
+    with monkeypatch.context() as keep:  # as if killed after its last epoch, before its outputs
+        keep.setattr(Checkpointer, "done", lambda self: None)
+        first = pretrain(quick_config(synth_root, out, epochs=1, checkpoint_seconds=0.0), progress=False)
+    out.unlink()
+    other_data = tmp_path / "other"
+    shutil.copytree(synth_root, other_data)
+    with open(next(other_data.rglob("*.jpg")), "ab") as image:  # another size: another fingerprint
+        image.write(b"\0")
+    for other in (quick_config(synth_root, out, epochs=1, lr=1e-3), quick_config(other_data, out, epochs=1)):
+        with pytest.raises(FeatcacheError, match="delete it or choose another --out") as error:
+            pretrain(other, progress=False)
+        assert str(resume_path(out)) in str(error.value) and "\n" not in str(error.value)
+    assert resume_path(out).is_file() and not out.exists()
+    # device, workers and checkpoint_seconds do not matter: the same run resumes and writes its outputs.
+    again = pretrain(quick_config(synth_root, out, epochs=1, checkpoint_seconds=60.0), progress=False)
+    assert not resume_path(out).exists()
+    assert_same_weights(torch.load(again.out, weights_only=True)["state_dict"],
+                        torch.load(first.out, weights_only=True)["state_dict"])
