@@ -24,7 +24,7 @@ from featcache.distributed import Distributed
 from featcache.errors import FeatcacheError
 from featcache.lock import WriterLock
 from featcache.models import Encoder, build_encoder, encoder_provenance
-from featcache.runtime import err_console, resolve_device
+from featcache.runtime import err_console, resolve_device, synchronize
 from featcache.store import (
     FEATURE_DTYPES,
     VIEW_FLIPS,
@@ -266,8 +266,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
                 if on_block is not None:
                     on_block(start, stop)
                 current = next(block_iter, None)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - started
     if mask_problems:
         err_console.print(

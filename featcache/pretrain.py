@@ -46,7 +46,7 @@ from featcache.models import (
 )
 from featcache.report import plot_loss_curve, save_figure
 from featcache.resume import Checkpointer
-from featcache.runtime import err_console, resolve_device
+from featcache.runtime import autocast, err_console, resolve_device, synchronize
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
@@ -140,15 +140,6 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a module's state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
@@ -189,7 +180,7 @@ def validation_loss(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, 
     decoder.eval()
     total = torch.zeros((), device=images.device)
     for clean, noisy in noisy_batches(images, batch_size, std, seed):
-        with _autocast(images.device):
+        with autocast(images.device):
             recon = decoder(encoder(noisy))
         total += F.mse_loss(recon.float(), clean, reduction="sum")
     return total / images.numel()
@@ -204,7 +195,7 @@ def _reconstruction_figure(encoder: Encoder, decoder: nn.Module, images: torch.T
     decoder.eval()
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for clean, noisy in noisy_batches(images, cfg.batch_size, cfg.noise_std, cfg.seed):
-        with _autocast(images.device):
+        with autocast(images.device):
             recon = decoder(encoder(noisy)).float()
         rows += zip(clean.cpu(), noisy.cpu(), recon.clamp(0, 1).cpu())
         if len(rows) >= FIGURE_IMAGES:
@@ -290,7 +281,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     with Progress(*columns, console=err_console, disable=not progress) as bar:
         task = bar.add_task("", total=cfg.epochs, completed=first - 1)
         for epoch in range(first, cfg.epochs + 1):
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
             encoder.train()
             decoder.train()
@@ -299,14 +290,14 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
             for start in range(0, n, cfg.batch_size):
                 clean = train_images[order[start:start + cfg.batch_size]].float().div_(255)  # [b, 3, S, S]
                 noisy = add_noise(clean, cfg.noise_std, noise_gen)
-                with _autocast(device):
+                with autocast(device):
                     recon = decoder(encoder(noisy))
                 loss = F.mse_loss(recon.float(), clean)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 epoch_loss += loss.detach() * len(clean)
-            _sync(device)
+            synchronize(device)
             trained = time.perf_counter()
             val_loss = validation_loss(encoder, decoder, val_images, cfg.batch_size, cfg.noise_std, cfg.seed)
             losses = torch.stack([epoch_loss / n, val_loss]).tolist()  # the one sync per epoch

@@ -30,3 +30,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
                 f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0..{torch.cuda.device_count() - 1}"
             )
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so wall-clock timings measure it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, off on the CPU (where bf16 matmuls are slower and change results)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -28,7 +28,7 @@ from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import Encoder, build_decoder, group_state, stack_states
 from featcache.protocol import protocol_for, subset
 from featcache.resume import Checkpointer
-from featcache.runtime import err_console
+from featcache.runtime import autocast, err_console, synchronize
 from featcache.store import VIEW_FLIPS, VIEWS, FeatureStore, placement
 
 AUGMENTS = ("exact", "feature-flip", "none")
@@ -160,15 +160,6 @@ class FitResult:
     total_seconds: float
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _nhwc(features: torch.Tensor) -> torch.Tensor:
     """Decoder input in channels_last: its convolutions run about twice as fast, on the CPU too
     (measured), and every mode gets the same layout, so the comparison stays fair."""
@@ -192,7 +183,7 @@ def _eval_losses(decoder: nn.Module, sources: list[FeatureSource], masks: list[t
     total = torch.zeros(len(sources), device=device)
     for start in range(0, m, batch):
         rows = torch.arange(start, min(start + batch, m), device=device)
-        with _autocast(device):
+        with autocast(device):
             logits = decoder(_stacked(sources, [rows] * len(sources), None))
         target = torch.stack([mk[rows] for mk in masks], dim=1).float()
         total += F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(dim=(0, 2, 3))
@@ -252,7 +243,7 @@ def fit_group(decoder: nn.Module, train_sources: list[FeatureSource], train_mask
         histories, bests = saved["histories"], [tuple(b) for b in saved["bests"]]
         train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
     for epoch in range(first, epochs + 1):
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         decoder.train()
         for src in train_sources:
@@ -266,14 +257,14 @@ def fit_group(decoder: nn.Module, train_sources: list[FeatureSource], train_mask
             target = torch.stack([
                 flip_per_sample(mk[r], v) if v is not None else mk[r] for mk, r, v in zip(train_masks, rows, views)
             ], dim=1).float()
-            with _autocast(device):
+            with autocast(device):
                 logits = decoder(_stacked(train_sources, rows, views))
             per_run = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
             optimiser.zero_grad(set_to_none=True)
             per_run.sum().backward()
             optimiser.step()
             epoch_loss += per_run.detach() * len(rows[0])
-        _sync(device)
+        synchronize(device)
         trained = time.perf_counter()
         decoder.eval()
         for src in train_sources:
@@ -314,7 +305,7 @@ def predict_logits(decoder: nn.Module, sources: list[FeatureSource], n: int, bat
     out = []
     for start in range(0, n, batch):
         rows = torch.arange(start, min(start + batch, n), device=device)
-        with _autocast(device):
+        with autocast(device):
             out.append(decoder(_stacked(sources, [rows] * len(sources), None)).float().cpu())
     return torch.cat(out)
 
