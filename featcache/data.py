@@ -414,6 +414,14 @@ def find_samples(root: Path, split: SplitConfig | None = None,
                     raise
                 skipped.append(image)
     samples = sorted(made, key=lambda s: (SPLITS.index(s.split), s.id))
+    seen: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.id in seen:
+            raise FeatcacheError(
+                f"{sample.image} and {seen[sample.id].image} share the id {sample.id!r} (in {seen[sample.id].split} and "
+                f"{sample.split}); an image may be in one split only: remove one"
+            )
+        seen[sample.id] = sample
     return SampleIndex(
         root=root,
         layout=layout.name,

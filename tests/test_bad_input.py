@@ -132,3 +132,17 @@ def test_full_disk_is_explained_and_the_store_stays_resumable(synth_root, tmp_pa
     extract(extract_config(synth_root, reference), progress=False)
     with FeatureStore.open(out) as a, FeatureStore.open(reference) as b:
         assert torch.equal(a.features(np.arange(24)), b.features(np.arange(24)))
+
+
+def test_duplicate_ids(cli, data, tmp_path):
+    shutil.copy(data / TRAIN / "ISIC_0000001.jpg", data / "ISIC-2017_Validation_Data" / "ISIC_0000001.jpg")
+    shutil.copy(data / TRUTH / "ISIC_0000001_segmentation.png",
+                data / "ISIC-2017_Validation_Part1_GroundTruth" / "ISIC_0000001_segmentation.png")
+    one_line_error(cli("extract", data, "--out", tmp_path / "s.zarr", *MICRO), "ISIC_0000001", "one split only")
+    plain = tmp_path / "plain"
+    (plain / "images").mkdir(parents=True)
+    (plain / "masks").mkdir()
+    for name in ("a.jpg", "a.png"):
+        shutil.copy(data / TRAIN / "ISIC_0000002.jpg", plain / "images" / name)
+    shutil.copy(data / TRUTH / "ISIC_0000002_segmentation.png", plain / "masks" / "a.png")
+    one_line_error(cli("extract", plain, "--out", tmp_path / "t.zarr", *MICRO), "same name 'a'", "rename or remove one")
