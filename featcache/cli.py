@@ -43,10 +43,6 @@ def _global(
     state.device = device
 
 
-def _device(option: Optional[str]):
-    return resolve_device(option or state.device)
-
-
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the ISIC 2017 layout into."),

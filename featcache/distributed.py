@@ -24,7 +24,7 @@ class Distributed:
     initialised: bool = False
 
     @classmethod
-    def from_env(cls, device_spec: str = "auto") -> "Distributed":
+    def from_env(cls, device_spec: str = "auto") -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls(device=resolve_device(device_spec))

@@ -68,7 +68,7 @@ class WriterLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

@@ -296,14 +296,6 @@ def load_encoder_weights(encoder: Encoder, state: dict[str, torch.Tensor], sourc
     encoder.load_state_dict(body, strict=True)
 
 
-def read_encoder_checkpoint(path: Path) -> dict:
-    """A featcache encoder checkpoint (``weights_only`` load) or an error naming the file."""
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_CHECKPOINT_FORMAT:
-        raise FeatcacheError(f"{path} is not a featcache encoder checkpoint (write one with `featcache pretrain`)")
-    return ckpt
-
-
 def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: int = 0) -> Encoder:
     """An encoder of a named architecture with its starting weights.
 

@@ -14,7 +14,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -58,13 +59,13 @@ class _ZarrBackend:
         self.group = group
 
     @classmethod
-    def create(cls, path: str) -> "_ZarrBackend":
+    def create(cls, path: str) -> _ZarrBackend:
         import zarr
 
         return cls(zarr.open_group(path, mode="w", zarr_format=3))
 
     @classmethod
-    def open(cls, path: str, writable: bool) -> "_ZarrBackend":
+    def open(cls, path: str, writable: bool) -> _ZarrBackend:
         import zarr
 
         return cls(zarr.open_group(path, mode="r+" if writable else "r", zarr_format=3))
@@ -121,13 +122,13 @@ class _H5Backend:
         self.file = file
 
     @classmethod
-    def create(cls, path: str) -> "_H5Backend":
+    def create(cls, path: str) -> _H5Backend:
         import h5py
 
         return cls(h5py.File(path, "w"))
 
     @classmethod
-    def open(cls, path: str, writable: bool) -> "_H5Backend":
+    def open(cls, path: str, writable: bool) -> _H5Backend:
         import h5py
 
         try:
@@ -260,7 +261,7 @@ class FeatureStore:
         grid: tuple[int, int],
         shard_size: int = 32,
         compressor: str = "auto",
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """Create an empty store for ``len(ids)`` samples; ``meta`` holds the provenance (see `provenance`)."""
         if compressor not in COMPRESSORS:
             raise FeatcacheError(f"--compressor {compressor} is not one of {', '.join(COMPRESSORS)}")
@@ -295,7 +296,7 @@ class FeatureStore:
         encoder: dict | None = None,
         writable: bool = False,
         allow_incomplete: bool = False,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """Open and validate a store.
 
         Refuses a path that is not a featcache store, an incomplete store (unless
@@ -342,7 +343,7 @@ class FeatureStore:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
