@@ -105,6 +105,7 @@ def pretrain(
     noise_std: float = typer.Option(0.1, help="Gaussian noise std, pixel range [0, 1]."),
     image_size: int = typer.Option(224, help="Training resolution (a multiple of 16)."),
     workers: int = typer.Option(0, help="DataLoader workers for the one-off image loading."),
+    checkpoint_seconds: float = typer.Option(60.0, help="Least seconds between two resume-state writes (0: every epoch)."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Self-supervised denoising pretraining of the encoder (the study's VE + RD)."""
@@ -113,6 +114,7 @@ def pretrain(
     report = run_pretrain(PretrainConfig(
         data=data, out=out, arch=arch, init=init, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
         noise_std=noise_std, image_size=image_size, workers=workers, device=device or state.device,
+        checkpoint_seconds=checkpoint_seconds,
     ))
     out_console.print(
         f"wrote {report.out}: best epoch {report.best_epoch} (validation MSE {report.best_val_loss:.5f}), "
@@ -215,6 +217,7 @@ def train_decoder(
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
     out: Optional[Path] = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
     encoder: Optional[str] = typer.Option(None, help="If given, the encoder you expect the store to hold; refused if it differs."),
+    checkpoint_seconds: float = typer.Option(60.0, help="Least seconds between two resume-state writes (0: every epoch)."),
     grouped: Optional[bool] = typer.Option(None, "--grouped/--sequential", help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, sequential on the CPU, where it measured slower."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
@@ -227,7 +230,8 @@ def train_decoder(
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
     from featcache.report import seeds_table
 
-    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder, grouped=grouped)
+    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder, grouped=grouped,
+                      checkpoint_seconds=checkpoint_seconds)
     if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
         return
     title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"

@@ -3,7 +3,7 @@
 def test_help_lists_commands(cli):
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("synth", "evaluate"):
+    for command in ("synth", "pretrain", "extract", "info", "train-decoder", "compare-e2e", "predict", "evaluate", "demo"):
         assert command in result.stdout
 
 
@@ -25,3 +25,13 @@ def test_bad_device_is_one_line(cli, tmp_path):
     result = cli("--device", "tpu", "evaluate", tmp_path, tmp_path)
     assert result.returncode == 1
     assert "--device 'tpu' is not one of auto, cpu, cuda, cuda:N" in result.stderr
+
+
+def test_pretrain_command(synth_root, tmp_path, cli):
+    out = tmp_path / "enc.pt"
+    result = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--init", "random", "--epochs", "1",
+                 "--batch-size", "4", "--image-size", "32", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "best epoch 1" in result.stdout and out.exists() and (tmp_path / "enc_reconstructions.png").exists()
+    bad = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--lr", "-1")
+    assert bad.returncode == 1 and "--lr" in bad.stderr
