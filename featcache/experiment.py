@@ -103,7 +103,8 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
         cfg.resolved()
 
         def identity(seed: int) -> dict:
-            return {"config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
+            # The device type too: CPU and CUDA random generators cannot take each other's state.
+            return {"config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)), "device_type": dev.type,
                     "weights_sha256": store.meta["encoder"]["weights_sha256"], "dataset": store.meta["dataset"]["fingerprint"]}
 
         for seed in seeds:
@@ -111,9 +112,9 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
             if done is not None:
                 err_console.print(f"{run_dir(out, seed)}: already finished, kept")
                 finished[seed] = done
-        pending = [s for s in seeds if s not in finished]
+        # torchrun: each rank takes its share of the seeds first, then groups them.
+        pending = [s for s in seeds if s not in finished][dist.rank::dist.world_size]
         groups = [pending] if grouped and pending else [[s] for s in pending]
-        groups = groups[dist.rank::dist.world_size]  # torchrun: each rank its share of the seeds
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
         with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
             for group in groups:

@@ -214,8 +214,11 @@ def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def group_state(state: dict[str, torch.Tensor], k: int, groups: int) -> dict[str, torch.Tensor]:
-    """Group ``k``'s slice of a grouped decoder's state dict: a plain (``groups=1``) decoder's state."""
-    return {name: v.clone() if v.ndim == 0 else v.chunk(groups)[k].clone() for name, v in state.items()}
+    """Group ``k``'s slice of a grouped decoder's state dict: a plain (``groups=1``) decoder's state, on the CPU.
+
+    On the CPU so that slices taken at different times (some loaded from a resume state) stack together.
+    """
+    return {name: (v if v.ndim == 0 else v.chunk(groups)[k]).detach().to("cpu", copy=True) for name, v in state.items()}
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -395,12 +395,14 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     rows = [select_rows(store, c.size, val_size, c.seed) for c in cfgs]
     views = slice(None) if cfg.augment == "exact" else slice(0, 1)
     train_feats = [store.features(r.train_rows)[:, views] for r in rows]
-    target = placement(device, 2 * sum(f.nbytes for f in train_feats))
-    if target != device:
+    val_feats = [store.features(r.val_rows)[:, :1] for r in rows]
+    test_feats = store.features(rows[0].test_rows)[:, :1]
+    nbytes = sum(f.nbytes for f in train_feats + val_feats) + test_feats.nbytes
+    if placement(device, 2 * nbytes) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
     train_sources = [StoreFeatures(f.to(device), cfg.augment) for f in train_feats]
-    val_sources = [StoreFeatures(store.features(r.val_rows)[:, :1].to(device), "none") for r in rows]
-    test_source = StoreFeatures(store.features(rows[0].test_rows)[:, :1].to(device), "none")
+    val_sources = [StoreFeatures(f.to(device), "none") for f in val_feats]
+    test_source = StoreFeatures(test_feats.to(device), "none")
     width, k_runs = store.meta["width"], len(cfgs)
     decoder = build_decoder(cfg.decoder, width, k_runs)
     decoder.load_state_dict(stack_states([seeded_decoder(c, width).state_dict() for c in cfgs]))
