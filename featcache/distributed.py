@@ -54,6 +54,14 @@ class Distributed:
         tdist.gather_object(obj, out, dst=0)
         return out
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+        if not self.initialised:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.initialised and tdist.is_initialized():
             tdist.destroy_process_group()

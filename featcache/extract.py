@@ -127,32 +127,44 @@ def encode_views(encoder: Encoder, images_u8: torch.Tensor, view_names: tuple[st
 
 
 def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder, dist: Distributed) -> tuple[FeatureStore, bool]:
-    """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it."""
-    if dist.is_main:
-        resumed = False
-        if store_exists(cfg.out) and cfg.overwrite:
-            _remove_if_ours(cfg.out)
-        if store_exists(cfg.out):
-            store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
-            differences = describe_differences(store.meta, prov)
-            if differences:
-                store.close()
-                raise FeatcacheError(
-                    f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
-                    f"pass --overwrite to replace it or choose another --out"
-                )
-            resumed = True
-        else:
-            samples = index.samples
-            grid = (cfg.image_size // encoder.patch_size,) * 2
-            store = FeatureStore.create(
-                cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
-                np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
+    """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it.
+
+    A refusal on rank 0 reaches every rank (broadcast), so none waits for a store that never comes.
+    """
+    if not dist.is_main:
+        refusal = dist.broadcast_object(None)
+        if refusal:
+            raise FeatcacheError(refusal)
+        return FeatureStore.open(cfg.out, writable=True, allow_incomplete=True), True
+    try:
+        store, resumed = _decide(cfg, prov, index, encoder)
+    except FeatcacheError as exc:
+        dist.broadcast_object(str(exc))
+        raise
+    dist.broadcast_object("")
+    return store, resumed
+
+
+def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder) -> tuple[FeatureStore, bool]:
+    if store_exists(cfg.out) and cfg.overwrite:
+        _remove_if_ours(cfg.out)
+    if store_exists(cfg.out):
+        store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
+        differences = describe_differences(store.meta, prov)
+        if differences:
+            store.close()
+            raise FeatcacheError(
+                f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
+                f"pass --overwrite to replace it or choose another --out"
             )
-        dist.barrier()
-        return store, resumed
-    dist.barrier()
-    return FeatureStore.open(cfg.out, writable=True, allow_incomplete=True), True
+        return store, True
+    samples = index.samples
+    grid = (cfg.image_size // encoder.patch_size,) * 2
+    store = FeatureStore.create(
+        cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
+        np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
+    )
+    return store, False
 
 
 def _remove_if_ours(path: str) -> None:
