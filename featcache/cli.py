@@ -309,9 +309,9 @@ def demo(
 
 def compare_table(results: list[dict]) -> Table:
     """Mean ± std test IoU and mean training seconds per (size, mode)."""
-    from featcache.report import _by
+    from featcache.report import group_runs
 
-    groups = _by(results)
+    groups = group_runs(results)
     modes = list(dict.fromkeys(r["mode"] for r in results))
     table = Table(title="test IoU (mean ± std over seeds) · training seconds")
     table.add_column("size", justify="right")

@@ -122,7 +122,8 @@ def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, flo
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def _by(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
+def group_runs(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    """Runs by (mode, size), each list sorted by seed."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in sorted(results, key=lambda r: r["seed"]):
         groups.setdefault((r["mode"], r["size"]), []).append(r)
@@ -206,15 +207,15 @@ def plot_cases(case_data: dict, modes, sizes, path: Path) -> None:
 
 def write_report(results: list[dict], context: dict, out: Path, case_data: dict) -> Path:
     """``OUT/report.md`` with its PNGs and ``results.csv``; returns the report's path."""
-    groups = _by(results)
+    groups = group_runs(results)
     modes = [m for m in context["modes"]]
     sizes = sorted(context["sizes"], reverse=True)
     write_runs_csv(results, out / "results.csv")
     plot_metrics_vs_size(groups, modes, sizes, out / "metrics_vs_size.png")
     plot_loss_curves(groups, modes, sizes, out / "loss_curves.png")
     plot_cases(case_data, modes, sizes, out / "cases.png")
-    mean = {k: {m: float(np.mean([r[m] if m != "iou" else r["test"]["iou"] for r in v])) for m in ("iou", "train_seconds", "total_seconds")}
-            for k, v in groups.items()}
+    mean = {k: {"iou": float(np.mean([r["test"]["iou"] for r in v])),
+                "train_seconds": float(np.mean([r["train_seconds"] for r in v]))} for k, v in groups.items()}
     std_iou = {k: float(np.std([r["test"]["iou"] for r in v], ddof=1)) if len(v) > 1 else float("nan") for k, v in groups.items()}
     n_c = sum(1 for r in results if r["mode"] == "C")
     extraction = context.get("extraction_seconds")
