@@ -1,11 +1,18 @@
 """The study's protocol x seeds in C mode from a store, grouped against sequential seeds, and F/C.
 
-Runs `featcache.experiment.train_decoder` (C mode, every size of the protocol that the store's
-training split allows, each over ``--seeds``), once with the seeds trained together as one grouped
-network and once one by one, and reports wall seconds per size and in total, beside the study's
-F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation).
-Then it times F mode (the frozen encoder recomputed every step) and C mode for the same few
-epochs of one size and seed, so the F/C ratio is measured here, not taken from the study.
+Runs `featcache.experiment.train_decoder` in C mode over every size of the protocol that the
+store's training split allows, each over ``--seeds``, in three parts, cheapest-to-lose last:
+
+1. the whole sweep with the seeds of each size trained together as one grouped network (what
+   `train-decoder --seeds` does on CUDA): wall seconds and training seconds per size, beside the
+   study's F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation);
+2. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
+   ratio on this machine;
+3. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
+   one size and seed, so the F/C ratio is measured here, not taken from the study.
+
+An untimed one-epoch warm-up of each way comes first. With ``--json`` the figures are rewritten
+after every size, so a run cut short keeps what it measured.
 
     python benchmarks/bench_sweep.py STORE.zarr --seeds 0-4                       # full protocol
     python benchmarks/bench_sweep.py STORE.zarr --sizes 20,10 --epochs 5 --seeds 0,1 --device cpu
@@ -28,14 +35,26 @@ from featcache.experiment import parse_list, parse_seeds, run_mode, train_decode
 from featcache.models import encoder_from_provenance
 from featcache.protocol import STUDY_SIZES
 from featcache.report import STUDY_SECONDS
-from featcache.runtime import resolve_device
+from featcache.runtime import resolve_device, synchronize
 from featcache.store import FeatureStore
 from featcache.train import TrainConfig
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timed_sweep(store: str, size: int, seeds: list[int], epochs: int | None, out: Path, device: torch.device,
+                grouped: bool) -> dict:
+    """Wall seconds of one `train_decoder` call, and the training seconds its runs report (the whole group's once)."""
+    synchronize(device)
+    started = time.perf_counter()
+    sweep = train_decoder(store, TrainConfig(size=size, epochs=epochs), seeds, out, str(device), progress=False,
+                          grouped=grouped)
+    synchronize(device)
+    wall = time.perf_counter() - started
+    if grouped and len(seeds) > 1:
+        train = sweep.results[0]["group"]["train_seconds"]
+    else:
+        train = sum(r["train_seconds"] for r in sweep.results)
+    return {"wall_seconds": round(wall, 3), "train_seconds": round(train, 3),
+            "test_iou": [round(r["test"]["iou"], 4) for r in sweep.results]}
 
 
 def main() -> None:
@@ -44,48 +63,69 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, STUDY_SIZES)))
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--epochs", type=int, help="override the protocol's epochs (quick runs)")
+    parser.add_argument("--sequential-sizes", help="sizes to rerun one seed at a time (default: all of --sizes)")
+    parser.add_argument("--no-sequential", action="store_true", help="skip the one-seed-at-a-time part")
     parser.add_argument("--ratio-size", type=int, default=20, help="size of the F vs C comparison")
     parser.add_argument("--ratio-epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-sequential", action="store_true", help="skip the one-seed-at-a-time sweep")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
     seeds = parse_seeds(args.seeds)
-    console = Console()
+    console = Console(width=150)
     with FeatureStore.open(args.store) as store:
         n_train = len(store.indices("train"))
         encoder_prov = store.meta["encoder"]
     sizes = [s for s in parse_list(args.sizes, "--sizes") if s <= n_train]
+    sequential = [] if args.no_sequential else [
+        s for s in (parse_list(args.sequential_sizes, "--sequential-sizes") if args.sequential_sizes else sizes) if s in sizes]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    console.print(f"bench_sweep: {name}; store {args.store} ({encoder_prov['arch']}); seeds {seeds}; "
-                  f"epochs {'protocol' if args.epochs is None else args.epochs}")
+    epochs = "protocol" if args.epochs is None else args.epochs
+    console.print(f"bench_sweep: {name}; store {args.store} ({encoder_prov['arch']}); seeds {seeds}; epochs {epochs}")
+    figures: dict = {"device": name, "store": args.store, "arch": encoder_prov["arch"], "seeds": seeds, "epochs": epochs,
+                     "grouped": {}, "sequential": {}, "ratio": None}
 
-    ways = ("grouped",) if args.no_sequential else ("grouped", "sequential")
-    table = Table(title="C mode sweep (train-decoder): wall seconds")
-    for col in ("size", "runs", *ways, *(("sequential/grouped",) if len(ways) == 2 else ()),
-                "study F s, one seed (RTX 4070 Ti S, theirs)"):
-        table.add_column(col, justify="right")
-    rows, totals = [], dict.fromkeys(ways, 0.0)
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            walls = {}
-            for way in ways:
-                sync(device)
-                started = time.perf_counter()
-                train_decoder(args.store, TrainConfig(size=size, epochs=args.epochs), seeds, Path(tmp) / f"{way}-n{size}",
-                              str(device), progress=False, grouped=way == "grouped")
-                sync(device)
-                walls[way] = time.perf_counter() - started
-                totals[way] += walls[way]
-            rows.append({"size": size, "runs": len(seeds), **{f"{w}_seconds": walls[w] for w in ways}})
-            ratio = (f"{walls['sequential'] / walls['grouped']:.1f}x",) if len(ways) == 2 else ()
-            table.add_row(str(size), str(len(seeds)), *(f"{walls[w]:.1f}" for w in ways), *ratio,
-                          str(STUDY_SECONDS["F"].get(size, "–")))
-    ratio = (f"{totals['sequential'] / totals['grouped']:.1f}x",) if len(ways) == 2 else ()
-    table.add_row("all", str(len(seeds) * len(sizes)), *(f"{totals[w]:.1f}" for w in ways), *ratio,
-                  f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f}")
+        # Untimed: the process's one-time costs (CUDA context, kernel selection) would fall on the first size.
+        for grouped in (True, False):
+            timed_sweep(args.store, min(sizes), seeds[:2], 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
+        for way, way_sizes in (("grouped", sizes), ("sequential", sequential)):
+            for size in way_sizes:
+                row = timed_sweep(args.store, size, seeds, args.epochs, Path(tmp) / f"{way}-n{size}", device, way == "grouped")
+                figures[way][size] = row
+                console.print(f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, "
+                              f"{row['train_seconds']:.1f} s training")
+                save()
+
+    table = Table(title=f"C mode sweep (train-decoder), {len(seeds)} seeds per size: seconds")
+    columns = ["size", "grouped wall", "grouped train"]
+    if sequential:
+        columns += ["sequential wall", "sequential train", "sequential/grouped train"]
+    for col in (*columns, "study F s, one seed (RTX 4070 Ti S, theirs)"):
+        table.add_column(col, justify="right")
+    for size in sizes:
+        g, s = figures["grouped"][size], figures["sequential"].get(size)
+        cells = [str(size), f"{g['wall_seconds']:.1f}", f"{g['train_seconds']:.1f}"]
+        if sequential:
+            cells += [f"{s['wall_seconds']:.1f}", f"{s['train_seconds']:.1f}",
+                      f"{s['train_seconds'] / g['train_seconds']:.1f}x"] if s else ["–"] * 3
+        table.add_row(*cells, str(STUDY_SECONDS["F"].get(size, "–")))
+    total = {way: {k: sum(figures[way][s][k] for s in sizes if s in figures[way]) for k in ("wall_seconds", "train_seconds")}
+             for way in ("grouped", "sequential")}
+    figures["grouped_total"] = total["grouped"]
+    cells = ["all", f"{total['grouped']['wall_seconds']:.1f}", f"{total['grouped']['train_seconds']:.1f}"]
+    if sequential:
+        shared = {way: sum(figures[way][s]["train_seconds"] for s in sequential) for way in ("grouped", "sequential")}
+        figures["sequential_over_grouped_train"] = round(shared["sequential"] / shared["grouped"], 3)
+        cells += [f"{total['sequential']['wall_seconds']:.1f}", f"{total['sequential']['train_seconds']:.1f}",
+                  f"{figures['sequential_over_grouped_train']:.1f}x (sizes {','.join(map(str, sequential))})"]
+    table.add_row(*cells, f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f}")
     console.print(table)
+    save()
 
     encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
     cfg = TrainConfig(size=min(args.ratio_size, n_train), epochs=args.ratio_epochs, seed=seeds[0])
@@ -99,8 +139,8 @@ def main() -> None:
         ratio.add_column(col, justify="right")
     ratio.add_row(f"{timings['F']:.2f}", f"{timings['C']:.2f}", f"{timings['F'] / timings['C']:.1f}x")
     console.print(ratio)
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "sweep": rows, "totals": totals, "ratio": timings}, indent=2))
+    figures["ratio"] = {"size": cfg.size, "epochs": cfg.epochs, **timings}
+    save()
 
 
 if __name__ == "__main__":

@@ -1,52 +1,78 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks at the study's scale, for one H100-class GPU, in well under 10 minutes.
+# GPU checks and benchmarks at the study's scale (2,000 synthetic images, vit_b_16) on one
+# H100-class GPU, within a time budget (default 480 s):
 #
-#   bash benchmarks/gpu.sh                 # writes everything under $OUT (or ./gpu-out)
+#   bash benchmarks/gpu.sh fetch      # where pip reaches a registry: the wheels of gpu-wheels.txt -> .whl/
+#   bash benchmarks/gpu.sh            # on the GPU machine (with .whl/ beside it): output under $OUT
+#   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # the same steps at toy scale on the CPU
 #
-# The GPU machine has PyTorch, torchvision, h5py, typer, rich, matplotlib and pillow but no network:
-# wheels it lacks (zarr and its needs, and a typer with click vendored) travel in .whl/, fetched
-# here beforehand for its Python (3.12):
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 typer==0.29.2 \
-#     typing_extensions crc32c
+# Steps, most important first; each gets what is left of the budget, at most its own limit, so a
+# slow step cannot leave the run without its summary: the CUDA tests, synth, extract (images/s),
+# bench_step (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then sequential on some
+# sizes, then F/C; its JSON is rewritten after every size), bench_extract. Everything lands in
+# $OUT (default ./gpu-out): summary.log and one JSON file per benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [[ ${1:-} == fetch ]]; then
+  exec "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt
+fi
+
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site --upgrade .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+BUDGET=${BUDGET:-480}
+WORK=${WORK:-/tmp/featcache-gpu}
+if [[ -n ${SMOKE:-} ]]; then
+  DEVICE=cpu ARCH=vit_micro SIZE=32 SYNTH=(--n-train 24 --n-val 8 --n-test 8 --image-size 48x64)
+  STEP=(--archs vit_micro --image-size 32 --steps 2) SWEEP=(--sizes 20,10 --epochs 2 --seeds 0,1 --sequential-sizes 10)
+  EXTRACT_LIMIT=16 WORKERS=2
 else
-  export PYTHONPATH=$PWD
+  DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
+  STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 40,10)
+  EXTRACT_LIMIT=512 WORKERS=12
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+  fi
 fi
-log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.log"; }
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+log() { echo "== $* ($(date +%T), ${SECONDS}s)" | tee -a "$OUT/summary.log"; }
+# step LIMIT NAME CMD...: run CMD for at most LIMIT seconds and what is left of the budget; keep its output.
+step() {
+  local limit=$1 name=$2 left=$((BUDGET - SECONDS))
+  shift 2
+  ((left < limit)) && limit=$left
+  if ((limit < 10)); then log "$name: skipped, the budget is spent"; return 1; fi
+  log "$name (at most ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | grep -v "━" | tee -a "$OUT/summary.log"
+  local rc=${PIPESTATUS[0]}
+  ((rc == 124)) && log "$name: stopped at its time limit"
+  ((rc != 0)) && log "$name: exit code $rc"
+  return "$rc"
+}
 
 log "device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/summary.log"
-python3 -c "import torch, zarr; print('torch', torch.__version__, 'zarr', zarr.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.log"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"; } | tee -a "$OUT/summary.log"
+"$PYTHON" -c "import sys, torch, torchvision, zarr, typer, featcache
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvision', torchvision.__version__,
+      '| zarr', zarr.__version__, '| typer', typer.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
+  2>&1 | tee -a "$OUT/summary.log"
 
-log "tests (CUDA ones and the store/train suite)"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_store.py tests/test_train.py 2>&1 | tail -5 | tee -a "$OUT/summary.log"
-
-DATA=/tmp/featcache-gpu/data
-log "synth: 2000 train / 150 val / 600 test"
-python3 -m featcache synth "$DATA" --n-train 2000 --n-val 150 --n-test 600 2>/dev/null | tee -a "$OUT/summary.log"
-
-log "bench_extract (vit_b_16, flips)"
-timeout 150 python3 benchmarks/bench_extract.py "$DATA" --arch vit_b_16 --views flips --device cuda --limit 512 \
-  --json "$OUT/bench_extract.json" 2>&1 | tee -a "$OUT/summary.log"
-
-log "extract the store (vit_b_16 random weights, flips, float16)"
-/usr/bin/time -f "extract wall %e s, max RSS %M KiB" python3 -m featcache extract "$DATA" --out /tmp/featcache-gpu/store.zarr \
-  --encoder random --arch vit_b_16 --views flips --batch-size 64 --workers 12 --overwrite 2>&1 | grep -v "━" | tee -a "$OUT/summary.log"
-python3 -m featcache info /tmp/featcache-gpu/store.zarr 2>&1 | tee -a "$OUT/summary.log"
-
-log "bench_step (E, F, C per sample; vit_b_16 and vit_ti_16)"
-timeout 120 python3 benchmarks/bench_step.py --device cuda --batch-size 10 --steps 10 --json "$OUT/bench_step.json" 2>&1 | tee -a "$OUT/summary.log"
-
-log "bench_sweep: the study's protocol x 5 seeds in C mode, and F vs C"
-timeout 300 python3 benchmarks/bench_sweep.py /tmp/featcache-gpu/store.zarr --seeds 0-4 --device cuda \
-  --json "$OUT/bench_sweep.json" 2>&1 | grep -v "━" | tee -a "$OUT/summary.log"
+step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step 150 "synth ${SYNTH[*]}" "$PYTHON" -m featcache synth "$WORK/data" "${SYNTH[@]}" || exit 1
+step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
+  --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 64 --workers "$WORKERS" || exit 1
+"$PYTHON" -m featcache info "$WORK/store.zarr" --json > "$OUT/store_info.json" 2>&1
+step 90 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP[@]}" --json "$OUT/bench_step.json"
+step 330 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
+  --json "$OUT/bench_sweep.json"
+step 90 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
+  --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 64 --workers "$WORKERS" \
+  --json "$OUT/bench_extract.json"
 log "done"

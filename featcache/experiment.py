@@ -26,6 +26,7 @@ from featcache.train import (
     TrainConfig,
     evaluate_test,
     fit,
+    resolved_for,
     results_dict,
     seeded_decoder,
     select_rows,
@@ -232,10 +233,10 @@ def _encoders(store: FeatureStore, cfg: CompareConfig) -> tuple[Encoder, Encoder
 def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[str, Encoder], device: torch.device,
              progress=None) -> tuple[dict, torch.Tensor]:
     """One (mode, size, seed) run: its results dict and its test logits ``[n_test, 1, S, S]``."""
-    epochs, batch, val_size = cfg.resolved()
     if mode == "C":
         run = train_from_store(store, cfg, device, progress)
         return run.results, run.test_logits
+    epochs, batch, val_size = resolved_for(store, cfg)
     rows = select_rows(store, cfg.size, val_size, cfg.seed)
     encoder = copy.deepcopy(encoders["init" if mode in ("E", "FI") else "ss"]).to(device)
     trainable = mode in ("E", "Es")

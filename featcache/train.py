@@ -97,13 +97,22 @@ class FeatureSource(TypingProtocol):
 
 
 class StoreFeatures:
-    """C mode: features ``[n, V, C, h, w]`` read from the store; no encoder runs."""
+    """C mode: features ``[n, V, C, h, w]`` read from the store; no encoder runs.
 
-    def __init__(self, features: torch.Tensor, augment: str) -> None:
+    ``positions`` ``[m]`` (optional) maps this run's rows to rows of ``features``, so the runs of a
+    group share one copy of the features they have in common.
+    """
+
+    def __init__(self, features: torch.Tensor, augment: str, positions: torch.Tensor | None = None) -> None:
         self.features = features
         self.augment = augment
+        self.positions = positions
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.positions is None else self.positions[rows]
 
     def train_features(self, rows: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        rows = self._rows(rows)
         if views is None:
             return self.features[rows, 0].float()
         if self.augment == "exact":
@@ -111,7 +120,7 @@ class StoreFeatures:
         return flip_per_sample(self.features[rows, 0], views).float()
 
     def eval_features(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.features[rows, 0].float()
+        return self.features[self._rows(rows), 0].float()
 
     def parameters(self) -> list[nn.Parameter]:
         return []
@@ -347,6 +356,25 @@ class RunData:
     train_ids: list[str] = field(default_factory=list)
 
 
+def resolved_for(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int]:
+    """`TrainConfig.resolved` with the protocol's validation size capped (with a note) at the store's validation split.
+
+    An explicit ``val_size`` is never capped: `select_rows` refuses one larger than the split.
+    """
+    epochs, batch, val_size = cfg.resolved()
+    n_val = len(store.indices("val"))
+    if cfg.val_size is None and val_size > n_val:
+        err_console.print(f"validation size {val_size} of the protocol capped at the {n_val} images of the validation split")
+        val_size = n_val
+    return epochs, batch, val_size
+
+
+def shared_rows(row_sets: list[np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """The sorted union of several runs' store rows, and each run's positions ``[m_k]`` into it."""
+    union = np.unique(np.concatenate(row_sets))
+    return union, [torch.from_numpy(np.searchsorted(union, r)) for r in row_sets]
+
+
 def select_rows(store: FeatureStore, size: int, val_size: int, seed: int) -> RunData:
     """Seeded, nested training subset and seeded validation subset; the whole test split."""
     train, val = store.indices("train"), store.indices("val")
@@ -382,11 +410,7 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     by the number of runs) and the group's own under ``group``.
     """
     cfg = cfgs[0]
-    epochs, batch, val_size = cfg.resolved()
-    n_val = len(store.indices("val"))
-    if cfg.val_size is None and val_size > n_val:  # the protocol asks for more than the split holds
-        err_console.print(f"validation size {val_size} of the protocol capped at the {n_val} images of the validation split")
-        val_size = n_val
+    epochs, batch, val_size = resolved_for(store, cfg)
     if cfg.augment == "exact" and not store.has_flip_views:
         raise FeatcacheError(
             f"{store.path} has no flip views, which --augment exact needs; extract it with --views flips "
@@ -394,21 +418,26 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
         )
     rows = [select_rows(store, c.size, val_size, c.seed) for c in cfgs]
     views = slice(None) if cfg.augment == "exact" else slice(0, 1)
-    train_feats = [store.features(r.train_rows)[:, views] for r in rows]
-    val_feats = [store.features(r.val_rows)[:, :1] for r in rows]
+    # The seeds' subsets overlap (at the largest size they are all the whole split): each row is read once.
+    train_union, train_pos = shared_rows([r.train_rows for r in rows])
+    val_union, val_pos = shared_rows([r.val_rows for r in rows])
+    train_feats = store.features(train_union)[:, views]
+    val_feats = store.features(val_union)[:, :1]
     test_feats = store.features(rows[0].test_rows)[:, :1]
-    nbytes = sum(f.nbytes for f in train_feats + val_feats) + test_feats.nbytes
-    if placement(device, 2 * nbytes) != device:
+    if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
-    train_sources = [StoreFeatures(f.to(device), cfg.augment) for f in train_feats]
-    val_sources = [StoreFeatures(f.to(device), "none") for f in val_feats]
+    train_feats, val_feats = train_feats.to(device), val_feats.to(device)
+    train_masks, val_masks = store.masks(train_union, device), store.masks(val_union, device)
+    train_pos, val_pos = [p.to(device) for p in train_pos], [p.to(device) for p in val_pos]
+    train_sources = [StoreFeatures(train_feats, cfg.augment, p) for p in train_pos]
+    val_sources = [StoreFeatures(val_feats, "none", p) for p in val_pos]
     test_source = StoreFeatures(test_feats.to(device), "none")
     width, k_runs = store.meta["width"], len(cfgs)
     decoder = build_decoder(cfg.decoder, width, k_runs)
     decoder.load_state_dict(stack_states([seeded_decoder(c, width).state_dict() for c in cfgs]))
     decoder.to(device)
-    fits = fit_group(decoder, train_sources, [store.masks(r.train_rows, device) for r in rows], val_sources,
-                     [store.masks(r.val_rows, device) for r in rows], cfgs, device, progress, checkpointer)
+    fits = fit_group(decoder, train_sources, [train_masks[p] for p in train_pos], val_sources,
+                     [val_masks[p] for p in val_pos], cfgs, device, progress, checkpointer)
     decoder.load_state_dict(stack_states([f.best_decoder for f in fits]))
     logits = predict_logits(decoder, [test_source] * k_runs, len(rows[0].test_rows), cfg.eval_batch_size, device)
     outputs = []

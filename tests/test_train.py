@@ -18,8 +18,10 @@ from featcache.train import (
     TrainConfig,
     fit,
     flip_per_sample,
+    resolved_for,
     select_rows,
     seeded_decoder,
+    shared_rows,
     train_from_store,
     train_group_from_store,
 )
@@ -200,6 +202,23 @@ def test_grouped_seeds_equal_separate_runs(micro_store):
         for name, value in s.checkpoint["state_dict"].items():
             torch.testing.assert_close(g.checkpoint["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
         assert g.results["group"]["runs"] == 3
+
+
+def test_a_group_reads_each_shared_row_once():
+    rows = [np.array([1, 4, 7]), np.array([4, 9]), np.array([7, 1, 2])]
+    union, positions = shared_rows(rows)
+    assert union.tolist() == [1, 2, 4, 7, 9]
+    for r, p in zip(rows, positions):
+        assert union[p.numpy()].tolist() == r.tolist()
+
+
+def test_protocol_validation_size_is_capped_at_the_split_but_an_explicit_one_is_not(micro_store):
+    with FeatureStore.open(micro_store) as store:
+        n_val = len(store.indices("val"))
+        assert resolved_for(store, TrainConfig(size=40)) == (500, 10, n_val)  # the protocol's 20 > 6 images
+        assert resolved_for(store, TrainConfig(size=40, val_size=20))[2] == 20
+        with pytest.raises(FeatcacheError, match="--val-size 20 is larger than the validation split"):
+            select_rows(store, 8, 20, 0)
 
 
 def test_torchrun_spreads_seeds_over_ranks(micro_store, tmp_path):
