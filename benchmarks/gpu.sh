@@ -3,7 +3,7 @@
 # H100-class GPU, within a time budget (default 480 s):
 #
 #   bash benchmarks/gpu.sh fetch      # where pip reaches a registry: the wheels of gpu-wheels.txt -> .whl/
-#   bash benchmarks/gpu.sh            # on the GPU machine (with .whl/ beside it): output under $OUT
+#   bash benchmarks/gpu.sh            # on the GPU machine: output under $OUT (copy the git-ignored .whl/ along)
 #   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # the same steps at toy scale on the CPU
 #
 # Steps, most important first; each gets what is left of the budget, at most its own limit, so a

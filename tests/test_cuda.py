@@ -1,36 +1,127 @@
-"""The CUDA paths (bf16 autocast, channels_last, pinned memory, GPU-resident store): skipped without a GPU."""
+"""The CUDA paths (bf16 autocast, channels_last, pinned memory, GPU-resident store, grouped seeds,
+resume, the encoder modes, pretraining, predict): skipped without a GPU.
+
+Under bf16 autocast, runs that take different kernels (grouped against separate, resumed against
+uninterrupted with cuDNN's autotuning) agree to bf16's precision, not bit for bit: the tolerances
+below are loose enough for that and far tighter than what a wrong slice or a lost state gives.
+"""
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import extract_config
+from featcache.experiment import CompareConfig, compare_e2e, run_mode, train_decoder
 from featcache.extract import extract
+from featcache.metrics import METRICS
+from featcache.models import build_encoder, encoder_from_provenance
+from featcache.predict import predict
+from featcache.pretrain import PretrainConfig, pretrain
+from featcache.resume import Checkpointer
 from featcache.store import FeatureStore, placement
-from featcache.train import TrainConfig, train_from_store
+from featcache.train import TrainConfig, train_from_store, train_group_from_store
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DEVICE = torch.device("cuda")
+QUICK = dict(size=8, epochs=4, batch_size=3, val_size=4)
 
 
 def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
     out = tmp_path / "cuda.zarr"
-    extract(extract_config(synth_root, out, dtype="float32", device="cuda"), progress=False)
+    extract(extract_config(synth_root, out, dtype="float32", device=str(DEVICE)), progress=False)
     with FeatureStore.open(out) as gpu, FeatureStore.open(micro_store) as cpu:
-        assert gpu.meta["extraction"]["device"].startswith("cuda")
+        assert gpu.meta["extraction"]["device"].startswith(DEVICE.type)
         a, b = gpu.features(np.arange(gpu.n)), cpu.features(np.arange(cpu.n))
         # bf16 autocast on the GPU: close to the float32 CPU features, not equal.
         cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
         assert cos > 0.99
+        assert np.array_equal(gpu.read("images"), cpu.read("images")) and np.array_equal(gpu.read("masks"), cpu.read("masks"))
 
 
 def test_store_split_is_resident_on_the_gpu(micro_store):
     with FeatureStore.open(micro_store) as store:
-        split = store.load_split("train", device="cuda")
-        assert split.features.is_cuda and split.masks.is_cuda
-    assert placement("cuda", 1 << 60).type == "cpu"  # too large: stays on the CPU
+        split = store.load_split("train", device=DEVICE)
+        assert split.features.device.type == DEVICE.type and split.masks.device.type == DEVICE.type
+    if DEVICE.type == "cuda":
+        assert placement(DEVICE, 1 << 60).type == "cpu"  # too large: stays on the CPU
 
 
 def test_train_decoder_on_cuda(micro_store):
     with FeatureStore.open(micro_store) as store:
-        run = train_from_store(store, TrainConfig(size=8, epochs=3, batch_size=4, val_size=4), torch.device("cuda"))
-    assert run.results["device"].startswith("cuda") and 0 <= run.results["test"]["iou"] <= 1
+        run = train_from_store(store, TrainConfig(**QUICK), DEVICE)
+    assert run.results["device"].startswith(DEVICE.type) and 0 <= run.results["test"]["iou"] <= 1
+    assert all(np.isfinite(run.results["history"]["val_loss"]))
+    assert all(v.device.type == "cpu" for v in run.checkpoint["state_dict"].values())
+
+
+def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
+    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1, 2)]
+    with FeatureStore.open(micro_store) as store:
+        grouped = train_group_from_store(store, cfgs, DEVICE)
+        separate = [train_from_store(store, c, DEVICE) for c in cfgs]
+    for g, s in zip(grouped, separate):
+        assert g.results["train_ids"] == s.results["train_ids"]
+        np.testing.assert_allclose(g.results["history"]["train_loss"], s.results["history"]["train_loss"], rtol=3e-2)
+        np.testing.assert_allclose(g.results["history"]["val_loss"], s.results["history"]["val_loss"], rtol=3e-2)
+    # Different seeds did train differently: the groups did not collapse into one.
+    assert grouped[0].results["history"]["train_loss"] != grouped[1].results["history"]["train_loss"]
+
+
+def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(micro_store, synth_root, tmp_path):
+    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0, 1], tmp_path / "run", str(DEVICE), progress=False)
+    if DEVICE.type == "cuda":  # the default: grouped on CUDA only
+        assert all(r["group"]["seeds"] == [0, 1] for r in sweep.results)
+    images = synth_root / "ISIC-2017_Test_v2_Data"
+    on_gpu = predict(tmp_path / "run", [images], tmp_path / "gpu", device=str(DEVICE))
+    on_cpu = predict(tmp_path / "run", [images], tmp_path / "cpu", device="cpu")
+    for a, b in zip(on_gpu, on_cpu):
+        agree = (np.asarray(Image.open(a.mask)) == np.asarray(Image.open(b.mask))).mean()
+        assert agree > 0.95
+
+
+def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
+    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1)]
+
+    def stop_after_two(epoch, epochs, train_loss, val_loss):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    checkpointer = Checkpointer(tmp_path / "resume.pt", {"test": 1}, every_seconds=0)
+    with FeatureStore.open(micro_store) as store:
+        whole = train_group_from_store(store, cfgs, DEVICE)
+        with pytest.raises(KeyboardInterrupt):
+            train_group_from_store(store, cfgs, DEVICE, stop_after_two, checkpointer)
+        resumed = train_group_from_store(store, cfgs, DEVICE, None, checkpointer)
+    for w, r in zip(whole, resumed):
+        assert len(r.results["history"]["val_loss"]) == QUICK["epochs"]
+        np.testing.assert_allclose(r.results["history"]["val_loss"], w.results["history"]["val_loss"], rtol=3e-2)
+
+
+@pytest.mark.parametrize("mode", ["E", "F"])
+def test_encoder_modes_on_cuda(micro_store, mode):
+    with FeatureStore.open(micro_store) as store:
+        prov = store.meta["encoder"]
+        encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        results, logits = run_mode(store, mode, TrainConfig(**QUICK, lr=0.01), {"ss": encoder, "init": encoder}, DEVICE)
+    assert results["device"].startswith(DEVICE.type) and logits.device.type == "cpu"
+    assert all(np.isfinite(results["history"]["train_loss"])) and set(METRICS) <= set(results["test"])
+    # run_mode trains a copy: the encoder handed in is left as it was, in E mode too.
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):
+    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "cmp", sizes=(8, 4), seeds=(0, 1), modes=("E", "F", "C"),
+                        epochs=2, batch_size=4, val_size=3, lr=0.01, device=str(DEVICE))
+    comparison = compare_e2e(cfg, progress=False)
+    assert len(comparison.results) == 3 * 2 * 2 and (comparison.out / "report.md").exists()
+
+
+def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path):
+    cfg = PretrainConfig(data=synth_root, out=tmp_path / "ss.pt", arch="vit_micro", init="random", epochs=2, batch_size=4,
+                         lr=6e-3, image_size=32, device=str(DEVICE))
+    pretrain(cfg, progress=False)
+    encoder = build_encoder("vit_micro", str(cfg.out))
+    assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in encoder.state_dict().values())
