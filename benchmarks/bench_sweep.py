@@ -6,12 +6,12 @@ store's training split allows, each over ``--seeds``, in three parts, cheapest-t
 1. the whole sweep with the seeds of each size trained together as one grouped network (what
    `train-decoder --seeds` does on CUDA): wall seconds and training seconds per size, beside the
    study's F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation);
-2. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
-   ratio on this machine;
-3. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
-   one size and seed, so the F/C ratio is measured here, not taken from the study.
+2. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
+   one size and seed, so the F/C ratio is measured here, not taken from the study;
+3. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
+   ratio on this machine.
 
-An untimed one-epoch warm-up of each way comes first. With ``--json`` the figures are rewritten
+Each part starts with an untimed one-epoch warm-up. With ``--json`` the figures are rewritten
 after every size, so a run cut short keeps what it measured.
 
     python benchmarks/bench_sweep.py STORE.zarr --seeds 0-4                       # full protocol
@@ -92,16 +92,46 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the process's one-time costs (CUDA context, kernel selection) would fall on the first size.
         for grouped in (True, False):
-            timed_sweep(args.store, min(sizes), seeds[:2], 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
-        for way, way_sizes in (("grouped", sizes), ("sequential", sequential)):
-            for size in way_sizes:
-                row = timed_sweep(args.store, size, seeds, args.epochs, Path(tmp) / f"{way}-n{size}", device, way == "grouped")
-                figures[way][size] = row
-                console.print(f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, "
-                              f"{row['train_seconds']:.1f} s training")
-                save()
+            timed_sweep(args.store, min(sizes), seeds, 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
+        for size in sizes:
+            run_way(figures, "grouped", size, args, seeds, Path(tmp), device, console)
+            save()
+        figures["ratio"] = f_vs_c(args.store, encoder_prov, TrainConfig(size=min(args.ratio_size, n_train),
+                                                                         epochs=args.ratio_epochs, seed=seeds[0]), device, console)
+        save()
+        for size in sequential:
+            run_way(figures, "sequential", size, args, seeds, Path(tmp), device, console)
+            save()
+    console.print(sweep_table(figures, sizes, sequential))
+    save()
 
-    table = Table(title=f"C mode sweep (train-decoder), {len(seeds)} seeds per size: seconds")
+
+def run_way(figures: dict, way: str, size: int, args, seeds: list[int], tmp: Path, device: torch.device, console: Console) -> None:
+    row = timed_sweep(args.store, size, seeds, args.epochs, tmp / f"{way}-n{size}", device, way == "grouped")
+    figures[way][size] = row
+    console.print(f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, {row['train_seconds']:.1f} s training")
+
+
+def f_vs_c(store_path: str, encoder_prov: dict, cfg: TrainConfig, device: torch.device, console: Console) -> dict:
+    """Training seconds of F and C for the same run (each after an untimed one-epoch warm-up)."""
+    encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
+    timings = {}
+    with FeatureStore.open(store_path) as store:
+        for mode in ("F", "C"):
+            run_mode(store, mode, dataclasses.replace(cfg, epochs=1), {"ss": encoder, "init": encoder}, device)
+            result, _ = run_mode(store, mode, dataclasses.replace(cfg), {"ss": encoder, "init": encoder}, device)
+            timings[mode] = result["train_seconds"]
+    table = Table(title=f"F vs C, size {cfg.size}, {cfg.epochs} epochs, seed {cfg.seed} (measured here)")
+    for col in ("F train s", "C train s", "F/C"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{timings['F']:.2f}", f"{timings['C']:.2f}", f"{timings['F'] / timings['C']:.1f}x")
+    console.print(table)
+    return {"size": cfg.size, "epochs": cfg.epochs, **timings}
+
+
+def sweep_table(figures: dict, sizes: list[int], sequential: list[int]) -> Table:
+    """Per size: grouped (and sequential) wall and training seconds, beside the study's F times; totals last."""
+    table = Table(title=f"C mode sweep (train-decoder), {len(figures['seeds'])} seeds per size: seconds")
     columns = ["size", "grouped wall", "grouped train"]
     if sequential:
         columns += ["sequential wall", "sequential train", "sequential/grouped train"]
@@ -114,7 +144,7 @@ def main() -> None:
             cells += [f"{s['wall_seconds']:.1f}", f"{s['train_seconds']:.1f}",
                       f"{s['train_seconds'] / g['train_seconds']:.1f}x"] if s else ["–"] * 3
         table.add_row(*cells, str(STUDY_SECONDS["F"].get(size, "–")))
-    total = {way: {k: sum(figures[way][s][k] for s in sizes if s in figures[way]) for k in ("wall_seconds", "train_seconds")}
+    total = {way: {k: sum(row[k] for row in figures[way].values()) for k in ("wall_seconds", "train_seconds")}
              for way in ("grouped", "sequential")}
     figures["grouped_total"] = total["grouped"]
     cells = ["all", f"{total['grouped']['wall_seconds']:.1f}", f"{total['grouped']['train_seconds']:.1f}"]
@@ -124,24 +154,7 @@ def main() -> None:
         cells += [f"{total['sequential']['wall_seconds']:.1f}", f"{total['sequential']['train_seconds']:.1f}",
                   f"{figures['sequential_over_grouped_train']:.1f}x (sizes {','.join(map(str, sequential))})"]
     table.add_row(*cells, f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f}")
-    console.print(table)
-    save()
-
-    encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
-    cfg = TrainConfig(size=min(args.ratio_size, n_train), epochs=args.ratio_epochs, seed=seeds[0])
-    timings = {}
-    with FeatureStore.open(args.store) as store:
-        for mode in ("F", "C"):
-            result, _ = run_mode(store, mode, dataclasses.replace(cfg), {"ss": encoder, "init": encoder}, device)
-            timings[mode] = result["train_seconds"]
-    ratio = Table(title=f"F vs C, size {cfg.size}, {cfg.epochs} epochs, seed {cfg.seed} (measured here)")
-    for col in ("F train s", "C train s", "F/C"):
-        ratio.add_column(col, justify="right")
-    ratio.add_row(f"{timings['F']:.2f}", f"{timings['C']:.2f}", f"{timings['F'] / timings['C']:.1f}x")
-    console.print(ratio)
-    figures["ratio"] = {"size": cfg.size, "epochs": cfg.epochs, **timings}
-    save()
-
+    return table
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,8 @@
 #
 # Steps, most important first; each gets what is left of the budget, at most its own limit, so a
 # slow step cannot leave the run without its summary: the CUDA tests, synth, extract (images/s),
-# bench_step (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then sequential on some
-# sizes, then F/C; its JSON is rewritten after every size), bench_extract. Everything lands in
+# bench_step (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then F/C, then sequential
+# on some sizes; its JSON is rewritten after every part), bench_extract. Everything lands in
 # $OUT (default ./gpu-out): summary.log and one JSON file per benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +34,12 @@ else
   DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
   STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 40,10)
   EXTRACT_LIMIT=512 WORKERS=12
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "gpu.sh: no wheels in .whl/ (the GPU machine lacks zarr and pydantic); run 'bash benchmarks/gpu.sh fetch' first and copy .whl/ along" >&2
+    exit 1
   fi
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -50,7 +52,7 @@ step() {
   ((left < limit)) && limit=$left
   if ((limit < 10)); then log "$name: skipped, the budget is spent"; return 1; fi
   log "$name (at most ${limit}s)"
-  timeout "$limit" "$@" 2>&1 | grep -v "━" | tee -a "$OUT/summary.log"
+  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v "━" | tee -a "$OUT/summary.log"
   local rc=${PIPESTATUS[0]}
   ((rc == 124)) && log "$name: stopped at its time limit"
   ((rc != 0)) && log "$name: exit code $rc"
@@ -67,12 +69,12 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
 step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step 150 "synth ${SYNTH[*]}" "$PYTHON" -m featcache synth "$WORK/data" "${SYNTH[@]}" || exit 1
 step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
-  --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 64 --workers "$WORKERS" || exit 1
-"$PYTHON" -m featcache info "$WORK/store.zarr" --json > "$OUT/store_info.json" 2>&1
+  --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 32 --workers "$WORKERS" || exit 1
+"$PYTHON" -m featcache info "$WORK/store.zarr" --json > "$OUT/store_info.json"
 step 90 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP[@]}" --json "$OUT/bench_step.json"
 step 330 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
   --json "$OUT/bench_sweep.json"
 step 90 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
-  --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 64 --workers "$WORKERS" \
+  --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
   --json "$OUT/bench_extract.json"
 log "done"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
+from featcache.errors import FeatcacheError
 from featcache.runtime import resolve_device
+
+COLLECTIVE_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass
@@ -32,9 +36,15 @@ class Distributed:
         use_cuda = device_spec != "cpu" and torch.cuda.is_available()
         device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
         if use_cuda:
+            if local >= torch.cuda.device_count():
+                raise FeatcacheError(f"torchrun local rank {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
+                                     f"use --nproc-per-node {torch.cuda.device_count()} or fewer")
             torch.cuda.set_device(device)
         if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if use_cuda else "gloo")
+            # Ranks that finish their share early wait at the final gather for the slowest: an E run of
+            # the study's size 2000 takes far longer than the backends' default 10 or 30 minutes. A rank
+            # that fails does not leave the others waiting: torchrun stops them.
+            tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         return cls(rank, world, device, True)
 

@@ -24,7 +24,7 @@ from featcache.distributed import Distributed
 from featcache.errors import FeatcacheError
 from featcache.lock import WriterLock
 from featcache.models import Encoder, build_encoder, encoder_provenance
-from featcache.runtime import err_console, resolve_device, synchronize
+from featcache.runtime import autocast, compute_precision, err_console, resolve_device, synchronize
 from featcache.store import (
     FEATURE_DTYPES,
     VIEW_FLIPS,
@@ -87,8 +87,13 @@ class ExtractReport:
     rank: int = 0
 
 
-def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, views: str, dtype: str) -> dict:
-    """The attributes that identify what a store holds (compared before resuming into it)."""
+def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, views: str, dtype: str,
+                     device: torch.device) -> dict:
+    """The attributes that identify what a store holds (compared before resuming into it).
+
+    ``compute`` is the encoder's precision on ``device``: a store is not resumed on a device that
+    computes in another, so one store never mixes bf16 and float32 features.
+    """
     dataset = index.to_dict()
     return {
         "encoder": encoder_provenance(encoder),
@@ -102,6 +107,7 @@ def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, view
         "dataset_root": dataset["root"],
         "views": views,
         "dtype": dtype,
+        "compute": compute_precision(device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -119,9 +125,7 @@ def encode_views(encoder: Encoder, images_u8: torch.Tensor, view_names: tuple[st
     x = view_batch(x, view_names)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            feats = encoder(x)
-    else:
+    with autocast(device):
         feats = encoder(x)
     return feats.float().unflatten(0, (images_u8.shape[0], len(view_names)))
 
@@ -199,7 +203,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     if index.skipped and dist.is_main:
         err_console.print(f"{cfg.data}: left out {len(index.skipped)} unpaired or unreadable files (recorded in the store): {', '.join(index.skipped[:5])}")
     encoder = build_encoder(cfg.arch, cfg.encoder, seed=cfg.seed).to(device).eval()
-    prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype)
+    prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype, device)
     lock_path = _lock_path(cfg.out)
     lock = WriterLock(lock_path, cfg.out) if lock_path is not None and dist.is_main else None
     if lock is not None:

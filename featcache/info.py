@@ -46,6 +46,7 @@ def store_info(path: str) -> dict:
             "splits": counts,
             "views": list(store.view_names),
             "dtype": meta["dtype"],
+            "compute": meta.get("compute"),
             "shapes": {name: list(store.backend[name].shape) for name in ("images", "masks", "features")},
             "bytes_on_disk": store.nbytes_stored(),
             "encoder": meta["encoder"],

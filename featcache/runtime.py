@@ -41,3 +41,8 @@ def synchronize(device: torch.device) -> None:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA, off on the CPU (where bf16 matmuls are slower and change results)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def compute_precision(device: torch.device) -> str:
+    """What `autocast` computes in on ``device``, as recorded in a store's provenance."""
+    return "bfloat16 autocast" if device.type == "cuda" else "float32"

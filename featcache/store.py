@@ -37,7 +37,7 @@ COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
 #: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
 SKIPPED = "skipped"
 #: Provenance entries whose difference makes an existing store another store.
-IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype")
+IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
 
 
 def is_url(path: str | Path) -> bool:
@@ -52,6 +52,14 @@ def backend_kind(path: str | Path) -> str:
     if text.endswith(".zarr") or is_url(text):
         return "zarr"
     raise FeatcacheError(f"{path}: a store path ends in .zarr (Zarr v3) or .h5 (HDF5)")
+
+
+def sample_chunks(shape: tuple, block: int) -> tuple:
+    """One chunk per sample, and per view for features ``[N, V, C, h, w]``: a reader that needs the
+    identity view alone (validation, test) decompresses a quarter of what the sample holds."""
+    if len(shape) == 1:
+        return (block,)
+    return (1, 1, *shape[2:]) if len(shape) == 5 else (1, *shape[1:])
 
 
 class _ZarrBackend:
@@ -85,7 +93,7 @@ class _ZarrBackend:
         raise FeatcacheError(f"--compressor {name} is for HDF5 stores; a Zarr store takes zstd, lz4, gzip or none")
 
     def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
-        chunks = (1, *shape[1:]) if len(shape) > 1 else (block,)
+        chunks = sample_chunks(shape, block)
         shards = (block, *shape[1:]) if len(shape) > 1 else None
         if dtype is str:
             self.group.create_array(name, shape=shape, dtype=str, chunks=(block,))
@@ -144,7 +152,7 @@ class _H5Backend:
             return
         if compressor not in ("auto", "none", "gzip", "lzf"):
             raise FeatcacheError(f"--compressor {compressor} is for Zarr stores; an HDF5 store takes gzip, lzf or none")
-        chunks = (1, *shape[1:]) if len(shape) > 1 else (min(block, shape[0]),)
+        chunks = sample_chunks(shape, min(block, shape[0]))
         options = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"}}
         self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, **options.get(compressor, {}))
 
@@ -207,7 +215,7 @@ def describe_differences(old: dict, new: dict, keys: Sequence[str] = IDENTITY_KE
     out: list[str] = []
 
     def short(value: Any) -> Any:
-        return value[:12] + "…" if isinstance(value, str) and len(value) > 16 else value
+        return value[:12] + "…" if isinstance(value, str) and len(value) > 40 else value  # hashes
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -400,29 +408,34 @@ class FeatureStore:
         return self.backend.nbytes_stored()
 
     # ----- reading --------------------------------------------------------------------------
-    def read(self, name: str, indices: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
-        """Rows ``indices`` (any order) of array ``name`` as numpy; all rows when None."""
+    def read(self, name: str, indices: np.ndarray | Sequence[int] | None = None, inner: tuple = ()) -> np.ndarray:
+        """Rows ``indices`` (any order) of array ``name`` as numpy; all rows when None.
+
+        ``inner`` selects within each row (e.g. ``(slice(0, 1),)``: the first view of the features).
+        """
         array = self.backend[name]
         if indices is None:
-            return np.asarray(array[:])
+            return np.asarray(array[(slice(None), *inner)])
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
-            return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+            return np.zeros((0, *array.shape[1:]), dtype=array.dtype)[(slice(None), *inner)]
         order = np.argsort(indices, kind="stable")
         sorted_idx = indices[order]
         lo, hi = int(sorted_idx[0]), int(sorted_idx[-1]) + 1
         # One contiguous read beats many small ones unless the rows are very sparse.
         if hi - lo <= 4 * len(sorted_idx):
-            rows = np.asarray(array[lo:hi])[sorted_idx - lo]
+            rows = np.asarray(array[(slice(lo, hi), *inner)])[sorted_idx - lo]
         else:
-            rows = np.stack([np.asarray(array[int(i)]) for i in sorted_idx])
+            rows = np.stack([np.asarray(array[(int(i), *inner)]) for i in sorted_idx])
         out = np.empty_like(rows)
         out[order] = rows
         return out
 
-    def features(self, indices, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Features ``[n, V, C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``)."""
-        raw = torch.from_numpy(self.read("features", indices))
+    def features(self, indices, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 identity_only: bool = False) -> torch.Tensor:
+        """Features ``[n, V, C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``);
+        ``[n, 1, C, h, w]`` with ``identity_only``."""
+        raw = torch.from_numpy(self.read("features", indices, (slice(0, 1),) if identity_only else ()))
         if self.meta["dtype"] == "bfloat16":
             raw = raw.view(torch.bfloat16)
         return raw.to(device=device, dtype=dtype or raw.dtype)
@@ -512,4 +525,5 @@ def placement(device: torch.device | str, nbytes: int, headroom: float = 0.5) ->
     if device.type != "cuda":
         return device
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached by torch, reusable
     return device if nbytes < free * (1 - headroom) else torch.device("cpu")

@@ -417,13 +417,12 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
             "(or train with --augment feature-flip or none)"
         )
     rows = [select_rows(store, c.size, val_size, c.seed) for c in cfgs]
-    views = slice(None) if cfg.augment == "exact" else slice(0, 1)
     # The seeds' subsets overlap (at the largest size they are all the whole split): each row is read once.
     train_union, train_pos = shared_rows([r.train_rows for r in rows])
     val_union, val_pos = shared_rows([r.val_rows for r in rows])
-    train_feats = store.features(train_union)[:, views]
-    val_feats = store.features(val_union)[:, :1]
-    test_feats = store.features(rows[0].test_rows)[:, :1]
+    train_feats = store.features(train_union, identity_only=cfg.augment != "exact")
+    val_feats = store.features(val_union, identity_only=True)
+    test_feats = store.features(rows[0].test_rows, identity_only=True)
     if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
     train_feats, val_feats = train_feats.to(device), val_feats.to(device)

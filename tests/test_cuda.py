@@ -15,10 +15,11 @@ from conftest import extract_config
 from featcache.experiment import CompareConfig, compare_e2e, run_mode, train_decoder
 from featcache.extract import extract
 from featcache.metrics import METRICS
-from featcache.models import build_encoder, encoder_from_provenance
+from featcache.models import build_decoder, build_encoder, encoder_from_provenance
 from featcache.predict import predict
 from featcache.pretrain import PretrainConfig, pretrain
 from featcache.resume import Checkpointer
+from featcache.runtime import autocast
 from featcache.store import FeatureStore, placement
 from featcache.train import TrainConfig, train_from_store, train_group_from_store
 
@@ -54,6 +55,18 @@ def test_train_decoder_on_cuda(micro_store):
     assert run.results["device"].startswith(DEVICE.type) and 0 <= run.results["test"]["iou"] <= 1
     assert all(np.isfinite(run.results["history"]["val_loss"]))
     assert all(v.device.type == "cpu" for v in run.checkpoint["state_dict"].values())
+
+
+def test_study_scale_grouped_decoder_step_under_bf16_channels_last():
+    """The shape of the GPU sweep (5 seeds grouped, ViT-B/16 width 768, 224 px) trains under the settings of `fit_group`."""
+    decoder = build_decoder("sd", 768, 5).to(DEVICE).to(memory_format=torch.channels_last)
+    features = torch.randn(2, 5 * 768, 14, 14, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    with autocast(DEVICE):
+        logits = decoder(features)
+    assert logits.shape == (2, 5, 224, 224)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in decoder.parameters())
 
 
 def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):

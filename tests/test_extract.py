@@ -61,6 +61,19 @@ def test_provenance_mismatch_refuses_and_overwrite_replaces(micro_store, synth_r
     assert again.computed == 0 and again.resumed
 
 
+def test_a_store_is_not_resumed_on_a_device_that_computes_in_another_precision(micro_store, synth_root):
+    from featcache.data import find_samples
+    from featcache.extract import store_provenance
+    from featcache.models import build_encoder
+    from featcache.store import describe_differences
+
+    with FeatureStore.open(micro_store) as store:
+        assert store.meta["compute"] == "float32"  # extracted on the CPU
+        index = find_samples(synth_root)
+        on_gpu = store_provenance(build_encoder("vit_micro", "random"), index, 64, "flips", "float32", torch.device("cuda"))
+        assert describe_differences(store.meta, on_gpu) == ["compute: float32 -> bfloat16 autocast"]
+
+
 def test_existing_path_that_is_not_a_store_is_kept(synth_root, tmp_path):
     out = tmp_path / "precious.zarr"
     out.mkdir()

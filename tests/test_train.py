@@ -238,3 +238,22 @@ def test_torchrun_spreads_seeds_over_ranks(micro_store, tmp_path):
     for seed, ref in zip((0, 1), single.results):
         ran = json.loads((tmp_path / "two" / f"seed-{seed}" / "results.json").read_text())
         np.testing.assert_allclose(ran["history"]["val_loss"], ref["history"]["val_loss"], rtol=1e-5)
+
+
+def test_torchrun_rank_that_fails_stops_the_others(micro_store, tmp_path):
+    """Rank 1 refuses its seed's resume state while rank 0 trains: the run ends, with the reason, instead of
+    rank 0 waiting at the final gather for the collective timeout."""
+    import os
+    import subprocess
+    import sys
+
+    from featcache.io import torch_save
+
+    torch_save({"identity": {"another": "run"}, "state": {}}, tmp_path / "run" / "resume-1.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcache",
+           "--device", "cpu", "train-decoder", str(micro_store), "--size", "6", "--seeds", "0,1", "--epochs", "3",
+           "--batch-size", "3", "--val-size", "3", "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
+    assert result.returncode != 0
+    assert "resume-1.pt holds an interrupted run of another configuration" in result.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
