@@ -55,11 +55,9 @@ def backend_kind(path: str | Path) -> str:
 
 
 def sample_chunks(shape: tuple, block: int) -> tuple:
-    """One chunk per sample, and per view for features ``[N, V, C, h, w]``: a reader that needs the
-    identity view alone (validation, test) decompresses a quarter of what the sample holds."""
-    if len(shape) == 1:
-        return (block,)
-    return (1, 1, *shape[2:]) if len(shape) == 5 else (1, *shape[1:])
+    """One chunk per sample (all its views: per-view chunks measured twice as slow to write and 1.6x
+    slower to read whole, for 2x faster reads of the identity view alone); ``block`` for 1-D arrays."""
+    return (1, *shape[1:]) if len(shape) > 1 else (block,)
 
 
 class _ZarrBackend:
