@@ -139,6 +139,8 @@ class EncoderFeatures:
 
     def _encode(self, images: torch.Tensor, grad: bool) -> torch.Tensor:
         x = images.float().div_(255)
+        if x.is_cuda:  # as extraction feeds the encoder, so F and C start from the same computation
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(grad):
             return self.encoder(x)
 
