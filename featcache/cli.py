@@ -331,7 +331,12 @@ def compare_table(results: list[dict]) -> Table:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit 1 for featcache errors, 2 for usage errors."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

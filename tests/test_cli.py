@@ -35,3 +35,22 @@ def test_pretrain_command(synth_root, tmp_path, cli):
     assert "best epoch 1" in result.stdout and out.exists() and (tmp_path / "enc_reconstructions.png").exists()
     bad = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--lr", "-1")
     assert bad.returncode == 1 and "--lr" in bad.stderr
+
+
+def test_ctrl_c_ends_with_130_and_keeps_the_resume_state(micro_store, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "featcache", "--device", "cpu", "train-decoder", str(micro_store), "--size", "8",
+                             "--seeds", "0", "--epochs", "100000", "--batch-size", "4", "--val-size", "4",
+                             "--checkpoint-seconds", "0", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "resume-0.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr
+    assert (out / "resume-0.pt").exists()
