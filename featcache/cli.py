@@ -246,11 +246,12 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/<stem>_overlay.png)."),
     truth: Optional[Path] = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    encoder: Optional[Path] = typer.Option(None, help="The encoder's weights file, if it moved since extraction (checked by hash)."),
 ) -> None:
     """Predict masks at each image's own resolution, with overlays (truth red, prediction green)."""
     from featcache.predict import predict as run_predict
 
-    predictions = run_predict(run_dir, images, out, truth, device or state.device)
+    predictions = run_predict(run_dir, images, out, truth, device or state.device, encoder_weights=encoder)
     table = Table(title=f"{len(predictions)} masks in {out}")
     table.add_column("image")
     table.add_column("lesion %", justify="right")

@@ -329,12 +329,12 @@ def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: 
         source = {"kind": "imagenet", "file": imagenet_weights_path(arch).name}
     elif ckpt is not None:
         load_encoder_weights(encoder, ckpt["state_dict"], str(path))
-        source = {"kind": "featcache", "file": str(path), "sha256": file_sha256(path), "init": ckpt.get("init")}
+        source = {"kind": "featcache", "file": str(path.resolve()), "sha256": file_sha256(path), "init": ckpt.get("init")}
     else:
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise FeatcacheError(f"{path} is neither a torchvision state dict nor a featcache encoder checkpoint")
         load_encoder_weights(encoder, loaded, str(path))
-        source = {"kind": "file", "file": str(path), "sha256": file_sha256(path)}
+        source = {"kind": "file", "file": str(path.resolve()), "sha256": file_sha256(path)}
     encoder.source = source
     return encoder.eval()
 
@@ -350,14 +350,24 @@ def encoder_provenance(encoder: Encoder) -> dict:
     }
 
 
-def encoder_from_provenance(arch: str, source: dict, sha256: str) -> Encoder:
-    """Rebuild an encoder from a recorded ``source`` and prove it is the same one by its weights' hash."""
+def encoder_from_provenance(arch: str, source: dict, sha256: str, weights: str | Path | None = None) -> Encoder:
+    """Rebuild an encoder from a recorded ``source`` and prove it is the same one by its weights' hash.
+
+    ``weights``: where the recorded weights file is now, if it moved (checked by the hash all the same).
+    """
     kind = source.get("kind")
-    if kind == "random":
+    if weights is not None:
+        encoder = build_encoder(arch, weights, seed=source.get("seed", 0))
+    elif kind == "random":
         encoder = build_encoder(arch, "random", seed=source["seed"])
     elif kind == "imagenet":
         encoder = build_encoder(arch, "imagenet")
     elif kind in ("file", "featcache"):
+        if not Path(source["file"]).is_file():
+            raise FeatcacheError(
+                f"the encoder weights {source['file']} that the features were extracted with are not there; "
+                "pass --encoder with the file's new path (it is checked against the recorded hash)"
+            )
         encoder = build_encoder(arch, source["file"])
     else:
         raise FeatcacheError(f"cannot rebuild an encoder of unknown origin {source}")

@@ -86,16 +86,20 @@ def _truth_for(truth_dir: Path, stem: str) -> Path:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None = None, device: str = "auto",
-            threshold: float = 0.5) -> list[Prediction]:
-    """Predict a mask per image at its original resolution (logits upsampled bilinearly)."""
+            threshold: float = 0.5, encoder_weights: str | Path | None = None) -> list[Prediction]:
+    """Predict a mask per image at its original resolution (logits upsampled bilinearly).
+
+    ``encoder_weights``: the encoder's weights file, if it moved since extraction.
+    """
     dev = resolve_device(device)
     ckpt = safe_torch_load(find_checkpoint(run_dir))
     if not isinstance(ckpt, dict) or ckpt.get("format") != DECODER_CHECKPOINT_FORMAT:
         raise FeatcacheError(f"{run_dir} does not hold a featcache decoder checkpoint")
     store = ckpt["store"]
     prov = store["encoder"]
-    encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+    encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"], encoder_weights)
     if ckpt.get("encoder_state_dict"):
         encoder.load_state_dict(ckpt["encoder_state_dict"])
     decoder = build_decoder(ckpt["decoder"], ckpt["in_channels"])

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from featcache.errors import FeatcacheError
@@ -55,3 +56,26 @@ def test_outline_is_the_border():
     mask[1:6, 1:6] = True
     border = outline(mask, 1)
     assert border.sum() == 16 and not border[3, 3]
+
+
+def test_encoder_file_is_recorded_absolute_and_can_be_pointed_to_when_moved(synth_root, tmp_path, monkeypatch):
+    from conftest import extract_config
+    from featcache.extract import extract
+    from featcache.models import build_encoder
+    from featcache.store import FeatureStore
+
+    torch.save(build_encoder("vit_micro", "random", seed=3).state_dict(), tmp_path / "enc.pth")
+    monkeypatch.chdir(tmp_path)
+    extract(extract_config(synth_root, "s.zarr", encoder="enc.pth", image_size=32, views="identity"), progress=False)
+    with FeatureStore.open(tmp_path / "s.zarr") as store:
+        assert store.meta["encoder"]["source"]["file"] == str(tmp_path / "enc.pth")
+    train_decoder(str(tmp_path / "s.zarr"), TrainConfig(size=4, epochs=1, batch_size=2, val_size=2, augment="none"), [0],
+                  tmp_path / "run", "cpu", progress=False)
+    (tmp_path / "enc.pth").rename(tmp_path / "moved.pth")
+    image = next((synth_root / "ISIC-2017_Test_v2_Data").glob("*.jpg"))
+    with pytest.raises(FeatcacheError, match=r"enc.pth that the features were extracted with are not there; pass --encoder"):
+        predict(tmp_path / "run", [image], tmp_path / "p", device="cpu")
+    assert len(predict(tmp_path / "run", [image], tmp_path / "p", device="cpu", encoder_weights=tmp_path / "moved.pth")) == 1
+    torch.save(build_encoder("vit_micro", "random", seed=4).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(FeatcacheError, match="has other weights"):
+        predict(tmp_path / "run", [image], tmp_path / "p", device="cpu", encoder_weights=tmp_path / "other.pth")
