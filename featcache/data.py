@@ -30,7 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from featcache.errors import FeatcacheError
+from featcache.errors import BadFileError, FeatcacheError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -289,11 +289,9 @@ def _unreadable(*paths: Path) -> bool:
     return False
 
 
-def _bad_file(path: Path, err: Exception) -> FeatcacheError:
+def _bad_file(path: Path, err: Exception) -> BadFileError:
     """The error for an unreadable image or mask file."""
-    return FeatcacheError(
-        f"{path}: cannot read image ({err}); replace the file, or pass --skip-bad to leave it out"
-    )
+    return BadFileError(f"{path}: cannot read image ({err}); replace the file")
 
 
 def _make_sample(image_id: str, image: Path, mask: Path, split: str) -> Sample:

@@ -6,3 +6,7 @@ class FeatcacheError(Exception):
 
     The message is one line that names the file or option at fault and the fix.
     """
+
+
+class BadFileError(FeatcacheError):
+    """An image or mask file that cannot be read (`featcache extract --skip-bad` can leave such files out)."""

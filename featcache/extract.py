@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from featcache.data import SampleDataset, SampleIndex, SplitConfig, find_samples
 from featcache.distributed import Distributed
-from featcache.errors import FeatcacheError
+from featcache.errors import BadFileError, FeatcacheError
 from featcache.lock import WriterLock
 from featcache.models import Encoder, build_encoder, encoder_provenance
 from featcache.runtime import autocast, compute_precision, err_console, resolve_device, synchronize
@@ -30,6 +30,7 @@ from featcache.store import (
     VIEW_FLIPS,
     VIEWS,
     FeatureStore,
+    NotAStoreError,
     backend_kind,
     describe_differences,
     is_url,
@@ -153,7 +154,10 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder
     if store_exists(cfg.out) and cfg.overwrite:
         _remove_if_ours(cfg.out)
     if store_exists(cfg.out):
-        store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
+        try:
+            store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
+        except NotAStoreError as exc:
+            raise NotAStoreError(f"{cfg.out} is there and is not a featcache store; choose another --out or move it away") from exc
         differences = describe_differences(store.meta, prov)
         if differences:
             store.close()
@@ -197,7 +201,10 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     device = dist.device if dist.world_size > 1 else resolve_device(cfg.device)
     if dist.world_size > 1 and backend_kind(cfg.out) == "hdf5":
         raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
-    index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad)
+    try:
+        index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad)
+    except BadFileError as exc:
+        raise BadFileError(f"{exc}, or pass --skip-bad to leave it out") from exc
     if index.split_note and dist.is_main:
         err_console.print(f"{cfg.data}: {index.split_note}")
     if index.skipped and dist.is_main:
@@ -259,7 +266,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
         for batch in loader:
             for i, error, problem in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"]):
                 if error and not cfg.skip_bad:
-                    raise FeatcacheError(error)
+                    raise BadFileError(f"{error}, or pass --skip-bad to leave it out")
                 if error:
                     err_console.print(f"skipping {index.samples[i].id}: {error}", markup=False, highlight=False)
                     block_rows["bad"].append(i)

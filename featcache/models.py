@@ -243,7 +243,7 @@ def imagenet_weights_path(arch: str) -> Path:
     """Where torchvision's cache keeps the ImageNet weights of ``arch`` ($TORCH_HOME/hub/checkpoints)."""
     if arch not in IMAGENET_URLS:
         raise FeatcacheError(
-            f"no ImageNet weights are known for {arch!r} (only {', '.join(IMAGENET_URLS)}); use --encoder random or a weights file"
+            f"no ImageNet weights are known for {arch!r} (only {', '.join(IMAGENET_URLS)}); start from random weights or a weights file instead"
         )
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URLS[arch].rsplit("/", 1)[-1]
 

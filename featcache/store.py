@@ -36,6 +36,12 @@ FEATURE_DTYPES: dict[str, tuple[str, torch.dtype]] = {
 COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
 #: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
 SKIPPED = "skipped"
+NOT_A_STORE_FIX = "point to a store that `featcache extract` wrote"
+
+
+class NotAStoreError(FeatcacheError):
+    """Something is at the path, but not a featcache store."""
+
 #: Provenance entries whose difference makes an existing store another store.
 IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
 
@@ -140,7 +146,7 @@ class _H5Backend:
         try:
             return cls(h5py.File(path, "r+" if writable else "r"))
         except OSError as exc:
-            raise FeatcacheError(f"{path} is not a readable HDF5 store ({exc}); write it again with --overwrite") from exc
+            raise NotAStoreError(f"{path} is not a readable HDF5 store ({exc}); {NOT_A_STORE_FIX}") from exc
 
     def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
         import h5py
@@ -318,10 +324,10 @@ class FeatureStore:
         except FeatcacheError:
             raise
         except Exception as exc:
-            raise FeatcacheError(f"{path} is not a featcache store ({type(exc).__name__}); pick another --out or use --overwrite") from exc
+            raise NotAStoreError(f"{path} is not a featcache store ({type(exc).__name__}); {NOT_A_STORE_FIX}") from exc
         if meta.get("format_version") is None:
             backend.close()
-            raise FeatcacheError(f"{path} exists but is not a featcache store; pick another path or use --overwrite")
+            raise NotAStoreError(f"{path} exists but is not a featcache store; {NOT_A_STORE_FIX}")
         if meta["format_version"] > FORMAT_VERSION:
             backend.close()
             raise FeatcacheError(f"{path} has store format {meta['format_version']}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache")

@@ -91,8 +91,11 @@ def test_rgb_and_grey_masks_binarised_with_a_warning_refused_under_strict(cli, d
 
 def test_output_that_is_not_a_store_and_out_of_range_options(cli, synth_root, tmp_path):
     (tmp_path / "notes.h5").write_text("my notes")
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "notes.h5", *MICRO), "notes.h5")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "notes.h5", *MICRO), "notes.h5", "choose another --out or move it away")
     assert (tmp_path / "notes.h5").read_text() == "my notes"
+    info = cli("info", tmp_path / "notes.h5")  # info has no --out or --overwrite to suggest
+    one_line_error(info, "notes.h5", "point to a store that `featcache extract` wrote")
+    assert "--overwrite" not in info.stderr
     one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all")
     one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO), "--val-fraction")
     one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.npy", *MICRO), ".zarr")

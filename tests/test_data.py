@@ -255,8 +255,8 @@ def test_truncated_jpeg_names_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.jpg"
     write_image(path, size=(200, 150))
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(FeatcacheError, match=r"broken\.jpg.*--skip-bad"):
-        load_image(path, 32)
+    with pytest.raises(FeatcacheError, match=r"broken\.jpg: cannot read image .*; replace the file$"):
+        load_image(path, 32)  # --skip-bad is extract's option: only extract names it
     (tmp_path / "noise.png").write_bytes(b"not an image")
     with pytest.raises(FeatcacheError, match=r"noise\.png"):
         load_mask(tmp_path / "noise.png", 32)
@@ -299,6 +299,6 @@ def test_mask_problems_are_reported_and_bad_files_caught(tmp_path: Path) -> None
     truncated.write_bytes(image.read_bytes()[:200])
     samples = [Sample("t", truncated, tmp_path / "clean.png", "train", (20, 30))]
     item = SampleDataset(samples, 16, catch_errors=True)[0]
-    assert "t.jpg" in item["error"] and "--skip-bad" in item["error"] and "\n" not in item["error"]
+    assert "t.jpg" in item["error"] and "replace the file" in item["error"] and "\n" not in item["error"]
     with pytest.raises(FeatcacheError, match="t.jpg"):
         SampleDataset(samples, 16)[0]
