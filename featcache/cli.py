@@ -194,10 +194,15 @@ def info(
     extraction = summary["extraction"] or {}
     if extraction:
         table.add_row("extraction", f"{extraction['seconds']} s on {extraction['device']} ({extraction['images_per_second']} images/s)")
+    left_out = summary["skipped_bad"] + summary["dataset"].get("skipped", [])
+    if left_out:
+        table.add_row("left out", f"{len(left_out)} unreadable or unpaired files: {', '.join(left_out[:5])}")
     cos = summary["flip_check_cos"]
     if cos is not None:
         views = ", ".join(f"{k} {v:.4f}" for k, v in cos.items() if k != "mean")
         table.add_row("flip check", f"cos {cos['mean']:.4f} (feature flip vs features of the flipped image: {views})")
+    elif not summary["complete"]:
+        table.add_row("flip check", "after the extraction finishes (run the same `featcache extract` again)")
     else:
         table.add_row("flip check", "no flip views (extract with --views flips)")
     out_console.print(table)

@@ -53,6 +53,7 @@ def store_info(path: str) -> dict:
             "encoder_summary": describe_encoder(meta["encoder"]),
             "preprocessing": meta["preprocessing"],
             "dataset": {**meta["dataset"], "root": meta.get("dataset_root")},
+            "skipped_bad": meta.get("skipped_bad", []),
             "extraction": meta.get("extraction"),
             "created": meta.get("created"),
             "format_version": meta["format_version"],

@@ -60,11 +60,12 @@ def aggregate(results: list[dict]) -> dict:
 def seeds_table(results: list[dict], summary: dict, title: str) -> Table:
     """A row per seed and a mean ± std row, for the test metrics and training time."""
     table = Table(title=title)
-    table.add_column("seed", justify="right")
+    # In a narrow terminal a cell folds onto a second line rather than losing digits to "…".
+    table.add_column("seed", justify="right", overflow="fold")
     for k in METRICS:
-        table.add_column(SHORT_NAMES[k], justify="right")
-    table.add_column("best epoch", justify="right")
-    table.add_column("train s", justify="right")
+        table.add_column(SHORT_NAMES[k], justify="right", overflow="fold")
+    table.add_column("best epoch", justify="right", overflow="fold")
+    table.add_column("train s", justify="right", overflow="fold")
     for r in results:
         table.add_row(str(r["seed"]), *(f"{r['test'][k]:.4f}" for k in METRICS), str(r["best_epoch"]), f"{r['train_seconds']:.1f}")
     mean, std = summary["mean"], summary["std"]

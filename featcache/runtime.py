@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from rich.console import Console
 
 from featcache.errors import FeatcacheError
 
+
+def _console(stderr: bool = False) -> Console:
+    if Console(stderr=stderr).is_terminal or "COLUMNS" in os.environ:
+        return Console(stderr=stderr, soft_wrap=True)
+    return Console(stderr=stderr, soft_wrap=True, width=160)  # logs and pipes: whole tables, not rich's 80 columns
+
+
 #: Progress bars and logs: stderr. Results (tables): stdout.
-err_console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+err_console = _console(stderr=True)
+out_console = _console()
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

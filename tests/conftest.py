@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m featcache ARGS`` in a fresh process; returns code, stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "featcache", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """Run ``python -m featcache ARGS`` in a fresh process; returns code, stdout and stderr.
+
+    Its tables are laid out 200 columns wide, so that what a test looks for is not cut or wrapped.
+    """
+    return subprocess.run([sys.executable, "-m", "featcache", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.fixture

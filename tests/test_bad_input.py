@@ -58,12 +58,14 @@ def test_truncated_jpeg_keeps_written_blocks_and_skip_bad_records_it(cli, data, 
     one_line_error(cli("extract", data, "--out", out, *MICRO), "ISIC_0000009.jpg", "--skip-bad")
     with FeatureStore.open(out, allow_incomplete=True) as store:
         assert store.written().sum() == 8  # the two blocks before the bad file stay written
+    assert "after the extraction finishes (run the same `featcache extract` again)" in cli("info", out).stdout
     result = cli("extract", data, "--out", out, "--skip-bad", *MICRO)
     assert result.returncode == 0, result.stderr
     with FeatureStore.open(out) as store:
         assert store.meta["skipped_bad"] == ["ISIC_0000009"]
         assert store.splits[9] == SKIPPED and 9 not in store.indices("train")
         assert len(store.indices("train")) == 11
+    assert "1 unreadable or unpaired files: ISIC_0000009" in cli("info", out).stdout
     (data / TRAIN / "ISIC_0000005.jpg").write_bytes(b"not a jpeg")  # unreadable header: left out at indexing
     one_line_error(cli("extract", data, "--out", tmp_path / "t.zarr", *MICRO), "ISIC_0000005.jpg", "--skip-bad")
     assert cli("extract", data, "--out", tmp_path / "t.zarr", "--skip-bad", *MICRO).returncode == 0
