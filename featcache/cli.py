@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.runtime import err_console, out_console, resolve_device
 
 app = typer.Typer(
@@ -335,7 +335,7 @@ def compare_table(results: list[dict]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line on stderr and exit 1 for featcache errors, 2 for usage errors."""
+    """Entry point: one line on stderr; exit 1 for bad input, 2 for usage errors (typer's and option values)."""
     try:
         # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.
         code = app(args=argv, standalone_mode=False)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         if state.debug:
             traceback.print_exc()
         err_console.print(f"error: {exc}", style="red", soft_wrap=True, highlight=False, markup=False)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, OptionError) else 1)
     except KeyboardInterrupt:
         err_console.print("interrupted", style="red")
         sys.exit(130)

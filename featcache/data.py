@@ -30,7 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from featcache.errors import BadFileError, FeatcacheError
+from featcache.errors import BadFileError, FeatcacheError, OptionError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -76,7 +76,7 @@ class SplitConfig:
         fractions = {"--val-fraction": self.val_fraction, "--test-fraction": self.test_fraction}
         for option, value in fractions.items():
             if not 0.0 <= value < 1.0:
-                raise FeatcacheError(f"{option} {value} is out of range; use a value in [0, 1)")
+                raise OptionError(f"{option} {value} is out of range; use a value in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise FeatcacheError(
                 f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction} "

@@ -10,3 +10,7 @@ class FeatcacheError(Exception):
 
 class BadFileError(FeatcacheError):
     """An image or mask file that cannot be read (`featcache extract --skip-bad` can leave such files out)."""
+
+
+class OptionError(FeatcacheError):
+    """An option value that can never be valid (not one of the choices, out of range): a usage error, exit code 2."""

@@ -13,7 +13,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featcache.distributed import Distributed
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.io import torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
 from featcache.protocol import protocol_for
@@ -56,9 +56,9 @@ def parse_seeds(text: str) -> list[int]:
             elif part:
                 seeds.append(int(part))
     except ValueError:
-        raise FeatcacheError(f"--seeds {text!r} is not a list like 0,1,2 or a range like 0-4") from None
+        raise OptionError(f"--seeds {text!r} is not a list like 0,1,2 or a range like 0-4") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise FeatcacheError(f"--seeds {text!r} must name distinct non-negative seeds, e.g. 0,1,2")
+        raise OptionError(f"--seeds {text!r} must name distinct non-negative seeds, e.g. 0,1,2")
     return seeds
 
 
@@ -188,9 +188,9 @@ class CompareConfig:
     def validate(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
-            raise FeatcacheError(f"--modes {','.join(self.modes)}: choose from {', '.join(MODES)}")
+            raise OptionError(f"--modes {','.join(self.modes)}: choose from {', '.join(MODES)}")
         if not self.sizes or min(self.sizes) < 1:
-            raise FeatcacheError(f"--sizes {self.sizes} must be positive training-set sizes")
+            raise OptionError(f"--sizes {self.sizes} must be positive training-set sizes")
 
 
 @dataclass
@@ -206,9 +206,9 @@ def parse_list(text: str, option: str, kind=int) -> tuple:
     try:
         values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:
-        raise FeatcacheError(f"{option} {text!r} is not a comma-separated list") from None
+        raise OptionError(f"{option} {text!r} is not a comma-separated list") from None
     if not values:
-        raise FeatcacheError(f"{option} is empty")
+        raise OptionError(f"{option} is empty")
     return values
 
 

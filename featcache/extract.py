@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from featcache.data import SampleDataset, SampleIndex, SplitConfig, find_samples
 from featcache.distributed import Distributed
-from featcache.errors import BadFileError, FeatcacheError
+from featcache.errors import BadFileError, FeatcacheError, OptionError
 from featcache.lock import WriterLock
 from featcache.models import Encoder, build_encoder, encoder_provenance
 from featcache.runtime import autocast, compute_precision, err_console, resolve_device, synchronize
@@ -64,16 +64,16 @@ class ExtractConfig:
 
     def validate(self) -> None:
         if self.views not in VIEWS:
-            raise FeatcacheError(f"--views {self.views} is not one of {', '.join(VIEWS)}")
+            raise OptionError(f"--views {self.views} is not one of {', '.join(VIEWS)}")
         if self.dtype not in FEATURE_DTYPES:
-            raise FeatcacheError(f"--dtype {self.dtype} is not one of {', '.join(FEATURE_DTYPES)}")
+            raise OptionError(f"--dtype {self.dtype} is not one of {', '.join(FEATURE_DTYPES)}")
         if self.image_size <= 0 or self.image_size % 16:
-            raise FeatcacheError(f"--image-size {self.image_size} must be a positive multiple of 16 (the patch size)")
+            raise OptionError(f"--image-size {self.image_size} must be a positive multiple of 16 (the patch size)")
         for option, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
             if value < 1:
-                raise FeatcacheError(f"{option} {value} must be at least 1")
+                raise OptionError(f"{option} {value} must be at least 1")
         if self.workers < 0:
-            raise FeatcacheError(f"--workers {self.workers} must be 0 or more")
+            raise OptionError(f"--workers {self.workers} must be 0 or more")
         backend_kind(self.out)
 
 

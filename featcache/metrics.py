@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, write_json
 
 CONVENTIONS = ("study", "isic")
@@ -73,7 +73,7 @@ def confusion(pred: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -
 def _check_convention(convention: str) -> None:
     """Refuse a convention not in `CONVENTIONS`, listing the valid ones."""
     if convention not in CONVENTIONS:
-        raise FeatcacheError(
+        raise OptionError(
             f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}"
         )
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.io import safe_torch_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +55,7 @@ ARCHITECTURES: dict[str, EncoderConfig] = {
 def architecture(name: str) -> EncoderConfig:
     """The config of a named architecture, or an error listing the names."""
     if name not in ARCHITECTURES:
-        raise FeatcacheError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise OptionError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -200,7 +200,7 @@ DECODERS: dict[str, type[nn.Module]] = {"sd": SegmentationDecoder, "linear": Lin
 def build_decoder(name: str, in_channels: int, groups: int = 1) -> nn.Module:
     """A segmentation decoder by name (``sd`` or ``linear``) for features of ``in_channels``; ``groups`` of them in one."""
     if name not in DECODERS:
-        raise FeatcacheError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
+        raise OptionError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
     return DECODERS[name](in_channels, groups)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 #: The study's table: train size -> (validation size, epochs, batch size).
 STUDY_PROTOCOL: dict[int, tuple[int, int, int]] = {
@@ -38,7 +38,7 @@ def protocol_for(size: int) -> Protocol:
     training size (at least 1) up to 160 images and 150 beyond, as in the study's table.
     """
     if size < 1:
-        raise FeatcacheError(f"--size {size} must be at least 1")
+        raise OptionError(f"--size {size} must be at least 1")
     if size in STUDY_PROTOCOL:
         return Protocol(size, *STUDY_PROTOCOL[size], rule="study")
     nearest = min(STUDY_SIZES, key=lambda s: (abs(math.log(s) - math.log(size)), -s))

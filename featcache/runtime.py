@@ -7,7 +7,7 @@ import os
 import torch
 from rich.console import Console
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 
 def _console(stderr: bool = False) -> Console:
@@ -30,7 +30,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise FeatcacheError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+        raise OptionError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise FeatcacheError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from featcache import __version__
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 
 FORMAT_VERSION = 1
 ATTR = "featcache"
@@ -94,7 +94,7 @@ class _ZarrBackend:
             return zarr.codecs.GzipCodec(level=4)
         if name == "none":
             return None
-        raise FeatcacheError(f"--compressor {name} is for HDF5 stores; a Zarr store takes zstd, lz4, gzip or none")
+        raise OptionError(f"--compressor {name} is for HDF5 stores; a Zarr store takes zstd, lz4, gzip or none")
 
     def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
         chunks = sample_chunks(shape, block)
@@ -155,7 +155,7 @@ class _H5Backend:
             self.file.create_dataset(name, shape=shape, dtype=h5py.string_dtype())
             return
         if compressor not in ("auto", "none", "gzip", "lzf"):
-            raise FeatcacheError(f"--compressor {compressor} is for Zarr stores; an HDF5 store takes gzip, lzf or none")
+            raise OptionError(f"--compressor {compressor} is for Zarr stores; an HDF5 store takes gzip, lzf or none")
         chunks = sample_chunks(shape, min(block, shape[0]))
         options = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"}}
         self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, **options.get(compressor, {}))
@@ -276,7 +276,7 @@ class FeatureStore:
     ) -> FeatureStore:
         """Create an empty store for ``len(ids)`` samples; ``meta`` holds the provenance (see `provenance`)."""
         if compressor not in COMPRESSORS:
-            raise FeatcacheError(f"--compressor {compressor} is not one of {', '.join(COMPRESSORS)}")
+            raise OptionError(f"--compressor {compressor} is not one of {', '.join(COMPRESSORS)}")
         kind = backend_kind(path)
         n, size, views = len(ids), meta["preprocessing"]["size"], len(VIEWS[meta["views"]])
         storage_dtype = FEATURE_DTYPES[meta["dtype"]][0]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.data import SplitConfig, find_samples, load_mask_full
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, OptionError
 from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import Encoder, build_decoder, group_state, stack_states
 from featcache.protocol import protocol_for, subset
@@ -62,13 +62,13 @@ class TrainConfig:
         val = self.val_size if self.val_size is not None else proto.val_size
         for option, value in (("--epochs", epochs), ("--batch-size", batch), ("--val-size", val)):
             if value < 1:
-                raise FeatcacheError(f"{option} {value} must be at least 1")
+                raise OptionError(f"{option} {value} must be at least 1")
         if self.augment not in AUGMENTS:
-            raise FeatcacheError(f"--augment {self.augment} is not one of {', '.join(AUGMENTS)}")
+            raise OptionError(f"--augment {self.augment} is not one of {', '.join(AUGMENTS)}")
         if self.eval_size not in EVAL_SIZES:
-            raise FeatcacheError(f"--eval-size {self.eval_size} is not one of {', '.join(EVAL_SIZES)}")
+            raise OptionError(f"--eval-size {self.eval_size} is not one of {', '.join(EVAL_SIZES)}")
         if self.lr <= 0:
-            raise FeatcacheError(f"--lr {self.lr} must be positive")
+            raise OptionError(f"--lr {self.lr} must be positive")
         return epochs, batch, val
 
 

@@ -25,8 +25,9 @@ def data(synth_root, tmp_path):
     return copy
 
 
-def one_line_error(result, *fragments):
-    assert result.returncode == 1, result.stderr
+def one_line_error(result, *fragments, code=1):
+    """One ``error:`` line holding every fragment; exit code 1 for bad input, 2 for an impossible option value."""
+    assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
@@ -98,8 +99,8 @@ def test_output_that_is_not_a_store_and_out_of_range_options(cli, synth_root, tm
     info = cli("info", tmp_path / "notes.h5")  # info has no --out or --overwrite to suggest
     one_line_error(info, "notes.h5", "point to a store that `featcache extract` wrote")
     assert "--overwrite" not in info.stderr
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all")
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO), "--val-fraction")
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all", code=2)
+    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO), "--val-fraction", code=2)
     one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.npy", *MICRO), ".zarr")
 
 

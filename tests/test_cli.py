@@ -23,7 +23,7 @@ def test_featcache_error_is_one_line_exit_1(cli, tmp_path):
 
 def test_bad_device_is_one_line(cli, tmp_path):
     result = cli("--device", "tpu", "evaluate", tmp_path, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # an impossible option value is a usage error
     assert "--device 'tpu' is not one of auto, cpu, cuda, cuda:N" in result.stderr
 
 
@@ -34,7 +34,7 @@ def test_pretrain_command(synth_root, tmp_path, cli):
     assert result.returncode == 0, result.stderr
     assert "best epoch 1" in result.stdout and out.exists() and (tmp_path / "enc_reconstructions.png").exists()
     bad = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--lr", "-1")
-    assert bad.returncode == 1 and "--lr" in bad.stderr
+    assert bad.returncode == 2 and "--lr" in bad.stderr
 
 
 def test_ctrl_c_ends_with_130_and_keeps_the_resume_state(micro_store, tmp_path):

@@ -159,4 +159,4 @@ def test_cli_extract_and_info(synth_root, tmp_path, cli):
     assert summary["complete"] and summary["shapes"]["features"] == [24, 4, 32, 4, 4]
     assert 0 < summary["flip_check_cos"]["mean"] < 1
     bad = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro", "--image-size", "60")
-    assert bad.returncode == 1 and "multiple of 16" in bad.stderr
+    assert bad.returncode == 2 and "multiple of 16" in bad.stderr
