@@ -24,6 +24,7 @@ from featcache.store import FeatureStore
 from featcache.train import (
     EncoderFeatures,
     TrainConfig,
+    check_runnable,
     evaluate_test,
     fit,
     resolved_for,
@@ -101,7 +102,8 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
         if encoder is not None:
             prov = store.meta["encoder"]
             store.check_encoder(encoder_provenance(build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))))
-        cfg.resolved()
+        # Refused here, before a progress bar; a capped validation size is said once, not per seed.
+        cfg = dataclasses.replace(cfg, val_size=check_runnable(store, cfg)[2])
 
         def identity(seed: int) -> dict:
             # The device type too: CPU and CUDA random generators cannot take each other's state.

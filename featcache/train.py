@@ -371,6 +371,19 @@ def resolved_for(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int]:
     return epochs, batch, val_size
 
 
+def check_runnable(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int]:
+    """Refuse, before any work starts, a C run the store cannot give; (epochs, batch size, validation size)."""
+    epochs, batch, val_size = resolved_for(store, cfg)
+    if cfg.augment == "exact" and not store.has_flip_views:
+        raise FeatcacheError(
+            f"{store.path} has no flip views, which --augment exact needs; extract it with --views flips "
+            "(or train with --augment feature-flip or none)"
+        )
+    select_rows(store, cfg.size, val_size, cfg.seed)
+    build_decoder(cfg.decoder, 1)
+    return epochs, batch, val_size
+
+
 def shared_rows(row_sets: list[np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:
     """The sorted union of several runs' store rows, and each run's positions ``[m_k]`` into it."""
     union = np.unique(np.concatenate(row_sets))
@@ -412,12 +425,7 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     by the number of runs) and the group's own under ``group``.
     """
     cfg = cfgs[0]
-    epochs, batch, val_size = resolved_for(store, cfg)
-    if cfg.augment == "exact" and not store.has_flip_views:
-        raise FeatcacheError(
-            f"{store.path} has no flip views, which --augment exact needs; extract it with --views flips "
-            "(or train with --augment feature-flip or none)"
-        )
+    epochs, batch, val_size = check_runnable(store, cfg)
     rows = [select_rows(store, c.size, val_size, c.seed) for c in cfgs]
     # The seeds' subsets overlap (at the largest size they are all the whole split): each row is read once.
     train_union, train_pos = shared_rows([r.train_rows for r in rows])

@@ -74,6 +74,11 @@ def test_refusals_name_the_fix(micro_store, synth_root, tmp_path):
             train_from_store(store, TrainConfig(**QUICK), torch.device("cpu"))
         result = train_from_store(store, TrainConfig(**QUICK, augment="feature-flip"), torch.device("cpu")).results
         assert result["augment"] == "feature-flip"
+    # A sweep refuses before it starts: nothing written, no progress shown.
+    for bad in (TrainConfig(**QUICK), TrainConfig(size=13, epochs=1), TrainConfig(**QUICK, decoder="mlp")):
+        with pytest.raises(FeatcacheError, match="--views flips|larger than the training split|unknown decoder"):
+            train_decoder(str(identity), bad, [0, 1], tmp_path / "sweep", "cpu", progress=False)
+    assert not (tmp_path / "sweep").exists()
     with pytest.raises(FeatcacheError, match="distinct"):
         parse_seeds("1,1")
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
