@@ -74,11 +74,12 @@ def evaluate(
     threshold: float = typer.Option(0.5, min=0.0, max=1.0),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write {mean, per_image} here."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image CSV (default: beside --json, else pred_dir/per_image.csv)."),
+    predicted_only: bool = typer.Option(False, "--predicted-only", help="Score the predicted images alone (the truth folder may hold more)."),
 ) -> None:
     """Score predicted masks against ISIC truth masks."""
     from featcache.metrics import evaluate_dirs
 
-    result = evaluate_dirs(pred_dir, truth_dir, convention=convention, threshold=threshold)
+    result = evaluate_dirs(pred_dir, truth_dir, convention=convention, threshold=threshold, predicted_only=predicted_only)
     table = Table(title=f"{len(result.per_image)} images, {convention} convention")
     table.add_column("metric")
     table.add_column("mean", justify="right")

@@ -168,16 +168,13 @@ def _files_by_id(folder: Path, pattern: re.Pattern[str], what: str) -> dict[str,
     return found
 
 
-def _unmatched(keys: list[str], have: Path, lack: Path, what: str) -> None:
+def _unmatched(keys: list[str], have: Path, lack: Path, what: str, fix: str) -> None:
     """Raise when `keys` (ids with a file in `have` but none in `lack`) is not empty."""
     if keys:
         shown = ", ".join(f"ISIC_{k}" for k in keys[:_SHOWN_IDS])
         if len(keys) > _SHOWN_IDS:
             shown += ", ..."
-        raise FeatcacheError(
-            f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown}); "
-            "add the missing files or remove these"
-        )
+        raise FeatcacheError(f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown}); {fix}")
 
 
 def _load_gray(path: Path) -> torch.Tensor:
@@ -191,7 +188,7 @@ def _load_gray(path: Path) -> torch.Tensor:
 
 
 def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
-                  threshold: float = 0.5) -> Evaluation:
+                  threshold: float = 0.5, predicted_only: bool = False) -> Evaluation:
     """Score every predicted mask in `pred_dir` against its truth mask in `truth_dir`.
 
     Truth files are ``ISIC_<id>_segmentation.png``; a prediction is any image file whose name
@@ -199,16 +196,20 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
     truth needs exactly one prediction of the same size and vice versa. Images are read as 8-bit
     gray (colour converted with PIL's 'L'). A truth pixel v is lesion when v > 128; a prediction
     pixel v is positive when v / 256 > threshold, i.e. v > 256 * threshold. The default 0.5 gives
-    v > 128 for both, which is the official ISIC scorer's rule.
+    v > 128 for both, which is the official ISIC scorer's rule. ``predicted_only``: score the
+    predicted images alone, when the truth folder holds more (a test split drawn from one folder).
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     _check_convention(convention)
     truths = _files_by_id(truth_dir, _TRUTH_NAME, "truth")
     preds = _files_by_id(pred_dir, _ID, "prediction")
-    _unmatched(sorted(truths.keys() - preds.keys()), truth_dir, pred_dir, "truth masks")
-    _unmatched(sorted(preds.keys() - truths.keys()), pred_dir, truth_dir, "predictions")
+    if not predicted_only:
+        _unmatched(sorted(truths.keys() - preds.keys()), truth_dir, pred_dir, "truth masks",
+                   "add the missing predictions, or pass --predicted-only to score only the predicted images")
+    _unmatched(sorted(preds.keys() - truths.keys()), pred_dir, truth_dir, "predictions",
+               "add their truth masks or remove these predictions")
 
-    keys = sorted(truths)
+    keys = sorted(preds)
     counts = torch.empty(len(keys), 4, dtype=torch.int64)  # [N, 4]
     for row, key in enumerate(keys):
         truth = _load_gray(truths[key])

@@ -306,8 +306,13 @@ def test_evaluate_dirs_refuses_truth_without_prediction(folders):
     pred_dir, truth_dir = folders
     for i in range(4, 11):
         write_mask(truth_dir / f"ISIC_{i:07d}_segmentation.png", np.zeros((16, 16), np.uint8))
-    with pytest.raises(FeatcacheError, match=r"7 truth masks .*ISIC_0000004, .*ISIC_0000008, \.\.\."):
+    with pytest.raises(FeatcacheError, match=r"7 truth masks .*ISIC_0000004, .*ISIC_0000008, \.\.\..*--predicted-only"):
         evaluate_dirs(pred_dir, truth_dir)
+    # A test split drawn from one folder: the predicted images alone, as if the others were not there.
+    only = evaluate_dirs(pred_dir, truth_dir, predicted_only=True)
+    for i in range(4, 11):
+        (truth_dir / f"ISIC_{i:07d}_segmentation.png").unlink()
+    assert only.per_image == evaluate_dirs(pred_dir, truth_dir).per_image
 
 
 def test_evaluate_dirs_refuses_prediction_without_truth(folders):
