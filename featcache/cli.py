@@ -278,7 +278,7 @@ def compare_e2e(
     batch_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
     val_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
     lr: float = typer.Option(2e-4, help="SGD learning rate of every mode (the study's 2e-4)."),
-    augment: str = typer.Option("exact", help="exact (image flips / stored views) | none."),
+    augment: str = typer.Option("exact", help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none."),
     out: Path = typer.Option(Path("runs/compare-e2e"), help="REPORT_DIR."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
 ) -> None:

@@ -130,6 +130,10 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
                     run.results["store_identity"] = identity(seed)
                     write_run(run_dir(out, seed), run.results, run.checkpoint)
                     finished[seed] = run.results
+                    if progress:  # a line per run that stays in logs, where the bar leaves nothing
+                        r = run.results
+                        err_console.print(f"C size {cfg.size} seed {seed}: test IoU {r['test']['iou']:.4f}, best epoch {r['best_epoch']}, "
+                                          f"{r['train_seconds']:.1f} s -> {run_dir(out, seed)}", highlight=False)
                 checkpointer.done()
     gathered = dist.gather_objects(finished)
     dist.close()

@@ -19,7 +19,7 @@ from featcache.data import IMAGE_EXTENSIONS, load_image, load_mask_full
 from featcache.errors import FeatcacheError
 from featcache.io import atomic_path, safe_torch_load
 from featcache.models import build_decoder, encoder_from_provenance
-from featcache.runtime import resolve_device
+from featcache.runtime import err_console, resolve_device
 from featcache.train import DECODER_CHECKPOINT_FORMAT
 
 GREEN, RED = (0, 255, 0), (255, 0, 0)
@@ -28,12 +28,16 @@ GREEN, RED = (0, 255, 0), (255, 0, 0)
 def find_checkpoint(run_dir: Path) -> Path:
     """``RUN_DIR/decoder.pt``, or for a sweep folder the seed run with the lowest validation loss."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FeatcacheError(f"run folder {run_dir} does not exist; pass a train-decoder output folder")
     if (run_dir / "decoder.pt").is_file():
         return run_dir / "decoder.pt"
     candidates = sorted(run_dir.glob("seed-*/decoder.pt"))
     if not candidates:
         raise FeatcacheError(f"{run_dir} holds no decoder.pt (nor seed-*/decoder.pt); pass a train-decoder output folder")
-    return min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
+    best = min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
+    err_console.print(f"{run_dir}: {best.parent.name} has the lowest validation loss of {len(candidates)} seeds; predicting with it")
+    return best
 
 
 def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
