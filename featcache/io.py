@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,20 +16,16 @@ import torch
 from featcache.errors import FeatcacheError
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces it only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    # Mode 0666 under the umask, as open() gives (mkstemp would make it 0600, readable by its owner alone).
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the mode a plain open() would
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

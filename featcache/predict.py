@@ -90,7 +90,6 @@ def _truth_for(truth_dir: Path, stem: str) -> Path:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None = None, device: str = "auto",
             threshold: float = 0.5, encoder_weights: str | Path | None = None) -> list[Prediction]:
     """Predict a mask per image at its original resolution (logits upsampled bilinearly).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from rich.console import Console
@@ -11,9 +12,10 @@ from featcache.errors import FeatcacheError, OptionError
 
 
 def _console(stderr: bool = False) -> Console:
-    if Console(stderr=stderr).is_terminal or "COLUMNS" in os.environ:
-        return Console(stderr=stderr, soft_wrap=True)
-    return Console(stderr=stderr, soft_wrap=True, width=160)  # logs and pipes: whole tables, not rich's 80 columns
+    stream = sys.stderr if stderr else sys.stdout
+    # Logs and pipes: whole tables, 160 columns, rather than rich's 80; a terminal or COLUMNS decides otherwise.
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, soft_wrap=True, width=160 if wide else None)
 
 
 #: Progress bars and logs: stderr. Results (tables): stdout.

@@ -37,13 +37,12 @@ COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
 #: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
 SKIPPED = "skipped"
 NOT_A_STORE_FIX = "point to a store that `featcache extract` wrote"
+#: Provenance entries whose difference makes an existing store another store.
+IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
 
 
 class NotAStoreError(FeatcacheError):
     """Something is at the path, but not a featcache store."""
-
-#: Provenance entries whose difference makes an existing store another store.
-IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
 
 
 def is_url(path: str | Path) -> bool:

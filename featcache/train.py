@@ -25,7 +25,7 @@ from torch import nn
 from featcache.data import SplitConfig, find_samples, load_mask_full
 from featcache.errors import FeatcacheError, OptionError
 from featcache.metrics import METRICS, confusion, mean_scores, scores
-from featcache.models import Encoder, build_decoder, group_state, stack_states
+from featcache.models import DECODERS, Encoder, build_decoder, group_state, stack_states
 from featcache.protocol import protocol_for, subset
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast, err_console, synchronize
@@ -65,6 +65,8 @@ class TrainConfig:
                 raise OptionError(f"{option} {value} must be at least 1")
         if self.augment not in AUGMENTS:
             raise OptionError(f"--augment {self.augment} is not one of {', '.join(AUGMENTS)}")
+        if self.decoder not in DECODERS:
+            raise OptionError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         if self.eval_size not in EVAL_SIZES:
             raise OptionError(f"--eval-size {self.eval_size} is not one of {', '.join(EVAL_SIZES)}")
         if self.lr <= 0:
@@ -380,7 +382,6 @@ def check_runnable(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int
             "(or train with --augment feature-flip or none)"
         )
     select_rows(store, cfg.size, val_size, cfg.seed)
-    build_decoder(cfg.decoder, 1)
     return epochs, batch, val_size
 
 
