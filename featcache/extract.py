@@ -105,7 +105,8 @@ def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, view
             "normalisation": "ImageNet mean/std inside the encoder",
         },
         "dataset": {k: v for k, v in dataset.items() if k != "root"},
-        "dataset_root": dataset["root"],
+        # Absolute, so that reading the original masks (--eval-size original) works from any folder.
+        "dataset_root": str(Path(dataset["root"]).resolve()),
         "views": views,
         "dtype": dtype,
         "compute": compute_precision(device),

@@ -160,3 +160,13 @@ def test_cli_extract_and_info(synth_root, tmp_path, cli):
     assert 0 < summary["flip_check_cos"]["mean"] < 1
     bad = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro", "--image-size", "60")
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr
+
+
+def test_dataset_root_is_recorded_absolute(synth_root, tmp_path, monkeypatch):
+    """A store extracted from a relative path still finds its dataset from any folder (--eval-size original)."""
+    monkeypatch.chdir(synth_root.parent)
+    out = tmp_path / "rel.zarr"
+    extract(extract_config(synth_root.name, out, views="identity"), progress=False)
+    with FeatureStore.open(out) as store:
+        root = store.meta["dataset_root"]
+    assert os.path.isabs(root) and os.path.samefile(root, synth_root)
