@@ -1,4 +1,4 @@
-"""Self-supervised denoising pretraining of an encoder (the study's VE + RD), as DESIGN.md describes.
+"""Self-supervised denoising pretraining of an encoder (the study's VE + RD), as docs/design.md describes.
 
 The encoder and the `ReconstructionDecoder` are trained end to end to reconstruct the clean image
 from the image plus Gaussian noise (clamped to [0, 1]) with MSE and Adam; the epoch with the lowest
@@ -58,7 +58,7 @@ _RESUME_IGNORES = ("device", "workers", "checkpoint_seconds")
 
 @dataclass
 class PretrainConfig:
-    """Everything ``featcache pretrain`` takes; defaults are the study's (DESIGN.md).
+    """Everything ``featcache pretrain`` takes; defaults are the study's (docs/design.md).
 
     ``init``: ``imagenet``, ``random`` (torchvision's initialisation under ``seed``) or the path of
     a torchvision ViT state dict or a featcache encoder checkpoint. ``out`` is the checkpoint path;
