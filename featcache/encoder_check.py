@@ -12,7 +12,7 @@ import torch
 
 from featcache.errors import FeatcacheError
 from featcache.extract import encode_views
-from featcache.models import Encoder, encoder_provenance
+from featcache.models import Encoder, encoder_provenance, weights_sha256
 from featcache.runtime import compute_precision, err_console
 from featcache.store import FeatureStore, describe_encoder, store_exists
 
@@ -49,10 +49,11 @@ def check_encoder_matches(store: FeatureStore, encoder: Encoder, device: torch.d
     limit = tolerance(store, device)
     if not difference <= limit:  # NaN fails too
         raise FeatcacheError(
-            f"{store.path} does not hold the features of {describe_encoder(encoder_provenance(encoder))}: re-encoding "
-            f"sample {store.ids[row]} differs from its stored features by {difference:.3g} (relative L2; rounding "
-            f"allows {limit:.3g}), so it was not extracted with this encoder, whatever its record says; use the encoder the store was extracted "
-            "with, or extract a new store with this one (`featcache extract DATA --encoder ... --out NEW_STORE`)"
+            f"{store.path} does not hold the features of {describe_encoder(encoder_provenance(encoder))}: "
+            f"re-encoding sample {store.ids[row]} differs from its stored features by {difference:.3g} (relative L2; "
+            f"rounding allows {limit:.3g}), so it was not extracted with this encoder, whatever its record says; "
+            "use the encoder the store was extracted with, or extract a new store with this one "
+            "(`featcache extract DATA --encoder ... --out NEW_STORE`)"
         )
     return difference
 
@@ -60,13 +61,25 @@ def check_encoder_matches(store: FeatureStore, encoder: Encoder, device: torch.d
 def check_run_encoder(store_path: str, encoder: Encoder, device: torch.device) -> float | None:
     """`check_encoder_matches` against the store a run was trained from, when it is still at ``store_path``.
 
-    When it is not, says so in one line and returns None: the encoder then rests on its recorded hash alone.
+    When it is not there, cannot be opened, is incomplete or was replaced by a store of another encoder,
+    says so in one line and returns None: the encoder then rests on its recorded hash alone.
     """
+    why = ""
     if not store_exists(store_path):
-        err_console.print(
-            f"note: the run's store {store_path} is not there, so the encoder was checked by its recorded hash "
-            "only, not against the store's features", markup=False, highlight=False,
-        )
-        return None
-    with FeatureStore.open(store_path) as store:
-        return check_encoder_matches(store, encoder, device)
+        why = "is not there"
+    else:
+        try:
+            store = FeatureStore.open(store_path, allow_incomplete=True)
+        except FeatcacheError as exc:
+            why = f"cannot be opened ({exc})"
+        else:
+            with store:
+                if not store.meta.get("complete"):
+                    why = "is incomplete"
+                elif store.meta["encoder"]["weights_sha256"] != weights_sha256(encoder):
+                    why = f"now holds the features of {describe_encoder(store.meta['encoder'])}"
+                else:
+                    return check_encoder_matches(store, encoder, device)
+    err_console.print(f"note: the run's store {store_path} {why}, so the encoder was checked by its recorded hash "
+                      "only, not against the store's features", markup=False, highlight=False)
+    return None

@@ -414,8 +414,9 @@ def refuse_empty_masks(store: FeatureStore, masks: torch.Tensor, cfg: TrainConfi
     """
     if not bool(masks.any()):
         raise FeatcacheError(
-            f"every mask of the training subset of {store.path} (size {cfg.size}, seed {cfg.seed}) is empty: nothing to "
-            "learn; check that the dataset's masks mark the lesion as 255 (or 1) on 0, and re-extract the store"
+            f"every mask of the training subset of {store.path} (size {cfg.size}, seed {cfg.seed}) is empty: "
+            "nothing to learn; check that the dataset's masks mark the lesion as 255 (or 1) on 0, and re-extract "
+            "the store"
         )
 
 

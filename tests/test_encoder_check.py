@@ -17,11 +17,11 @@ from featcache.store import FeatureStore, describe_encoder
 from featcache.train import TrainConfig
 
 CPU = torch.device("cpu")
-QUICK = dict(size=4, epochs=1, batch_size=4, val_size=2)
+QUICK = {"size": 4, "epochs": 1, "batch_size": 4, "val_size": 2}
 
 
 def forge(store: Path, out: Path, seed: int = 1) -> dict:
-    """Copy ``store`` (extracted with the random vit_micro of seed 0) to ``out``, its record claiming ``seed``'s encoder.
+    """Copy ``store`` (the random vit_micro of seed 0) to ``out``, its record claiming the encoder of ``seed``.
 
     Returns the claimed encoder's provenance: its weights hash and source, as an honest extraction would record them.
     """
@@ -87,7 +87,12 @@ def test_a_float16_store_passes_within_its_rounding(synth_root, tmp_path, store_
 
 def test_a_run_s_encoder_is_checked_against_its_store_when_the_store_is_there(micro_store, tmp_path, capsys):
     assert check_run_encoder(str(micro_store), build_encoder("vit_micro", "random", seed=0), CPU) < 1e-5
+    forge(micro_store, tmp_path / "forged.zarr")
     with pytest.raises(FeatcacheError, match="relative L2"):
-        check_run_encoder(str(micro_store), build_encoder("vit_micro", "random", seed=1), CPU)
-    assert check_run_encoder(str(tmp_path / "moved.zarr"), build_encoder("vit_micro", "random", seed=1), CPU) is None
+        check_run_encoder(str(tmp_path / "forged.zarr"), build_encoder("vit_micro", "random", seed=1), CPU)
+    assert check_run_encoder(str(tmp_path / "moved.zarr"), build_encoder("vit_micro", "random", seed=0), CPU) is None
     assert "moved.zarr is not there" in capsys.readouterr().err
+    # A store overwritten since by an extraction with another encoder says nothing about the run's encoder.
+    forge(micro_store, tmp_path / "replaced.zarr", seed=2)
+    assert check_run_encoder(str(tmp_path / "replaced.zarr"), build_encoder("vit_micro", "random", seed=0), CPU) is None
+    assert "replaced.zarr now holds the features of vit_micro (random: random seed 2" in capsys.readouterr().err

@@ -275,14 +275,14 @@ def copy_store(store, out):
 
 
 def test_a_diverging_run_stops_with_one_line_and_no_resume_state(micro_store, tmp_path, cli):
-    with FeatureStore.open(micro_store) as store:
-        with pytest.raises(FeatcacheError, match=r"diverged: the loss of seed 0 at size 8 is not finite at epoch 1; "
-                                                 r"lower --lr \(now 1e\+30\)"):
-            train_from_store(store, TrainConfig(**QUICK, lr=1e30), torch.device("cpu"))
+    diverged = r"diverged: the loss of seed 0 at size 8 is not finite at epoch 1; lower --lr \(now 1e\+30\)"
+    with FeatureStore.open(micro_store) as store, pytest.raises(FeatcacheError, match=diverged):
+        train_from_store(store, TrainConfig(**QUICK, lr=1e30), torch.device("cpu"))
     # lr 1000 survives epoch 1 (whose resume state is written), then diverges: that state would diverge again.
     out = tmp_path / "sweep"
     with pytest.raises(FeatcacheError, match=r"seed 0 .* at epoch \d+; lower --lr \(now 1000\)"):
-        train_decoder(str(micro_store), TrainConfig(**QUICK, lr=1000), [0], out, "cpu", progress=False, checkpoint_seconds=0)
+        train_decoder(str(micro_store), TrainConfig(**QUICK, lr=1000), [0], out, "cpu", progress=False,
+                      checkpoint_seconds=0)
     assert not list(out.glob("resume-*.pt")) and not (out / "seed-0").exists()
     result = cli("--device", "cpu", "train-decoder", micro_store, "--size", "4", "--seeds", "0,1", "--epochs", "2",
                  "--val-size", "2", "--lr", "1e30", "--out", tmp_path / "cli")
@@ -296,13 +296,14 @@ def test_a_seed_that_diverges_keeps_the_seeds_finished_before_it(micro_store, tm
     """Seed 1 alone meets a non-finite feature (a stand-in for a run that diverges): seed 0, trained first, is
     kept; a group stops whole and names the seed that diverged."""
     with FeatureStore.open(micro_store) as store:
-        row = sorted(set(select_rows(store, 8, 4, 1).train_rows) - set(select_rows(store, 8, 4, 0).train_rows))[0]
+        row = min(set(select_rows(store, 8, 4, 1).train_rows) - set(select_rows(store, 8, 4, 0).train_rows))
     path = tmp_path / "poisoned.zarr"
     group = copy_store(micro_store, path)
     group["features"][row] = np.full(group["features"].shape[1:], np.nan, np.float32)
     out = tmp_path / "sweep"
     stopped = r" \(stopping seeds 0, 1, trained together\)" if grouped else ""
-    with pytest.raises(FeatcacheError, match=rf"the loss of seed 1 at size 8 is not finite at epoch 1{stopped}; lower --lr"):
+    refusal = rf"the loss of seed 1 at size 8 is not finite at epoch 1{stopped}; lower --lr"
+    with pytest.raises(FeatcacheError, match=refusal):
         train_decoder(str(path), TrainConfig(**QUICK), [0, 1], out, "cpu", progress=False, grouped=grouped)
     assert (out / "seed-0" / "results.json").exists() != grouped
     assert not (out / "seed-1").exists()
