@@ -13,6 +13,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featcache.distributed import Distributed
+from featcache.encoder_check import check_encoder_matches
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
@@ -27,6 +28,7 @@ from featcache.train import (
     check_runnable,
     evaluate_test,
     fit,
+    refuse_empty_masks,
     resolved_for,
     results_dict,
     seeded_decoder,
@@ -101,7 +103,9 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
             prov = store.meta["encoder"]
-            store.check_encoder(encoder_provenance(build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))))
+            at_hand = build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))
+            store.check_encoder(encoder_provenance(at_hand))
+            check_encoder_matches(store, at_hand, dev)
         # Refused here, before a progress bar; a capped validation size is said once, not per seed.
         cfg = dataclasses.replace(cfg, val_size=check_runnable(store, cfg)[2])
 
@@ -218,14 +222,16 @@ def parse_list(text: str, option: str, kind=int) -> tuple:
     return values
 
 
-def _encoders(store: FeatureStore, cfg: CompareConfig) -> tuple[Encoder, Encoder]:
-    """(self-supervised encoder = the store's, the encoder E and FI start from)."""
+def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[Encoder, Encoder]:
+    """(self-supervised encoder = the store's, proven by re-encoding a sample on ``device``; the encoder E and FI
+    start from)."""
     prov = store.meta["encoder"]
     if cfg.encoder is not None:
         ss = build_encoder(prov["arch"], cfg.encoder)
         store.check_encoder(encoder_provenance(ss))
     else:
         ss = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+    check_encoder_matches(store, ss, device)
     if cfg.e_init is not None:
         init = build_encoder(prov["arch"], cfg.e_init, seed=prov["source"].get("seed", 0))
     elif prov["source"].get("kind") == "featcache" and prov["source"].get("init"):
@@ -244,12 +250,14 @@ def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[st
         return run.results, run.test_logits
     epochs, batch, val_size = resolved_for(store, cfg)
     rows = select_rows(store, cfg.size, val_size, cfg.seed)
+    train_masks = store.masks(rows.train_rows)
+    refuse_empty_masks(store, train_masks, cfg)
     encoder = copy.deepcopy(encoders["init" if mode in ("E", "FI") else "ss"]).to(device)
     trainable = mode in ("E", "Es")
     images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
     sources = {k: EncoderFeatures(encoder, images[k], trainable and k == "train") for k in images}
     decoder = seeded_decoder(cfg, encoder.width).to(device)
-    fitted = fit(decoder, sources["train"], store.masks(rows.train_rows, device), sources["val"],
+    fitted = fit(decoder, sources["train"], train_masks.to(device), sources["val"],
                  store.masks(rows.val_rows, device), cfg, device, progress)
     decoder.load_state_dict(fitted.best_decoder)
     if fitted.best_encoder is not None:
@@ -267,7 +275,7 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
     device = dist.device
     results: list[dict] = []
     with FeatureStore.open(cfg.store) as store:
-        ss, init = _encoders(store, cfg)
+        ss, init = _encoders(store, cfg, device)
         encoders = {"ss": ss, "init": init}
         n_train = len(store.indices("train"))
         too_big = [s for s in cfg.sizes if s > n_train]

@@ -12,6 +12,7 @@ flip the image; the mask is flipped to match in every case.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -284,6 +285,7 @@ def fit_group(decoder: nn.Module, train_sources: list[FeatureSource], train_mask
             src.train(False)
         val_loss = _eval_losses(decoder, val_sources, val_masks, cfg.eval_batch_size, device)
         losses = torch.stack([epoch_loss / n, val_loss]).tolist()  # the one sync per epoch
+        _refuse_divergence(losses, epoch, cfgs, checkpointer)
         total_seconds += time.perf_counter() - started
         train_seconds += trained - started
         state = None
@@ -307,6 +309,26 @@ def fit_group(decoder: nn.Module, train_sources: list[FeatureSource], train_mask
         if progress is not None:
             progress(epoch, epochs, sum(losses[0]) / k_runs, sum(losses[1]) / k_runs)
     return [FitResult(b[1], b[0], b[2], b[3], h, train_seconds, total_seconds) for b, h in zip(bests, histories)]
+
+
+def _refuse_divergence(losses: list[list[float]], epoch: int, cfgs: list[TrainConfig],
+                       checkpointer: Checkpointer | None) -> None:
+    """Stop the group when a run's epoch loss (``losses`` = [train per run, validation per run]) is not finite.
+
+    Every later epoch would be NaN too and no epoch could be selected. The whole group stops, since its
+    runs share one optimiser step; its resume state goes too: resumed, it would diverge again.
+    """
+    bad = [c.seed for k, c in enumerate(cfgs) if not (math.isfinite(losses[0][k]) and math.isfinite(losses[1][k]))]
+    if not bad:
+        return
+    if checkpointer is not None:
+        checkpointer.done()
+    runs = f"seed{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"
+    stopped = f" (stopping seeds {', '.join(str(c.seed) for c in cfgs)}, trained together)" if len(cfgs) > 1 else ""
+    raise FeatcacheError(
+        f"training diverged: the loss of {runs} at size {cfgs[0].size} is not finite at epoch {epoch}{stopped}; "
+        f"lower --lr (now {cfgs[0].lr:g}); runs already finished are kept"
+    )
 
 
 @torch.no_grad()
@@ -385,6 +407,19 @@ def check_runnable(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int
     return epochs, batch, val_size
 
 
+def refuse_empty_masks(store: FeatureStore, masks: torch.Tensor, cfg: TrainConfig) -> None:
+    """Refuse a training subset whose masks ``[n, S, S]`` (on the CPU: no device sync) hold no lesion pixel.
+
+    The decoder would learn to answer "background" and score IoU 0, which says nothing about why.
+    """
+    if not bool(masks.any()):
+        raise FeatcacheError(
+            f"every mask of the training subset of {store.path} (size {cfg.size}, seed {cfg.seed}) is empty: "
+            "nothing to learn; check that the dataset's masks mark the lesion as 255 (or 1) on 0, and re-extract "
+            "the store"
+        )
+
+
 def shared_rows(row_sets: list[np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:
     """The sorted union of several runs' store rows, and each run's positions ``[m_k]`` into it."""
     union = np.unique(np.concatenate(row_sets))
@@ -431,13 +466,16 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     # The seeds' subsets overlap (at the largest size they are all the whole split): each row is read once.
     train_union, train_pos = shared_rows([r.train_rows for r in rows])
     val_union, val_pos = shared_rows([r.val_rows for r in rows])
+    train_masks = store.masks(train_union)
+    for c, p in zip(cfgs, train_pos):
+        refuse_empty_masks(store, train_masks[p], c)
     train_feats = store.features(train_union, identity_only=cfg.augment != "exact")
     val_feats = store.features(val_union, identity_only=True)
     test_feats = store.features(rows[0].test_rows, identity_only=True)
     if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
     train_feats, val_feats = train_feats.to(device), val_feats.to(device)
-    train_masks, val_masks = store.masks(train_union, device), store.masks(val_union, device)
+    train_masks, val_masks = train_masks.to(device), store.masks(val_union, device)
     train_pos, val_pos = [p.to(device) for p in train_pos], [p.to(device) for p in val_pos]
     train_sources = [StoreFeatures(train_feats, cfg.augment, p) for p in train_pos]
     val_sources = [StoreFeatures(val_feats, "none", p) for p in val_pos]

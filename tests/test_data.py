@@ -293,12 +293,65 @@ def test_mask_problems_are_reported_and_bad_files_caught(tmp_path: Path) -> None
     Image.fromarray((gray > 0).astype(np.uint8) * 255).save(tmp_path / "clean.png")
     assert load_mask_checked(tmp_path / "clean.png", 16)[1] == ""
     assert load_mask_checked(tmp_path / "gray.png", 16)[1] == "values other than 0 and 255"
-    mask, problem = load_mask_checked(tmp_path / "rgb.png", 16)
-    assert problem == "RGB colour and values other than 0 and 255" and set(np.unique(mask)) == {0, 1}
+    mask, problem, note = load_mask_checked(tmp_path / "rgb.png", 16)
+    assert problem == "RGB colour and values other than 0 and 255" and set(np.unique(mask)) == {0, 1} and note == ""
     truncated = tmp_path / "t.jpg"
     truncated.write_bytes(image.read_bytes()[:200])
     samples = [Sample("t", truncated, tmp_path / "clean.png", "train", (20, 30))]
     item = SampleDataset(samples, 16, catch_errors=True)[0]
+    assert item["mask_problem"] == item["mask_note"] == ""
     assert "t.jpg" in item["error"] and "replace the file" in item["error"] and "\n" not in item["error"]
     with pytest.raises(FeatcacheError, match="t.jpg"):
         SampleDataset(samples, 16)[0]
+
+
+def lesion_box(h: int = 20, w: int = 30) -> np.ndarray:
+    """Bool [h, w]: a lesion rectangle."""
+    box = np.zeros((h, w), bool)
+    box[5:15, 5:25] = True
+    return box
+
+
+def nearest(mask: np.ndarray, size: int) -> np.ndarray:
+    """Bool [H, W] -> uint8 [size, size] 0/1, resized nearest-neighbour."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST))
+
+
+def test_masks_stored_as_0_1_are_read_as_0_1_with_a_note_not_a_problem(tmp_path: Path) -> None:
+    box = lesion_box()
+    Image.fromarray(box.astype(np.uint8)).save(tmp_path / "01.png")  # 8-bit gray, lesion = 1
+    mask, problem, note = load_mask_checked(tmp_path / "01.png", 30)
+    assert problem == "" and note == "values 0/1 (read as 0/1)"
+    assert np.array_equal(mask, nearest(box, 30))
+    assert np.array_equal(load_mask_full(tmp_path / "01.png"), box)
+    # The whole mask decides: a 0/255 mask with a few pixels at 1 is not a 0/1 mask.
+    mixed = box.astype(np.uint8) * 255
+    mixed[0, :3] = 1
+    Image.fromarray(mixed).save(tmp_path / "mixed.png")
+    read = load_mask_checked(tmp_path / "mixed.png", 30)
+    assert read.note == "" and read.problem == "values other than 0 and 255"
+    assert np.array_equal(load_mask_full(tmp_path / "mixed.png"), box)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(image)
+    item = SampleDataset([Sample("a", image, tmp_path / "01.png", "train", (20, 30))], 16)[0]
+    assert item["mask"].sum() > 0 and item["mask_problem"] == "" and item["mask_note"] == "values 0/1 (read as 0/1)"
+
+
+def test_16_bit_gray_masks_are_gray_and_cut_at_the_middle_of_their_range(tmp_path: Path) -> None:
+    box = lesion_box()
+    clean = box.astype(np.uint16) * 65535
+    Image.fromarray(clean).save(tmp_path / "clean16.png")
+    graded = np.where(box, 40000, 1000).astype(np.uint16)  # 1000 of 65535 is background
+    Image.fromarray(graded).save(tmp_path / "graded16.png")
+    Image.fromarray(box.astype(np.uint16)).save(tmp_path / "zero_one16.png")
+    with Image.open(tmp_path / "graded16.png") as img:
+        assert img.mode in ("I;16", "I")
+    expected = {"clean16.png": ("", "16-bit gray"),
+                "graded16.png": ("values other than 0 and 65535", "16-bit gray"),
+                "zero_one16.png": ("", "16-bit gray and values 0/1 (read as 0/1)")}
+    for name, (problem, note) in expected.items():
+        read = load_mask_checked(tmp_path / name, 30)
+        assert (read.problem, read.note) == (problem, note), name
+        assert "colour" not in read.problem
+        assert np.array_equal(read.mask, nearest(box, 30)), name
+        assert np.array_equal(load_mask_full(tmp_path / name), box), name

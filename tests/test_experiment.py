@@ -91,3 +91,25 @@ def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, t
         for metric, value in one[key]["test"].items():
             assert two[key]["test"][metric] == pytest.approx(value, abs=1e-4), (key, metric)
     assert (out / "report.md").exists()
+
+
+def test_a_subset_of_empty_masks_is_refused_in_store_and_encoder_modes(micro_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    store = tmp_path / "empty.zarr"
+    shutil.copytree(micro_store, store)
+    zarr.open_group(store, mode="r+")["masks"][:] = 0
+    for mode in ("C", "F", "E"):
+        cfg = CompareConfig(store=str(store), out=tmp_path / mode, sizes=(4,), seeds=(2,), modes=(mode,), epochs=1,
+                            batch_size=4, val_size=2, device="cpu")
+        with pytest.raises(FeatcacheError, match=r"every mask of the training subset .* \(size 4, seed 2\) is empty"):
+            compare_e2e(cfg, progress=False)
+
+
+def test_a_diverging_end_to_end_run_stops_with_one_line(micro_store, tmp_path):
+    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "c", sizes=(4,), seeds=(0,), modes=("E",), epochs=2,
+                        batch_size=4, val_size=2, lr=1e30, device="cpu")
+    with pytest.raises(FeatcacheError, match=r"loss of seed 0 at size 4 is not finite at epoch 1; lower --lr"):
+        compare_e2e(cfg, progress=False)

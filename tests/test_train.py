@@ -262,3 +262,76 @@ def test_torchrun_rank_that_fails_stops_the_others(micro_store, tmp_path):
     assert result.returncode != 0
     assert "resume-1.pt holds an interrupted run of another configuration" in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def copy_store(store, out):
+    """A writable copy of a Zarr store and its group, to break on purpose."""
+    import shutil
+
+    import zarr
+
+    shutil.copytree(store, out)
+    return zarr.open_group(out, mode="r+")
+
+
+def test_a_diverging_run_stops_with_one_line_and_no_resume_state(micro_store, tmp_path, cli):
+    diverged = r"diverged: the loss of seed 0 at size 8 is not finite at epoch 1; lower --lr \(now 1e\+30\)"
+    with FeatureStore.open(micro_store) as store, pytest.raises(FeatcacheError, match=diverged):
+        train_from_store(store, TrainConfig(**QUICK, lr=1e30), torch.device("cpu"))
+    # lr 1000 survives epoch 1 (whose resume state is written), then diverges: that state would diverge again.
+    out = tmp_path / "sweep"
+    with pytest.raises(FeatcacheError, match=r"seed 0 .* at epoch \d+; lower --lr \(now 1000\)"):
+        train_decoder(str(micro_store), TrainConfig(**QUICK, lr=1000), [0], out, "cpu", progress=False,
+                      checkpoint_seconds=0)
+    assert not list(out.glob("resume-*.pt")) and not (out / "seed-0").exists()
+    result = cli("--device", "cpu", "train-decoder", micro_store, "--size", "4", "--seeds", "0,1", "--epochs", "2",
+                 "--val-size", "2", "--lr", "1e30", "--out", tmp_path / "cli")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "seed 0" in errors[0] and "epoch 1" in errors[0] and "lower --lr" in errors[0]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["sequential", "grouped"])
+def test_a_seed_that_diverges_keeps_the_seeds_finished_before_it(micro_store, tmp_path, grouped):
+    """Seed 1 alone meets a non-finite feature (a stand-in for a run that diverges): seed 0, trained first, is
+    kept; a group stops whole and names the seed that diverged."""
+    with FeatureStore.open(micro_store) as store:
+        row = min(set(select_rows(store, 8, 4, 1).train_rows) - set(select_rows(store, 8, 4, 0).train_rows))
+    path = tmp_path / "poisoned.zarr"
+    group = copy_store(micro_store, path)
+    group["features"][row] = np.full(group["features"].shape[1:], np.nan, np.float32)
+    out = tmp_path / "sweep"
+    stopped = r" \(stopping seeds 0, 1, trained together\)" if grouped else ""
+    refusal = rf"the loss of seed 1 at size 8 is not finite at epoch 1{stopped}; lower --lr"
+    with pytest.raises(FeatcacheError, match=refusal):
+        train_decoder(str(path), TrainConfig(**QUICK), [0, 1], out, "cpu", progress=False, grouped=grouped)
+    assert (out / "seed-0" / "results.json").exists() != grouped
+    assert not (out / "seed-1").exists()
+
+
+def test_masks_stored_as_0_1_are_labels_and_a_subset_of_empty_masks_is_refused(micro_store, synth_root, tmp_path, cli):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    for mask in data.glob("*_GroundTruth/*.png"):
+        Image.fromarray((np.asarray(Image.open(mask)) > 127).astype(np.uint8)).save(mask)
+    extract(extract_config(data, tmp_path / "01.zarr", views="identity"), progress=False)
+    with FeatureStore.open(tmp_path / "01.zarr") as zero_one, FeatureStore.open(micro_store) as reference:
+        assert torch.equal(zero_one.masks(None), reference.masks(None)) and reference.masks(None).any()
+    empty = tmp_path / "empty.zarr"
+    group = copy_store(micro_store, empty)
+    group["masks"][:] = 0
+    refusal = rf"every mask of the training subset of {empty} \(size 8, seed 3\) is empty.*re-extract"
+    with FeatureStore.open(empty) as store:
+        with pytest.raises(FeatcacheError, match=refusal):
+            train_from_store(store, TrainConfig(**QUICK, seed=3), torch.device("cpu"))
+        with pytest.raises(FeatcacheError, match=refusal):
+            train_group_from_store(store, [TrainConfig(**QUICK, seed=s) for s in (3, 4)], torch.device("cpu"))
+    result = cli("--device", "cpu", "train-decoder", empty, "--size", "4", "--seeds", "0", "--epochs", "1",
+                 "--val-size", "2", "--out", tmp_path / "run")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "size 4, seed 0" in errors[0], result.stderr
+    assert not (tmp_path / "run" / "seed-0").exists()

@@ -1,0 +1,85 @@
+"""Prove that an encoder at hand computed a store's features, by re-encoding one stored sample.
+
+A store's ``encoder`` attribute is a claim: `FeatureStore.check_encoder` compares hashes of that
+claim, and an edited or mistaken claim passes it. Re-encoding a stored image and comparing with its
+stored features checks the features themselves, up to the rounding of the store's dtype and of the
+two computations' precision.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featcache.errors import FeatcacheError
+from featcache.extract import encode_views
+from featcache.models import Encoder, encoder_provenance, weights_sha256
+from featcache.runtime import compute_precision, err_console
+from featcache.store import FeatureStore, describe_encoder, store_exists
+
+#: Relative L2 difference that rounding to the storage dtype alone can cause (float16: 2^-11 per
+#: element, bfloat16: 2^-8), with room for a different summation order.
+STORAGE_TOLERANCE = {"float32": 1e-3, "float16": 5e-3, "bfloat16": 2e-2}
+#: Added when either computation ran under bf16 autocast (the extraction's or this one).
+BF16_COMPUTE_TOLERANCE = 1e-1
+
+
+def tolerance(store: FeatureStore, device: torch.device) -> float:
+    """The relative L2 difference within which re-encoding on ``device`` counts as the store's encoder.
+
+    A store that does not record its ``compute`` precision may have been extracted under bf16.
+    """
+    exact = {store.meta.get("compute"), compute_precision(device)} == {"float32"}
+    return STORAGE_TOLERANCE[store.meta["dtype"]] + (0.0 if exact else BF16_COMPUTE_TOLERANCE)
+
+
+@torch.no_grad()
+def check_encoder_matches(store: FeatureStore, encoder: Encoder, device: torch.device) -> float:
+    """Refuse ``encoder`` unless it reproduces the stored identity-view features of the first training sample.
+
+    The sample's stored uint8 image ``[3, S, S]`` goes through `encode_views` as extraction fed it;
+    the result ``[C, h, w]`` is compared with the stored row by relative L2 difference
+    ``||recomputed - stored|| / ||stored||``, which is returned. ``encoder`` is moved to ``device``
+    and put in eval mode.
+    """
+    row = int(store.indices("train")[0])
+    stored = store.features([row], identity_only=True).float()[0, 0]
+    encoder.to(device).eval()
+    recomputed = encode_views(encoder, store.images([row]), ("identity",), device)[0, 0].cpu()
+    difference = float((recomputed - stored).norm() / stored.norm().clamp_min(1e-12))
+    limit = tolerance(store, device)
+    if not difference <= limit:  # NaN fails too
+        raise FeatcacheError(
+            f"{store.path} does not hold the features of {describe_encoder(encoder_provenance(encoder))}: "
+            f"re-encoding sample {store.ids[row]} differs from its stored features by {difference:.3g} (relative L2; "
+            f"rounding allows {limit:.3g}), so it was not extracted with this encoder, whatever its record says; "
+            "use the encoder the store was extracted with, or extract a new store with this one "
+            "(`featcache extract DATA --encoder ... --out NEW_STORE`)"
+        )
+    return difference
+
+
+def check_run_encoder(store_path: str, encoder: Encoder, device: torch.device) -> float | None:
+    """`check_encoder_matches` against the store a run was trained from, when it is still at ``store_path``.
+
+    When it is not there, cannot be opened, is incomplete or was replaced by a store of another encoder,
+    says so in one line and returns None: the encoder then rests on its recorded hash alone.
+    """
+    why = ""
+    if not store_exists(store_path):
+        why = "is not there"
+    else:
+        try:
+            store = FeatureStore.open(store_path, allow_incomplete=True)
+        except FeatcacheError as exc:
+            why = f"cannot be opened ({exc})"
+        else:
+            with store:
+                if not store.meta.get("complete"):
+                    why = "is incomplete"
+                elif store.meta["encoder"]["weights_sha256"] != weights_sha256(encoder):
+                    why = f"now holds the features of {describe_encoder(store.meta['encoder'])}"
+                else:
+                    return check_encoder_matches(store, encoder, device)
+    err_console.print(f"note: the run's store {store_path} {why}, so the encoder was checked by its recorded hash "
+                      "only, not against the store's features", markup=False, highlight=False)
+    return None

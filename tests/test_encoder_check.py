@@ -1,0 +1,98 @@
+"""An encoder at hand is checked against the store's features, not only against the store's record of it."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import zarr
+
+from conftest import extract_config
+from featcache.encoder_check import STORAGE_TOLERANCE, check_encoder_matches, check_run_encoder
+from featcache.errors import FeatcacheError
+from featcache.experiment import CompareConfig, compare_e2e, train_decoder
+from featcache.extract import extract
+from featcache.models import build_encoder, encoder_provenance
+from featcache.store import FeatureStore, describe_encoder
+from featcache.train import TrainConfig
+
+CPU = torch.device("cpu")
+QUICK = {"size": 4, "epochs": 1, "batch_size": 4, "val_size": 2}
+
+
+def forge(store: Path, out: Path, seed: int = 1) -> dict:
+    """Copy ``store`` (the random vit_micro of seed 0) to ``out``, its record claiming the encoder of ``seed``.
+
+    Returns the claimed encoder's provenance: its weights hash and source, as an honest extraction would record them.
+    """
+    shutil.copytree(store, out)
+    claimed = encoder_provenance(build_encoder("vit_micro", "random", seed=seed))
+    group = zarr.open_group(out, mode="r+")
+    meta = dict(group.attrs["featcache"])
+    meta["encoder"] = claimed
+    group.attrs["featcache"] = meta
+    return claimed
+
+
+def refusal_names(message: str, store: Path, claimed: dict) -> None:
+    assert str(store) in message and describe_encoder(claimed) in message, message
+    assert "relative L2" in message and "featcache extract" in message, message
+
+
+def test_train_decoder_refuses_an_encoder_the_features_do_not_come_from(micro_store, tmp_path, cli):
+    store = tmp_path / "forged.zarr"
+    claimed = forge(micro_store, store)
+    with FeatureStore.open(store) as opened:
+        opened.check_encoder(claimed)  # the record alone cannot tell: it names the encoder at hand
+    out = tmp_path / "run"
+    with pytest.raises(FeatcacheError) as raised:
+        train_decoder(str(store), TrainConfig(**QUICK), [0], out, "cpu", progress=False, encoder="random")
+    refusal_names(str(raised.value), store, claimed)
+    assert not out.exists()
+    result = cli("--device", "cpu", "train-decoder", store, "--size", "4", "--seeds", "0", "--epochs", "1",
+                 "--val-size", "2", "--encoder", "random", "--out", out)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    refusal_names(errors[0], store, claimed)
+
+
+def test_compare_e2e_refuses_a_store_whose_record_names_another_encoder(micro_store, tmp_path):
+    store = tmp_path / "forged.zarr"
+    claimed = forge(micro_store, store)
+    cfg = CompareConfig(store=str(store), out=tmp_path / "c", sizes=(4,), seeds=(0,), modes=("F",), epochs=1,
+                        batch_size=4, val_size=2, device="cpu")
+    with pytest.raises(FeatcacheError) as raised:
+        compare_e2e(cfg, progress=False)
+    refusal_names(str(raised.value), store, claimed)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_store_s_own_encoder_passes(micro_store, tmp_path):
+    with FeatureStore.open(micro_store) as store:
+        assert check_encoder_matches(store, build_encoder("vit_micro", "random", seed=0), CPU) < 1e-5
+    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0], tmp_path / "run", "cpu", progress=False,
+                          encoder="random")
+    assert len(sweep.results) == 1
+
+
+def test_a_float16_store_passes_within_its_rounding(synth_root, tmp_path, store_suffix):
+    path = tmp_path / f"half{store_suffix}"
+    extract(extract_config(synth_root, path, views="identity", dtype="float16"), progress=False)
+    with FeatureStore.open(path) as store:
+        difference = check_encoder_matches(store, build_encoder("vit_micro", "random", seed=0), CPU)
+        assert 0 < difference < STORAGE_TOLERANCE["float16"]
+        with pytest.raises(FeatcacheError, match="relative L2"):
+            check_encoder_matches(store, build_encoder("vit_micro", "random", seed=1), CPU)
+
+
+def test_a_run_s_encoder_is_checked_against_its_store_when_the_store_is_there(micro_store, tmp_path, capsys):
+    assert check_run_encoder(str(micro_store), build_encoder("vit_micro", "random", seed=0), CPU) < 1e-5
+    forge(micro_store, tmp_path / "forged.zarr")
+    with pytest.raises(FeatcacheError, match="relative L2"):
+        check_run_encoder(str(tmp_path / "forged.zarr"), build_encoder("vit_micro", "random", seed=1), CPU)
+    assert check_run_encoder(str(tmp_path / "moved.zarr"), build_encoder("vit_micro", "random", seed=0), CPU) is None
+    assert "moved.zarr is not there" in capsys.readouterr().err
+    # A store overwritten since by an extraction with another encoder says nothing about the run's encoder.
+    forge(micro_store, tmp_path / "replaced.zarr", seed=2)
+    assert check_run_encoder(str(tmp_path / "replaced.zarr"), build_encoder("vit_micro", "random", seed=0), CPU) is None
+    assert "replaced.zarr now holds the features of vit_micro (random: random seed 2" in capsys.readouterr().err
