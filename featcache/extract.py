@@ -9,10 +9,13 @@ every K-th block (disjoint files), rank 0 creates the store and sets ``complete`
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from featcache.store import (
     FEATURE_DTYPES,
     VIEW_FLIPS,
     VIEWS,
+    DamagedStoreError,
     FeatureStore,
     NotAStoreError,
     backend_kind,
@@ -132,6 +136,92 @@ def encode_views(encoder: Encoder, images_u8: torch.Tensor, view_names: tuple[st
     return feats.float().unflatten(0, (images_u8.shape[0], len(view_names)))
 
 
+#: HDF5's chunk index, object headers and id strings: measured at under 16 KiB a store plus 450 bytes a
+#: sample (synth stores of 20 to 500 samples at 32 to 224 px); the allowance doubles both.
+_H5_META_FIXED, _H5_META_PER_SAMPLE = 32 * 1024, 1024
+#: Zarr: per chunk a shard-index entry (16 bytes) and a codec header; per store its JSON documents.
+_ZARR_PER_CHUNK, _ZARR_META_FIXED = 64, 64 * 1024
+#: The files a block of a new Zarr store writes (images, masks, features, written, ids, split, orig_hw).
+_ZARR_FILES_PER_BLOCK = 7
+
+
+@dataclass(frozen=True)
+class Room:
+    """Bytes a write needs, uncompressed (compression can only make them fewer, so these are upper bounds).
+
+    ``total``: on the disk; ``per_file``: in the largest single file the write grows (`ulimit -f` is per file):
+    the store's one file for HDF5, a shard for Zarr.
+    """
+
+    total: int
+    per_file: int
+
+
+def room_needed(kind: str, row_bytes: tuple[int, int, int], rows: int, shard_size: int, new_store: bool) -> Room:
+    """The room that writing ``rows`` samples (in blocks of ``shard_size``) needs.
+
+    ``row_bytes``: one sample's bytes in ``images`` [3, S, S] uint8, ``masks`` [S, S] uint8 and
+    ``features`` [V, C, h, w] at the store's dtype; ``new_store`` adds what creation writes.
+    """
+    image, mask, features = row_bytes
+    data = rows * (image + mask + features + 1)  # + the ``written`` flag
+    if kind == "hdf5":
+        total = data + rows * _H5_META_PER_SAMPLE + (_H5_META_FIXED if new_store else 0)
+        return Room(total, total)
+    blocks = -(-rows // shard_size)
+    # Each file takes whole blocks of the file system; 4 KiB is the usual size.
+    files = blocks * (_ZARR_FILES_PER_BLOCK if new_store else 4) * 4096
+    total = data + 3 * rows * _ZARR_PER_CHUNK + files + (_ZARR_META_FIXED if new_store else 0)
+    return Room(total, shard_size * (max(image, features) + _ZARR_PER_CHUNK))
+
+
+def _row_bytes(image_size: int, n_views: int, width: int, grid: Sequence[int], dtype: str) -> tuple[int, int, int]:
+    itemsize = np.dtype(FEATURE_DTYPES[dtype][0]).itemsize
+    return 3 * image_size**2, image_size**2, n_views * width * grid[0] * grid[1] * itemsize
+
+
+def _store_row_bytes(store: FeatureStore) -> tuple[int, int, int]:
+    meta = store.meta
+    return _row_bytes(store.image_size, len(store.view_names), meta["width"], meta["grid"], meta["dtype"])
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
+
+
+def _bytes_on_disk(path: Path) -> int:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_blocks * 512 for p in files)
+
+
+def check_room(out: str, room: Room, what: str, fix: str, replacing: bool = False) -> None:
+    """Refuse (one line with the figures and the fix: ``fix`` for the disk) unless the disk and the
+    process's file-size limit (`ulimit -f`, per file) leave ``room`` for writing ``what`` to the store ``out``.
+
+    ``replacing``: the store at ``out`` is deleted first, so its space counts as free. URLs are not checked.
+    """
+    if is_url(out):
+        return
+    path = Path(out)
+    folder = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    free = shutil.disk_usage(folder).free + (_bytes_on_disk(path) if replacing and path.exists() else 0)
+    if room.total > free:
+        raise FeatcacheError(
+            f"{out} needs up to {_size(room.total)} for {what} but {folder} has {_size(free)} free; {fix}"
+        )
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    grown = path.stat().st_size if path.is_file() and not replacing else 0  # an HDF5 store grows its one file
+    if limit != resource.RLIM_INFINITY and grown + room.per_file > limit:
+        raise FeatcacheError(
+            f"{out} needs files of up to {_size(grown + room.per_file)} for {what} but this process may write "
+            f"files of at most {_size(limit)} (`ulimit -f`); raise that limit, then run the same command again"
+        )
+
+
+_START_FIX = "free some space or choose another --out"
+_RESUME_FIX = "free some space, then run the same command again: the blocks already written are kept"
+
+
 def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder, dist: Distributed) -> tuple[FeatureStore, bool]:
     """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it.
 
@@ -152,7 +242,14 @@ def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder:
 
 
 def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder) -> tuple[FeatureStore, bool]:
+    samples = index.samples
+    grid = (cfg.image_size // encoder.patch_size,) * 2
+    kind = backend_kind(cfg.out)
+    row_bytes = _row_bytes(cfg.image_size, len(VIEWS[cfg.views]), encoder.width, grid, cfg.dtype)
+    new_room = room_needed(kind, row_bytes, len(samples), cfg.shard_size, new_store=True)
+    what = f"{len(samples)} samples"
     if store_exists(cfg.out) and cfg.overwrite:
+        check_room(cfg.out, new_room, what, _START_FIX, replacing=True)
         _remove_if_ours(cfg.out)
     if store_exists(cfg.out):
         try:
@@ -166,13 +263,30 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder
                 f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
                 f"pass --overwrite to replace it or choose another --out"
             )
+        left = int((~store.written()).sum())
+        try:
+            check_room(cfg.out, room_needed(kind, _store_row_bytes(store), left, store.shard_size, new_store=False),
+                       f"the {left} samples left", _RESUME_FIX)
+        except FeatcacheError:
+            store.close()
+            raise
         return store, True
-    samples = index.samples
-    grid = (cfg.image_size // encoder.patch_size,) * 2
-    store = FeatureStore.create(
-        cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
-        np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
-    )
+    check_room(cfg.out, new_room, what, _START_FIX)
+    store = None
+    try:
+        store = FeatureStore.create(
+            cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
+            np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
+        )
+        _raise_if_write_failed(store)
+    except OSError as exc:
+        # Nothing was computed yet: what creation left is removed, not kept as a broken store.
+        if store is not None:
+            store.close()
+        remove_store(cfg.out)
+        raise FeatcacheError(
+            f"cannot create {cfg.out} ({exc.strerror or exc}); {_START_FIX}, or fix its permissions"
+        ) from exc
     return store, False
 
 
@@ -180,6 +294,8 @@ def _remove_if_ours(path: str) -> None:
     """``--overwrite`` deletes a featcache store, never an unrelated file or folder."""
     try:
         FeatureStore.open(path, allow_incomplete=True).close()
+    except DamagedStoreError:
+        pass  # ours, left unreadable by an interrupted write: replacing it is what --overwrite is for
     except FeatcacheError as exc:
         raise FeatcacheError(f"{path} exists and is not a featcache store; --overwrite only replaces stores: move it away") from exc
     remove_store(path)
@@ -228,16 +344,35 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
         dist.close()
 
 
-def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> None:
-    """Write one block; a full disk or a read-only target ends with the fix, the store still resumable."""
+def _raise_if_write_failed(store: FeatureStore) -> None:
+    """Raise the `OSError` of a write that an HDF5 store's file dropped (see `featcache.store._GuardedFile`)."""
+    guard = getattr(store.backend, "guard", None)
+    if guard is not None:
+        guard.raise_if_failed()
+
+
+@contextmanager
+def explain_write_errors(store: FeatureStore) -> Iterator[None]:
+    """Turn a failed write to ``store`` (a full disk, a read-only target) into one line with the fix."""
     try:
-        store.write_block(start, np.concatenate(rows["images"]), np.concatenate(rows["masks"]),
-                          torch.cat(rows["features"]), skipped=rows["bad"])
+        yield
+        _raise_if_write_failed(store)
     except OSError as exc:
         raise FeatcacheError(
             f"cannot write {store.path} ({exc.strerror or exc}); free disk space or fix its permissions, then run the "
             "same command again: the blocks already written are kept"
         ) from exc
+
+
+def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> None:
+    """Write one block; the room is checked first, so a disk that filled during the run stops the
+    extraction before the write, and a write that fails anyway ends with the fix, the store still resumable."""
+    n = sum(len(x) for x in rows["images"])
+    room = room_needed(store.meta["backend"], _store_row_bytes(store), n, store.shard_size, new_store=False)
+    check_room(str(store.path), room, f"samples {start} to {start + n - 1}", _RESUME_FIX)
+    with explain_write_errors(store):
+        store.write_block(start, np.concatenate(rows["images"]), np.concatenate(rows["masks"]),
+                          torch.cat(rows["features"]), skipped=rows["bad"])
 
 
 def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
@@ -302,13 +437,14 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     if dist.is_main and not store.meta.get("complete"):
         # A resumed run timed only part of the work: the total is scaled from what was measured.
         total = sum(counts)
-        store.mark_complete(extraction={
-            "measured_seconds": round(seconds, 3),
-            "measured_images": total,
-            "seconds": round(seconds * store.n / total, 3) if total else None,
-            "images_per_second": round(total / seconds, 3) if seconds and total else None,
-            "device": str(device),
-            "world_size": dist.world_size,
-            "batch_size": cfg.batch_size,
-        })
+        with explain_write_errors(store):
+            store.mark_complete(extraction={
+                "measured_seconds": round(seconds, 3),
+                "measured_images": total,
+                "seconds": round(seconds * store.n / total, 3) if total else None,
+                "images_per_second": round(total / seconds, 3) if seconds and total else None,
+                "device": str(device),
+                "world_size": dist.world_size,
+                "batch_size": cfg.batch_size,
+            })
     return ExtractReport(str(cfg.out), store.n, computed, seconds, computed / seconds if seconds else 0.0, False, dist.rank)

@@ -10,7 +10,10 @@ blocks never touch the same file. All attributes are one JSON document under ``f
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,24 +131,128 @@ class _ZarrBackend:
         pass
 
 
+#: Written into the HDF5 user block of every store (HDF5 never touches it), so a store that an
+#: interrupted write left unreadable is still known as ours, and ``extract --overwrite`` may replace it.
+H5_SIGNATURE = b"featcache store (HDF5)\n"
+H5_USERBLOCK = 512
+
+
+class DamagedStoreError(FeatcacheError):
+    """A featcache HDF5 store that an interrupted write left unreadable (only `extract --overwrite` helps)."""
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file under a writable HDF5 store (h5py's ``fileobj`` driver): after the first failed write
+    (full disk, ``ulimit -f``) it keeps ``error`` and drops every later write and resize.
+
+    HDF5 never sees the failure: after one, HDF5 2.0 fails to close the file and crashes at exit
+    (a segfault in its atexit clean-up), and its flush writes the superblock with the new end of file
+    before extending the file, leaving it unreadable. Dropping the writes instead leaves the file as
+    the last flush made it (each block is flushed before its ``written`` flags), so it resumes.
+    """
+
+    def __init__(self, path: str, mode: str) -> None:
+        super().__init__()
+        self.raw = open(path, mode, buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                written = self.raw.write(data)
+                if written == size:
+                    return written
+                self.error = OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # a short write: the file hit its limit
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered: every write already reached the OS, as with HDF5's own driver
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def raise_if_failed(self) -> None:
+        """Raise the first write error (an `OSError`), if any write failed."""
+        if self.error is not None:
+            raise self.error
+
+
+def _signed(path: str) -> bool:
+    """Whether the file at ``path`` starts with the featcache HDF5 signature."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(H5_SIGNATURE)) == H5_SIGNATURE
+    except OSError:
+        return False
+
+
 class _H5Backend:
     def __init__(self, file) -> None:
         self.file = file
 
     @classmethod
     def create(cls, path: str) -> _H5Backend:
+        """A new file with the featcache signature in its user block, written through a `_GuardedFile`."""
         import h5py
 
-        return cls(h5py.File(path, "w"))
+        guard = _GuardedFile(path, "w+b")
+        backend = cls(h5py.File(guard, "w", userblock_size=H5_USERBLOCK))
+        guard.seek(0)
+        guard.write(H5_SIGNATURE)
+        backend.guard = guard
+        guard.raise_if_failed()
+        return backend
 
     @classmethod
     def open(cls, path: str, writable: bool) -> _H5Backend:
+        """Open for reading (HDF5's own driver) or for writing (through a `_GuardedFile`)."""
         import h5py
 
+        guard = None
         try:
-            return cls(h5py.File(path, "r+" if writable else "r"))
+            guard = _GuardedFile(path, "r+b") if writable else None
+            backend = cls(h5py.File(guard if writable else path, "r+" if writable else "r"))
         except OSError as exc:
+            if guard is not None:
+                guard.close()
+            if _signed(path):
+                raise DamagedStoreError(
+                    f"the store at {path} was left unreadable by an interrupted write ({exc}); "
+                    f"pass --overwrite to `featcache extract` to start it again"
+                ) from exc
             raise NotAStoreError(f"{path} is not a readable HDF5 store ({exc}); {NOT_A_STORE_FIX}") from exc
+        backend.guard = guard
+        return backend
 
     def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
         import h5py
