@@ -393,6 +393,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     computed = 0
     block_rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
     mask_problems: list[str] = []
+    mask_notes: list[str] = []
     block_iter = iter(pending)
     current = next(block_iter, None)
     started = time.perf_counter()
@@ -400,7 +401,8 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         for batch in loader:
-            for i, error, problem in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"]):
+            for i, error, problem, note in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"],
+                                               batch["mask_note"]):
                 if error and not cfg.skip_bad:
                     raise BadFileError(f"{error}, or pass --skip-bad to leave it out")
                 if error:
@@ -409,9 +411,11 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
                 if problem:
                     if cfg.strict:
                         raise FeatcacheError(
-                            f"mask {index.samples[i].mask} has {problem}; save it as a 0/255 gray PNG, or drop --strict to binarise it at > 127"
+                            f"mask {index.samples[i].mask} has {problem}; save it as a 0/255 gray PNG, or drop --strict to binarise it at the middle of its range"
                         )
                     mask_problems.append(f"{index.samples[i].mask.name} ({problem})")
+                if note:
+                    mask_notes.append(f"{index.samples[i].mask.name} ({note})")
             feats = encode_views(encoder, batch["image"], view_names, device)
             block_rows["images"].append(batch["image"].numpy())
             block_rows["masks"].append(batch["mask"].numpy())
@@ -429,10 +433,14 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     seconds = time.perf_counter() - started
     if mask_problems:
         err_console.print(
-            f"warning: {len(mask_problems)} masks were not 0/255 gray images and were binarised at > 127 "
+            f"warning: {len(mask_problems)} masks were not 0/255 gray images and were binarised at the middle of "
+            f"their range (> 127 for 8 bits) "
             f"(e.g. {', '.join(mask_problems[:3])}); --strict refuses them",
             markup=False, highlight=False,
         )
+    if mask_notes:
+        err_console.print(f"note: {len(mask_notes)} masks were read as stored (e.g. {', '.join(mask_notes[:3])})",
+                          markup=False, highlight=False)
     counts = dist.gather_objects(computed)
     if dist.is_main and not store.meta.get("complete"):
         # A resumed run timed only part of the work: the total is scaled from what was measured.

@@ -152,3 +152,14 @@ def test_duplicate_ids(cli, data, tmp_path):
         shutil.copy(data / TRAIN / "ISIC_0000002.jpg", plain / "images" / name)
     shutil.copy(data / TRUTH / "ISIC_0000002_segmentation.png", plain / "masks" / "a.png")
     one_line_error(cli("extract", plain, "--out", tmp_path / "t.zarr", *MICRO), "same name 'a'", "rename or remove one")
+
+
+def test_masks_stored_as_0_1_are_noted_once_and_accepted_under_strict(cli, data, tmp_path):
+    truth = data / TRUTH
+    for mask in sorted(truth.glob("*.png"))[:3]:
+        Image.fromarray((np.asarray(Image.open(mask)) > 127).astype(np.uint8)).save(mask)
+    result = cli("extract", data, "--out", tmp_path / "a.zarr", "--strict", *MICRO)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "3 masks were read as stored" in notes[0] and "0/1" in notes[0], result.stderr
+    assert "warning" not in result.stderr
