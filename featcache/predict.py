@@ -101,7 +101,8 @@ def _expand(images: list[Path]) -> list[Path]:
     for path in files:
         other = by_stem.setdefault(path.stem.casefold(), path)
         if other is not path:
-            raise FeatcacheError(f"{other} and {path} would both be written as {path.stem}_segmentation.png; "
+            where = "" if other.stem == path.stem else " on disks that ignore case"
+            raise FeatcacheError(f"{other} and {path} would both be written as {path.stem}_segmentation.png{where}; "
                                  "pass them in separate runs with different --out")
     return files
 
