@@ -249,15 +249,18 @@ def train_decoder(
 def predict(
     run_dir: Path = typer.Argument(..., help="A train-decoder output (a seed-K folder, or the sweep folder: best seed by validation loss)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
-    out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/<stem>_overlay.png)."),
+    out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/)."),
     truth: Optional[Path] = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
+    overlays: str = typer.Option("preview", help="overlays/<stem>_overlay.jpg with a long side of at most 1024 px "
+                                 "(preview) | overlays/<stem>_overlay.png at the image's size (full) | none."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
     encoder: Optional[Path] = typer.Option(None, help="The encoder's weights file, if it moved since extraction (checked by hash)."),
 ) -> None:
     """Predict masks at each image's own resolution, with overlays (truth red, prediction green)."""
     from featcache.predict import predict as run_predict
 
-    predictions = run_predict(run_dir, images, out, truth, device or state.device, encoder_weights=encoder)
+    predictions = run_predict(run_dir, images, out, truth, device or state.device, encoder_weights=encoder,
+                              overlays=overlays)
     table = Table(title=f"{len(predictions)} masks in {out}")
     table.add_column("image")
     table.add_column("lesion %", justify="right")
