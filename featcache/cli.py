@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,9 +337,19 @@ def compare_table(results: list[dict]) -> Table:
     return table
 
 
+def _restore_ctrl_c() -> None:
+    """Make SIGINT raise KeyboardInterrupt, even when it was inherited ignored (``cmd &`` in a script)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line on stderr; exit 1 for bad input, 2 for usage errors (typer's and option values)."""
+    """Entry point: one line on stderr; exit 1 for bad input, 2 for usage errors (typer's and option values).
+
+    Ctrl-C: "interrupted" and exit code 130.
+    """
     try:
+        _restore_ctrl_c()
         # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.
         code = app(args=argv, standalone_mode=False)
         if code == 130:
