@@ -340,6 +340,28 @@ def test_evaluate_dirs_refuses_missing_or_empty_dir(folders, tmp_path):
         evaluate_dirs(pred_dir, empty)
 
 
+def test_evaluate_dirs_matches_plain_names_by_stem(tmp_path):
+    """predict writes <stem>_segmentation.png; a plain masks/ folder holds <stem>.png or <stem>_segmentation.png."""
+    lesion = np.zeros((16, 16), np.uint8)
+    lesion[4:12, 4:12] = 255
+    masks, pred = tmp_path / "masks", tmp_path / "pred"
+    write_mask(masks / "lesion a.png", lesion)
+    write_mask(masks / "b_segmentation.png", lesion)
+    Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(masks / "c.jpg")  # a photo beside the masks: no truth
+    write_mask(pred / "lesion a_segmentation.png", lesion)
+    write_mask(pred / "b_segmentation.png", np.zeros((16, 16), np.uint8))
+    write_mask(pred / "overlays" / "b_overlay.png", lesion, mode="RGB")  # predict's overlays folder is not scored
+    result = evaluate_dirs(pred, masks)
+    assert [row["id"] for row in result.per_image] == ["b", "lesion a"]
+    assert result.per_image[0]["tp"] == 0 and result.per_image[1]["iou"] == pytest.approx(1.0, abs=1e-6)
+
+    other = tmp_path / "other"
+    write_mask(other / "x.png", lesion)
+    with pytest.raises(FeatcacheError, match=r"no prediction in .*other has the name of a truth mask in .*masks "
+                                             r"\(e\.g\. x\.png vs b_segmentation\.png\); name each prediction .*<stem>_segmentation"):
+        evaluate_dirs(other, masks)
+
+
 def test_evaluate_dirs_refuses_unknown_convention(folders):
     with pytest.raises(FeatcacheError, match="study, isic"):
         evaluate_dirs(*folders, convention="nope")
