@@ -177,7 +177,9 @@ def _files_by_key(folder: Path, key: Callable[[str], str | None], what: str, nam
         if name is None:
             continue
         if name in found:
-            raise FeatcacheError(f"{found[name]} and {path} are both named for {name}; keep one file per image in {folder}")
+            raise FeatcacheError(
+                f"{found[name]} and {path} are both named for {name}; keep one file per image in {folder}"
+            )
         found[name] = path
     if not found:
         raise FeatcacheError(f"{what} folder {folder} holds no image file named {naming}; point it at the right folder")
@@ -234,10 +236,11 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
                                frozenset({".png"}))
         preds = _files_by_key(pred_dir, _stem_key, "prediction", names)
     if not preds.keys() & truths.keys():
+        pred_name, truth_name = next(iter(preds.values())).name, next(iter(truths.values())).name
         raise FeatcacheError(
-            f"no prediction in {pred_dir} has the name of a truth mask in {truth_dir} (e.g. {next(iter(preds.values())).name} "
-            f"vs {next(iter(truths.values())).name}); name each prediction after its image: <stem>_segmentation.png "
-            "(as featcache predict does) or one holding the ISIC id"
+            f"no prediction in {pred_dir} has the name of a truth mask in {truth_dir} (e.g. {pred_name} vs "
+            f"{truth_name}); name each prediction after its image: <stem>_segmentation.png (as featcache predict "
+            "does) or one holding the ISIC id"
         )
     if not predicted_only:
         _unmatched(sorted(truths.keys() - preds.keys()), truth_dir, pred_dir, "truth masks",
