@@ -357,8 +357,8 @@ def test_evaluate_dirs_matches_plain_names_by_stem(tmp_path):
 
     other = tmp_path / "other"
     write_mask(other / "x.png", lesion)
-    fix = r"no prediction in .*other has the name of a truth mask in .*masks \(e\.g\. x\.png vs b_segmentation\.png\); name"
-    with pytest.raises(FeatcacheError, match=fix + r" each prediction after its image: <stem>_segmentation\.png"):
+    fix = r"no prediction in .*other has the name of a truth mask in .*masks \(e\.g\. x\.png vs b_segmentation\.png\)"
+    with pytest.raises(FeatcacheError, match=fix + r"; name each prediction after its image: <stem>_segmentation\.png"):
         evaluate_dirs(other, masks)
 
 
