@@ -22,12 +22,14 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def ensure_writable_dir(path: Path, option: str = "--out", value: Path | str | None = None) -> Path:
-    """Create folder ``path`` (and its parents) if needed and check that a file can be written in it.
+    """Check that folder ``path`` exists or can be created, and that files can be written in it.
 
     Called before a command does any work, so that an output it cannot write is refused at once, with the
     fix, rather than after hours of training. Refuses a path that is a file or lies under one, and a folder
-    this process cannot create or write in. ``value``: what was passed as ``option``, when ``path`` is the
-    folder of a file (``ensure_writable_dir(out.parent, value=out)``); default ``path``. Returns ``path``.
+    this process cannot write in (a probe file is created and removed in ``path``, or in its nearest existing
+    ancestor: nothing is left behind, so a command refused later for another reason has written nothing).
+    ``value``: what was passed as ``option``, when ``path`` is the folder of a file
+    (``ensure_writable_dir(out.parent, value=out)``); default ``path``. Returns ``path``.
     """
     path = Path(path)
     shown = f"{option} {path if value is None else value}"
@@ -35,9 +37,8 @@ def ensure_writable_dir(path: Path, option: str = "--out", value: Path | str | N
     if not existing.is_dir():
         where = shown if value is None and existing == path else f"{shown}: {existing}"
         raise FeatcacheError(f"{where} is a file, not a folder; choose another {option} or move the file away")
+    probe = existing / f".featcache-write-test-{uuid.uuid4().hex}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".featcache-write-test-{uuid.uuid4().hex}"
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         probe.unlink()
     except OSError as exc:

@@ -23,8 +23,8 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     assert (tmp_path / "a.json").read_text().strip().endswith("}") and os.listdir(tmp_path) == ["a.json"]
 
 
-def test_ensure_writable_dir_creates_the_folder_and_refuses_a_file_in_the_way(tmp_path):
-    assert ensure_writable_dir(tmp_path / "a" / "b").is_dir() and os.listdir(tmp_path / "a" / "b") == []
+def test_ensure_writable_dir_writes_nothing_and_refuses_a_file_in_the_way(tmp_path):
+    assert ensure_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and os.listdir(tmp_path) == []
     (tmp_path / "notes").write_text("x")
     with pytest.raises(FeatcacheError, match=r"^--out \S+notes is a file, not a folder; choose another --out or move"):
         ensure_writable_dir(tmp_path / "notes")
