@@ -368,7 +368,7 @@ def _find_layout(root: Path) -> _Layout:
     )
 
 
-def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: bool = False
+def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: bool
                    ) -> tuple[dict[str, dict[str, tuple[Path, Path]]], list[Path]]:
     """Per split of `layout`: id -> (image, mask); plus the files left out: unpaired (see `_pair`) and broken links.
 

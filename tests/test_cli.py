@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 
-
-
 def test_help_lists_commands(cli):
     result = cli("--help")
     assert result.returncode == 0
@@ -47,10 +45,6 @@ def test_pretrain_command(synth_root, tmp_path, cli):
     assert bad.returncode == 2 and "--lr" in bad.stderr
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @pytest.fixture
 def spawn():
     """Start ``python -m featcache ARGS`` the way ``cmd &`` in a script does: SIGINT ignored on entry.
@@ -61,9 +55,11 @@ def spawn():
     started: list[subprocess.Popen] = []
 
     def start(*args: object, ignore_sigint: bool = True) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "featcache", *map(str, args)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                preexec_fn=_ignore_sigint if ignore_sigint else None)
+        command = [sys.executable, "-m", "featcache", *map(str, args)]
+        if ignore_sigint:  # what a shell does to a job started with '&' in a script; exec keeps it ignored
+            command = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         started.append(proc)
         return proc
 
