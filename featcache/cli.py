@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,12 @@ def synth(
 
 @app.command()
 def evaluate(
-    pred_dir: Path = typer.Argument(..., help="Predicted masks; any file name holding the 7-digit ISIC id."),
-    truth_dir: Path = typer.Argument(..., help="Truth masks ISIC_<id>_segmentation.png."),
+    pred_dir: Path = typer.Argument(
+        ..., help="Predicted masks: names holding the ISIC id, or <stem>_segmentation.png / <stem>.png (as predict writes)."
+    ),
+    truth_dir: Path = typer.Argument(
+        ..., help="Truth masks: ISIC_<id>_segmentation.png, or a plain masks/ folder (<stem>.png or <stem>_segmentation.png)."
+    ),
     convention: str = typer.Option("study", help="study (eps in denominators) | isic (official scorer)."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write {mean, per_image} here."),
@@ -338,9 +344,19 @@ def compare_table(results: list[dict]) -> Table:
     return table
 
 
+def _restore_ctrl_c() -> None:
+    """Make SIGINT raise KeyboardInterrupt, even when it was inherited ignored (``cmd &`` in a script)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one line on stderr; exit 1 for bad input, 2 for usage errors (typer's and option values)."""
+    """Entry point: one line on stderr; exit 1 for bad input, 2 for usage errors (typer's and option values).
+
+    Ctrl-C: "interrupted" and exit code 130.
+    """
     try:
+        _restore_ctrl_c()
         # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.
         code = app(args=argv, standalone_mode=False)
         if code == 130:

@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from featcache.errors import BadFileError, FeatcacheError, OptionError
+from featcache.runtime import err_console
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -94,7 +95,8 @@ class SampleIndex:
     `samples` is sorted by split (train, val, test), then id. `split_note` is a sentence saying
     which splits were drawn from the training folder ("" when all are official); `split_config`
     is the `SplitConfig` used for that draw (None when none was drawn). `skipped` lists, relative
-    to `root`, the unpaired files left out by ``find_samples(..., skip_unpaired=True)``.
+    to `root`, the unpaired files left out by ``find_samples(..., skip_unpaired=True)`` and the
+    symbolic links that lead nowhere.
     """
 
     root: Path
@@ -217,21 +219,30 @@ def _resolve_dir(root: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
-def _list_files(folder: Path | None, key: _Parser) -> dict[str, Path]:
-    """Map key -> file for the files of `folder` that `key` accepts (empty when folder is None)."""
-    if folder is None:
-        return {}
+def _list_files(folder: Path | None, key: _Parser) -> tuple[dict[str, Path], list[Path]]:
+    """Map key -> file for the files of `folder` that `key` accepts (empty when folder is None).
+
+    Also returns the symbolic links `key` accepts that lead nowhere (a loop, a missing target): never an
+    image, but not to be dropped without a word either.
+    """
     found: dict[str, Path] = {}
+    broken: list[Path] = []
+    if folder is None:
+        return found, broken
     for path in sorted(folder.iterdir()):
         name = key(path.name)
-        if name is None or not path.is_file():
+        if name is None:
+            continue
+        if not path.is_file():
+            if path.is_symlink() and not path.exists():
+                broken.append(path)
             continue
         if name in found:
             raise FeatcacheError(
                 f"{path} and {found[name]} have the same name {name!r}; rename or remove one"
             )
         found[name] = path
-    return found
+    return found, broken
 
 
 def _pair(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path,
@@ -360,25 +371,42 @@ def _find_layout(root: Path) -> _Layout:
     )
 
 
-def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool
+def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: bool
                    ) -> tuple[dict[str, dict[str, tuple[Path, Path]]], list[Path]]:
-    """Per split of `layout`: id -> (image, mask); plus the unpaired files (see `_pair`)."""
+    """Per split of `layout`: id -> (image, mask); plus the files left out: unpaired (see `_pair`) and broken links.
+
+    A symbolic link that leads nowhere is left out with a warning on stderr, or refused when `strict`.
+    """
     pairs: dict[str, dict[str, tuple[Path, Path]]] = {}
     skipped: list[Path] = []
+    broken: list[Path] = []
     for name, image_names in layout.image_dirs.items():
         mask_names = layout.mask_dirs[name]
         image_dir = _resolve_dir(root, image_names)
         mask_dir = _resolve_dir(root, mask_names)
-        images = _list_files(image_dir, layout.image_key)
+        images, broken_images = _list_files(image_dir, layout.image_key)
+        masks, broken_masks = _list_files(mask_dir, layout.mask_key)
+        broken += broken_images + broken_masks
         if name == "train" and not images:
             raise FeatcacheError(
                 f"{image_dir}: no images in the training folder; put the training images there"
             )
         pairs[name], unpaired = _pair(
-            images, _list_files(mask_dir, layout.mask_key),
-            image_dir or root / image_names[0], mask_dir or root / mask_names[0], skip_unpaired,
+            images, masks, image_dir or root / image_names[0], mask_dir or root / mask_names[0], skip_unpaired,
         )
         skipped.extend(unpaired)
+    if broken:
+        shown = ", ".join(str(p) for p in broken[:_SHOWN_IDS]) + (", ..." if len(broken) > _SHOWN_IDS else "")
+        if strict:
+            raise FeatcacheError(
+                f"{len(broken)} symbolic links lead nowhere (a loop or a missing target): {shown}; "
+                "remove them or point them at their files, or drop --strict to leave them out"
+            )
+        err_console.print(
+            f"warning: left out {len(broken)} symbolic links that lead nowhere (a loop or a missing target): {shown}; "
+            "remove them or point them at their files", markup=False, highlight=False,
+        )
+        skipped.extend(broken)
     if not pairs["train"]:
         raise FeatcacheError(
             f"{root}: no training image has a mask; add the masks to the training mask folder"
@@ -387,7 +415,7 @@ def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool
 
 
 def find_samples(root: Path, split: SplitConfig | None = None,
-                 skip_unpaired: bool = False, skip_bad: bool = False) -> SampleIndex:
+                 skip_unpaired: bool = False, skip_bad: bool = False, strict: bool = False) -> SampleIndex:
     """Index the image/mask pairs under `root` (layouts in the module docstring).
 
     Splits the layout lacks (no folder, or no pairs in it) are drawn from the training pairs with
@@ -396,12 +424,14 @@ def find_samples(root: Path, split: SplitConfig | None = None,
     listed in ``SampleIndex.skipped``. Reads every file header (not pixels) for `orig_hw`; a file
     whose header is unreadable raises, or with `skip_bad` is left out and listed in ``skipped``.
     The splits are drawn before bad files are left out, so they do not depend on `skip_bad`.
+    Symbolic links named like images or masks that lead nowhere (a loop, a missing target) are left
+    out with a warning line on stderr and listed in ``skipped``, or with `strict` refused.
     """
     root = Path(root)
     if not root.is_dir():
         raise FeatcacheError(f"{root}: dataset folder not found; check the path")
     layout = _find_layout(root)
-    pairs, skipped = _collect_pairs(root, layout, skip_unpaired)
+    pairs, skipped = _collect_pairs(root, layout, skip_unpaired, strict)
     missing = [name for name in SPLITS[1:] if not pairs.get(name)]
     config = (split or SplitConfig()) if missing else None
     drawn = _draw_splits(root, sorted(pairs["train"]), missing, config) if config else {}

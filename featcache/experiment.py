@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from featcache.distributed import Distributed
 from featcache.encoder_check import check_encoder_matches
 from featcache.errors import FeatcacheError, OptionError
-from featcache.io import torch_save, write_json
+from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
 from featcache.protocol import protocol_for
 from featcache.resume import Checkpointer
@@ -48,14 +48,16 @@ class SeedSweep:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-4"`` -> a list of distinct seeds."""
+    """``"0,1,2"`` or ``"0-4"`` (or both, ``"0,3-5"``) -> a list of distinct seeds."""
     seeds: list[int] = []
     try:
         for part in text.split(","):
             part = part.strip()
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                seeds.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if 0 <= hi < lo:
+                    raise OptionError(f"--seeds {text!r}: the range {part} runs backwards; write it {hi}-{lo}")
+                seeds.extend(range(lo, hi + 1))
             elif part:
                 seeds.append(int(part))
     except ValueError:
@@ -95,6 +97,7 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     again, and interrupted seeds continue from ``OUT/resume-SEEDS.pt`` (written at most every
     ``checkpoint_seconds``).
     """
+    ensure_writable_dir(out)
     dist = Distributed.from_env(device)
     dev = dist.device
     grouped = dev.type == "cuda" if grouped is None else grouped
@@ -212,14 +215,18 @@ class Comparison:
     report: Path | None
 
 
-def parse_list(text: str, option: str, kind=int) -> tuple:
-    try:
-        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise OptionError(f"{option} {text!r} is not a comma-separated list") from None
+def parse_list(text: str, option: str, kind: type = int) -> tuple:
+    """``"a,b,c"`` -> a tuple of ``kind`` values (empty items dropped); names the item ``kind`` cannot take."""
+    values = []
+    for item in filter(None, (v.strip() for v in text.split(","))):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            what = {int: "a whole number", float: "a number"}.get(kind, f"a {kind.__name__}")
+            raise OptionError(f"{option} {text!r}: {item!r} is not {what}; write a comma-separated list") from None
     if not values:
-        raise OptionError(f"{option} is empty")
-    return values
+        raise OptionError(f"{option} is empty; give a comma-separated list")
+    return tuple(values)
 
 
 def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[Encoder, Encoder]:
@@ -271,6 +278,7 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
     from featcache.report import write_report
 
     cfg.validate()
+    ensure_writable_dir(cfg.out)
     dist = Distributed.from_env(cfg.device)
     device = dist.device
     results: list[dict] = []

@@ -34,6 +34,7 @@ from featcache.store import (
     VIEWS,
     DamagedStoreError,
     FeatureStore,
+    MalformedStoreError,
     NotAStoreError,
     backend_kind,
     describe_differences,
@@ -294,8 +295,8 @@ def _remove_if_ours(path: str) -> None:
     """``--overwrite`` deletes a featcache store, never an unrelated file or folder."""
     try:
         FeatureStore.open(path, allow_incomplete=True).close()
-    except DamagedStoreError:
-        pass  # ours, left unreadable by an interrupted write: replacing it is what --overwrite is for
+    except (DamagedStoreError, MalformedStoreError):
+        pass  # ours, though unreadable or malformed: replacing it is what --overwrite is for
     except FeatcacheError as exc:
         raise FeatcacheError(f"{path} exists and is not a featcache store; --overwrite only replaces stores: move it away") from exc
     remove_store(path)
@@ -319,7 +320,7 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     if dist.world_size > 1 and backend_kind(cfg.out) == "hdf5":
         raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
     try:
-        index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad)
+        index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad, strict=cfg.strict)
     except BadFileError as exc:
         raise BadFileError(f"{exc}, or pass --skip-bad to leave it out") from exc
     if index.split_note and dist.is_main:

@@ -41,8 +41,20 @@ class WriterLock:
         except (OSError, ValueError):
             return {}
 
+    def _cannot_create(self, exc: OSError) -> FeatcacheError:
+        """The one line for a lock that cannot be created: the store's folder is read-only, or a file is in the way."""
+        folder = next(p for p in self.path.parents if p.exists())  # the last parent, "." or "/", always does
+        if not folder.is_dir():
+            return FeatcacheError(f"cannot create {self.what}: {folder} is a file, not a folder; "
+                                  "choose another --out or move the file away")
+        return FeatcacheError(f"cannot create {self.what} in {folder} ({exc.strerror or exc}); "
+                              "make that folder writable or choose another --out")
+
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._cannot_create(exc) from exc
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for _ in range(2):
             try:
@@ -57,6 +69,8 @@ class WriterLock:
                     f"{self.what} is being written by pid {owner.get('pid', '?')} on {owner.get('host', '?')} "
                     f"since {owner.get('since', '?')}; wait for it, or delete {self.path} if that run is gone"
                 ) from None
+            except OSError as exc:
+                raise self._cannot_create(exc) from exc
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True

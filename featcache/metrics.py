@@ -14,14 +14,16 @@ Two conventions for the scores (`CONVENTIONS`):
 
 In both, thresholded Jaccard is IoU where IoU >= 0.65 and 0 below.
 
-`evaluate_dirs` scores a folder of predicted masks against ISIC ground-truth masks and binarises
-8-bit pixels the way the official scorer does (see its docstring).
+`evaluate_dirs` scores a folder of predicted masks against a folder of ground-truth masks (ISIC
+names, or any names matched by stem) and binarises 8-bit pixels the way the official scorer does
+(see its docstring).
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, write_json
+from featcache.runtime import err_console
 
 CONVENTIONS = ("study", "isic")
 METRICS = ("iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard")
@@ -38,8 +41,9 @@ COUNTS = ("tp", "fp", "fn", "tn")
 EPS = 1e-6
 JACCARD_CUTOFF = 0.65
 
-_ID = re.compile(r"ISIC_(\d{7})")
-_TRUTH_NAME = re.compile(r"ISIC_(\d{7})_segmentation\.png")
+_ID = re.compile(r"ISIC_\d{7}")
+_TRUTH_NAME = re.compile(r"(ISIC_\d{7})_segmentation\.png")
+_MASK_INFIX = "_segmentation"
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _SHOWN_IDS = 5
 
@@ -125,7 +129,7 @@ class Evaluation:
     """Scores of a prediction folder against ground truth.
 
     `mean`: metric -> mean over images. `per_image`: one dict per image, sorted by id, with
-    ``id`` (``ISIC_<7 digits>``), the six `METRICS` and the counts ``tp, fp, fn, tn``.
+    ``id`` (``ISIC_<7 digits>``, or the image stem), the six `METRICS` and the counts ``tp, fp, fn, tn``.
     """
 
     mean: dict[str, float]
@@ -145,54 +149,77 @@ class Evaluation:
             writer.writerows(self.per_image)
 
 
-def _files_by_id(folder: Path, pattern: re.Pattern[str], what: str) -> dict[str, Path]:
-    """ISIC id (7 digits) -> file, for the image files of `folder` whose name `pattern` finds."""
-    if not folder.is_dir():
-        raise FeatcacheError(f"{what} folder {folder} does not exist; pass an existing folder")
+def _isic_id(name: str) -> str | None:
+    """``ISIC_<7 digits>`` found anywhere in a prediction's file name."""
+    match = _ID.search(name)
+    return match.group(0) if match else None
+
+
+def _isic_truth_id(name: str) -> str | None:
+    """``ISIC_<7 digits>`` of a truth file named ``ISIC_<id>_segmentation.png``."""
+    match = _TRUTH_NAME.search(name)
+    return match.group(1) if match else None
+
+
+def _stem_key(name: str) -> str:
+    """The image stem of ``<stem>_segmentation.png`` or ``<stem>.png`` (what predict and plain layouts write)."""
+    stem = Path(name).stem
+    return stem.removesuffix(_MASK_INFIX) or stem
+
+
+def _files_by_key(folder: Path, key: Callable[[str], str | None], what: str, naming: str,
+                  suffixes: frozenset[str] = _IMAGE_SUFFIXES) -> dict[str, Path]:
+    """Image id -> file, for the files of `folder` with one of `suffixes` that `key` names (`naming` says how)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        match = pattern.search(path.name)
-        if match is None or path.suffix.lower() not in _IMAGE_SUFFIXES or not path.is_file():
+        if path.suffix.lower() not in suffixes or not path.is_file():
             continue
-        key = match.group(1)
-        if key in found:
+        name = key(path.name)
+        if name is None:
+            continue
+        if name in found:
             raise FeatcacheError(
-                f"{found[key]} and {path} both hold ISIC_{key}; keep one file per image in {folder}"
+                f"{found[name]} and {path} are both named for {name}; keep one file per image in {folder}"
             )
-        found[key] = path
+        found[name] = path
     if not found:
-        raise FeatcacheError(
-            f"{what} folder {folder} holds no image file named with an ISIC id (ISIC_<7 digits>); "
-            "point it at the right folder"
-        )
+        raise FeatcacheError(f"{what} folder {folder} holds no image file named {naming}; point it at the right folder")
     return found
 
 
 def _unmatched(keys: list[str], have: Path, lack: Path, what: str, fix: str) -> None:
     """Raise when `keys` (ids with a file in `have` but none in `lack`) is not empty."""
     if keys:
-        shown = ", ".join(f"ISIC_{k}" for k in keys[:_SHOWN_IDS])
+        shown = ", ".join(keys[:_SHOWN_IDS])
         if len(keys) > _SHOWN_IDS:
             shown += ", ..."
         raise FeatcacheError(f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown}); {fix}")
 
 
-def _load_gray(path: Path) -> torch.Tensor:
-    """8-bit gray levels uint8 [H, W] (colour images converted with PIL's 'L')."""
+def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
+    """8-bit gray levels uint8 [H, W] (colour images converted with PIL's 'L'), and whether it was a 0/1 mask.
+
+    A mask whose values are only 0 and 1 (a common convention) is read as 0/255: under the > 128 rule it would
+    otherwise be empty.
+    """
     try:
         with Image.open(path) as img:
-            gray = img.convert("L")
+            gray = np.array(img.convert("L"))
     except (OSError, UnidentifiedImageError) as err:
         raise FeatcacheError(f"{path}: cannot read image ({err}); replace the file") from err
-    return torch.from_numpy(np.array(gray))
+    zero_one = bool(gray.max() == 1)
+    return torch.from_numpy(gray * np.uint8(255) if zero_one else gray), zero_one
 
 
 def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
                   threshold: float = 0.5, predicted_only: bool = False) -> Evaluation:
     """Score every predicted mask in `pred_dir` against its truth mask in `truth_dir`.
 
-    Truth files are ``ISIC_<id>_segmentation.png``; a prediction is any image file whose name
-    contains ``ISIC_<id>`` (``ISIC_0000001.png``, ``pred_ISIC_0000001_mask.png``, ...). Every
+    Predictions are matched to truths by name. When the truth folder holds ISIC truths
+    (``ISIC_<id>_segmentation.png``), a prediction is any image file whose name contains
+    ``ISIC_<id>`` (``ISIC_0000001.png``, ``pred_ISIC_0000001_mask.png``, ...). Otherwise (a plain
+    ``masks/`` folder) prediction and truth match by stem: ``<stem>_segmentation.png`` or
+    ``<stem>.png`` on either side, as `featcache predict` writes and plain layouts hold. Every
     truth needs exactly one prediction of the same size and vice versa. Images are read as 8-bit
     gray (colour converted with PIL's 'L'). A truth pixel v is lesion when v > 128; a prediction
     pixel v is positive when v / 256 > threshold, i.e. v > 256 * threshold. The default 0.5 gives
@@ -201,8 +228,26 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     _check_convention(convention)
-    truths = _files_by_id(truth_dir, _TRUTH_NAME, "truth")
-    preds = _files_by_id(pred_dir, _ID, "prediction")
+    for folder, what in ((truth_dir, "truth"), (pred_dir, "prediction")):
+        if not folder.is_dir():
+            raise FeatcacheError(f"{what} folder {folder} does not exist; pass an existing folder")
+    if any(_isic_truth_id(path.name) for path in truth_dir.iterdir()):
+        truths = _files_by_key(truth_dir, _isic_truth_id, "truth", "ISIC_<7 digits>_segmentation.png")
+        preds = _files_by_key(pred_dir, _isic_id, "prediction",
+                              f"with an ISIC id (ISIC_<7 digits>), as the truths in {truth_dir} are")
+    else:
+        # Truth masks are PNGs, as data.py's plain layout reads them: a photo in the folder is no truth.
+        names = "<stem>.png or <stem>_segmentation.png"
+        truths = _files_by_key(truth_dir, _stem_key, "truth", f"ISIC_<7 digits>_segmentation.png, {names}",
+                               frozenset({".png"}))
+        preds = _files_by_key(pred_dir, _stem_key, "prediction", names)
+    if not preds.keys() & truths.keys():
+        pred_name, truth_name = next(iter(preds.values())).name, next(iter(truths.values())).name
+        raise FeatcacheError(
+            f"no prediction in {pred_dir} has the name of a truth mask in {truth_dir} (e.g. {pred_name} vs "
+            f"{truth_name}); name each prediction after its image: <stem>_segmentation.png (as featcache predict "
+            "does) or one holding the ISIC id"
+        )
     if not predicted_only:
         _unmatched(sorted(truths.keys() - preds.keys()), truth_dir, pred_dir, "truth masks",
                    "add the missing predictions, or pass --predicted-only to score only the predicted images")
@@ -211,9 +256,11 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
 
     keys = sorted(preds)
     counts = torch.empty(len(keys), 4, dtype=torch.int64)  # [N, 4]
+    zero_one: list[str] = []
     for row, key in enumerate(keys):
-        truth = _load_gray(truths[key])
-        pred = _load_gray(preds[key])
+        truth, truth_01 = _load_gray(truths[key])
+        pred, pred_01 = _load_gray(preds[key])
+        zero_one += [p.name for p, flag in ((truths[key], truth_01), (preds[key], pred_01)) if flag]
         if pred.shape != truth.shape:
             raise FeatcacheError(
                 f"prediction {preds[key]} is {pred.shape[1]}x{pred.shape[0]} but truth "
@@ -222,9 +269,12 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
             )
         counts[row] = confusion((pred.float() / 256)[None], (truth > 128)[None], threshold)[0]
 
+    if zero_one:
+        err_console.print(f"note: {len(zero_one)} masks hold only the values 0 and 1 and were read as 0/1 "
+                          f"(e.g. {', '.join(zero_one[:3])})", markup=False, highlight=False)
     per_image = scores(counts, convention)
     rows = [
-        {"id": f"ISIC_{key}",
+        {"id": key,
          **{name: per_image[name][row].item() for name in METRICS},
          **dict(zip(COUNTS, counts[row].tolist()))}
         for row, key in enumerate(keys)

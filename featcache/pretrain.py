@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from featcache.data import Sample, SampleDataset, SplitConfig, find_samples
 from featcache.errors import FeatcacheError, OptionError
-from featcache.io import torch_save, write_json
+from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import (
     ARCHITECTURES,
     ENCODER_CHECKPOINT_FORMAT,
@@ -232,6 +232,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     state is deleted once all outputs are written.
     """
     cfg.validate()
+    ensure_writable_dir(Path(cfg.out).parent, value=cfg.out)
     device = resolve_device(cfg.device)
     index = find_samples(cfg.data, cfg.split)
     if index.split_note:

@@ -44,6 +44,10 @@ NOT_A_STORE_FIX = "point to a store that `featcache extract` wrote"
 IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
 
 
+class MalformedStoreError(FeatcacheError):
+    """A featcache store whose own attribute is damaged: ours, so --overwrite may replace it."""
+
+
 class NotAStoreError(FeatcacheError):
     """Something is at the path, but not a featcache store."""
 
@@ -434,6 +438,12 @@ class FeatureStore:
         if meta.get("format_version") is None:
             backend.close()
             raise NotAStoreError(f"{path} exists but is not a featcache store; {NOT_A_STORE_FIX}")
+        if type(meta["format_version"]) is not int:
+            backend.close()
+            raise MalformedStoreError(
+                f"{path}: its featcache attribute is malformed (format_version {meta['format_version']!r}); "
+                "re-extract with --overwrite"
+            )
         if meta["format_version"] > FORMAT_VERSION:
             backend.close()
             raise FeatcacheError(f"{path} has store format {meta['format_version']}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache")

@@ -1,7 +1,10 @@
 """Bad input ends with one line on stderr naming the file and the fix, exit code 1, nothing written lost."""
 
 import errno
+import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +166,126 @@ def test_masks_stored_as_0_1_are_noted_once_and_accepted_under_strict(cli, data,
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "3 masks were read as stored" in notes[0] and "0/1" in notes[0], result.stderr
     assert "warning" not in result.stderr
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: a folder in which creating a file or folder raises PermissionError.
+
+    chmod cannot make one when the tests run as root (root writes anywhere), so os.open and os.mkdir
+    are refused there instead, as a read-only mount or a folder of another user refuses them.
+    """
+    folders: list[Path] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path) -> bool:
+        target = Path(os.fsdecode(path)).absolute()
+        return any(target != f and target.is_relative_to(f) for f in folders)
+
+    def denied(path) -> PermissionError:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and refused(path):
+            raise denied(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if refused(path):
+            raise denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+    def make(folder: Path) -> Path:
+        folder.mkdir()
+        folders.append(folder.absolute())
+        return folder
+
+    return make
+
+
+def test_read_only_output_folder_is_one_line_before_any_work(synth_root, micro_store, tmp_path, read_only, monkeypatch):
+    import featcache.experiment
+    from featcache.experiment import CompareConfig, compare_e2e, train_decoder
+    from featcache.io import write_json
+    from featcache.train import TrainConfig
+
+    ro = read_only(tmp_path / "ro")
+    with pytest.raises(FeatcacheError, match=r"cannot create .*ro/s\.zarr in .*ro \(Permission denied\); "
+                                             r"make that folder writable or choose another --out"):
+        extract(extract_config(synth_root, ro / "s.zarr"), progress=False)
+    with pytest.raises(FeatcacheError, match=r"cannot write \S+ro/sub/e\.json \(Permission denied\); make \S+ro "):
+        write_json(ro / "sub" / "e.json", {})
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although --out cannot be written")
+
+    monkeypatch.setattr(featcache.experiment, "train_group_from_store", no_training)
+    refused = r"--out \S+ro/run: cannot write in \S+ro \(Permission denied\); make that folder writable or choose"
+    with pytest.raises(FeatcacheError, match=refused):
+        train_decoder(str(micro_store), TrainConfig(size=4, epochs=1), [0], ro / "run", "cpu", progress=False)
+    with pytest.raises(FeatcacheError, match=refused):
+        compare_e2e(CompareConfig(store=str(micro_store), out=ro / "run", sizes=(4,), seeds=(0,), modes=("C",),
+                                  epochs=1, device="cpu"), progress=False)
+    assert list(ro.iterdir()) == []
+
+
+def test_out_naming_a_file_is_refused_before_training(cli, micro_store, tmp_path):
+    notes = tmp_path / "notes"
+    notes.write_text("my notes")
+    for out in (notes, notes / "run"):
+        result = cli("train-decoder", micro_store, "--size", "4", "--seeds", "0", "--epochs", "1", "--out", out)
+        one_line_error(result, f"--out {out}", f"{notes} is a file, not a folder", "choose another --out")
+        assert "C size 4" not in result.stderr  # refused before training, not after
+    one_line_error(cli("compare-e2e", micro_store, "--sizes", "4", "--seeds", "0", "--modes", "C", "--epochs", "1",
+                       "--out", notes), f"--out {notes} is a file, not a folder")
+    assert notes.read_text() == "my notes"
+
+
+def test_malformed_format_version_is_one_line_and_overwrite_replaces_it(cli, micro_store, synth_root, tmp_path):
+    # The lead applies the fix in store.py (and lets --overwrite replace such a store); see the report.
+    store = tmp_path / "s.zarr"
+    shutil.copytree(micro_store, store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["featcache"]["format_version"] = "1"
+    (store / "zarr.json").write_text(json.dumps(meta))
+    one_line_error(cli("info", store), f"{store}: its featcache attribute is malformed (format_version '1')",
+                   "re-extract with --overwrite")
+    assert cli("extract", synth_root, "--out", store, "--overwrite", *MICRO).returncode == 0
+    with FeatureStore.open(store) as reopened:
+        assert reopened.meta["format_version"] == 1
+
+
+def test_reversed_seed_range_and_bad_list_items_say_so():
+    from featcache.errors import OptionError
+    from featcache.experiment import parse_list, parse_seeds
+
+    assert parse_seeds("0,3-5") == [0, 3, 4, 5]
+    with pytest.raises(OptionError, match=r"--seeds '5-2': the range 5-2 runs backwards; write it 2-5"):
+        parse_seeds("5-2")
+    with pytest.raises(OptionError, match=r"--sizes '10,x0': 'x0' is not a whole number"):
+        parse_list("10,x0", "--sizes")
+
+
+def test_random_bytes_as_encoder_is_not_a_checkpoint(cli, synth_root, tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    result = cli("extract", synth_root, "--out", tmp_path / "s.zarr", *MICRO[2:], "--encoder", noise)
+    one_line_error(result, f"{noise} is not a torch checkpoint", "replace it with a .pt/.pth file")
+    assert "unpickle" not in result.stderr
+
+
+def test_symlink_loop_in_a_data_folder_is_named_and_left_out(data, capsys):
+    from featcache.data import find_samples
+
+    loop = data / TRAIN / "ISIC_0000099.jpg"
+    os.symlink(loop.name, loop)  # the link points at itself
+    index = find_samples(data)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: left out 1 symbolic links that lead nowhere") and str(loop) in warning
+    assert warning.count("\n") == 1
+    assert "ISIC_0000099" not in [s.id for s in index.samples] and index.skipped == [f"{TRAIN}/ISIC_0000099.jpg"]
+    with pytest.raises(FeatcacheError, match=r"1 symbolic links lead nowhere .*ISIC_0000099\.jpg; remove them"):
+        find_samples(data, strict=True)

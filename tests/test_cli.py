@@ -1,3 +1,11 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 
 def test_help_lists_commands(cli):
@@ -37,20 +45,59 @@ def test_pretrain_command(synth_root, tmp_path, cli):
     assert bad.returncode == 2 and "--lr" in bad.stderr
 
 
-def test_ctrl_c_ends_with_130_and_keeps_the_resume_state(micro_store, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
+@pytest.fixture
+def spawn():
+    """Start ``python -m featcache ARGS`` the way ``cmd &`` in a script does: SIGINT ignored on entry.
 
+    Each child gets its own session; its process group is killed at teardown whatever the test did, so
+    no command outlives a failed or timed-out test.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(*args: object, ignore_sigint: bool = True) -> subprocess.Popen:
+        command = [sys.executable, "-m", "featcache", *map(str, args)]
+        if ignore_sigint:  # what a shell does to a job started with '&' in a script; exec keeps it ignored
+            command = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+
+
+def _wait_for(proc: subprocess.Popen, ready, seconds: float) -> None:
+    """Poll ``ready()`` until it holds, the process ends, or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_ctrl_c_ends_with_130_and_keeps_the_resume_state(micro_store, tmp_path, spawn):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "featcache", "--device", "cpu", "train-decoder", str(micro_store), "--size", "8",
-                             "--seeds", "0", "--epochs", "100000", "--batch-size", "4", "--val-size", "4",
-                             "--checkpoint-seconds", "0", "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "resume-0.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = spawn("--device", "cpu", "train-decoder", micro_store, "--size", "8", "--seeds", "0", "--epochs", "100000",
+                 "--batch-size", "4", "--val-size", "4", "--checkpoint-seconds", "0", "--out", out)
+    _wait_for(proc, (out / "resume-0.pt").exists, 120)
+    assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in stderr
+    assert proc.returncode == 130 and stderr.splitlines()[-1] == "interrupted", stderr
     assert (out / "resume-0.pt").exists()
+
+
+@pytest.mark.parametrize("ignore_sigint", [True, False], ids=["inherited-ignored", "inherited-default"])
+def test_ctrl_c_during_start_up_is_one_line(micro_store, spawn, ignore_sigint):
+    proc = spawn("--device", "cpu", "info", micro_store, ignore_sigint=ignore_sigint)
+    time.sleep(0.2)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if maps.parent.exists():  # Linux: wait until torch is being imported, before any command runs
+        _wait_for(proc, lambda: "libtorch" in maps.read_text(), 60)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr

@@ -96,3 +96,21 @@ def test_a_run_s_encoder_is_checked_against_its_store_when_the_store_is_there(mi
     forge(micro_store, tmp_path / "replaced.zarr", seed=2)
     assert check_run_encoder(str(tmp_path / "replaced.zarr"), build_encoder("vit_micro", "random", seed=0), CPU) is None
     assert "replaced.zarr now holds the features of vit_micro (random: random seed 2" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_run_whose_store_claims_another_encoder(micro_store, synth_root, tmp_path):
+    """predict rebuilds the encoder the run's store claims; re-encoding a stored sample exposes the false claim."""
+    from featcache.predict import predict
+
+    store = tmp_path / "forged.zarr"
+    claimed = forge(micro_store, store)
+    run = tmp_path / "run"
+    train_decoder(str(store), TrainConfig(**QUICK), [0], run, "cpu", progress=False)
+    image = next((synth_root / "ISIC-2017_Test_v2_Data").glob("*.jpg"))
+    with pytest.raises(FeatcacheError) as raised:
+        predict(run, [image], tmp_path / "pred", device="cpu")
+    refusal_names(str(raised.value), store, claimed)
+    assert not list((tmp_path / "pred").glob("*.png"))
+    genuine = tmp_path / "genuine"
+    train_decoder(str(micro_store), TrainConfig(**QUICK), [0], genuine, "cpu", progress=False)
+    assert len(predict(genuine, [image], tmp_path / "ok", device="cpu", overlays="none")) == 1

@@ -340,6 +340,38 @@ def test_evaluate_dirs_refuses_missing_or_empty_dir(folders, tmp_path):
         evaluate_dirs(pred_dir, empty)
 
 
+def test_evaluate_dirs_matches_plain_names_by_stem(tmp_path):
+    """predict writes <stem>_segmentation.png; a plain masks/ folder holds <stem>.png or <stem>_segmentation.png."""
+    lesion = np.zeros((16, 16), np.uint8)
+    lesion[4:12, 4:12] = 255
+    masks, pred = tmp_path / "masks", tmp_path / "pred"
+    write_mask(masks / "lesion a.png", lesion)
+    write_mask(masks / "b_segmentation.png", lesion)
+    Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(masks / "c.jpg")  # a photo beside the masks: no truth
+    write_mask(pred / "lesion a_segmentation.png", lesion)
+    write_mask(pred / "b_segmentation.png", np.zeros((16, 16), np.uint8))
+    write_mask(pred / "overlays" / "b_overlay.png", lesion, mode="RGB")  # predict's overlays folder is not scored
+    result = evaluate_dirs(pred, masks)
+    assert [row["id"] for row in result.per_image] == ["b", "lesion a"]
+    assert result.per_image[0]["tp"] == 0 and result.per_image[1]["iou"] == pytest.approx(1.0, abs=1e-6)
+
+    other = tmp_path / "other"
+    write_mask(other / "x.png", lesion)
+    fix = r"no prediction in .*other has the name of a truth mask in .*masks \(e\.g\. x\.png vs b_segmentation\.png\)"
+    with pytest.raises(FeatcacheError, match=fix + r"; name each prediction after its image: <stem>_segmentation\.png"):
+        evaluate_dirs(other, masks)
+
+
+def test_evaluate_dirs_reads_0_1_masks_as_labels_and_says_so(tmp_path, capsys):
+    lesion = np.zeros((16, 16), np.uint8)
+    lesion[4:12, 4:12] = 1
+    write_mask(tmp_path / "masks" / "a.png", lesion)
+    write_mask(tmp_path / "pred" / "a_segmentation.png", lesion * 255)
+    for convention in ("study", "isic"):
+        assert evaluate_dirs(tmp_path / "pred", tmp_path / "masks", convention).mean["iou"] == pytest.approx(1.0)
+    assert "1 masks hold only the values 0 and 1" in capsys.readouterr().err
+
+
 def test_evaluate_dirs_refuses_unknown_convention(folders):
     with pytest.raises(FeatcacheError, match="study, isic"):
         evaluate_dirs(*folders, convention="nope")

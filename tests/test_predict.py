@@ -30,7 +30,7 @@ def test_masks_at_original_resolution_with_overlays(trained_run, synth_root, tmp
     predictions = predict(trained_run, [test_images], tmp_path / "pred", truth_dir=truth, device="cpu", overlays="full")
     assert len(predictions) == 6
     for p in predictions:
-        mask = np.asarray(Image.open(p.mask).convert("L"))  # a 1-bit PNG: 0/255 in 8-bit gray, as evaluate reads it
+        mask = np.asarray(Image.open(p.mask))
         with Image.open(p.image) as img:
             assert mask.shape == (img.height, img.width)
         assert set(np.unique(mask)) <= {0, 255}
@@ -125,8 +125,8 @@ def test_overlay_modes_and_masks_that_do_not_depend_on_them(trained_run, large_i
         for mode, predictions in runs.items():
             assert predictions[i].image == image
             with Image.open(predictions[i].mask) as mask:
-                assert mask.mode == "1"
-                assert np.array_equal(np.asarray(mask.convert("L")), expected * np.uint8(255)), mode
+                assert mask.mode == "L"
+                assert np.array_equal(np.asarray(mask), expected * np.uint8(255)), mode
             assert predictions[i].lesion_fraction == pytest.approx(expected.mean())
     large, small = images[1], images[0]
     with Image.open(runs["preview"][1].overlay) as preview:
