@@ -15,6 +15,7 @@ store when it is opened. Either ends with one line naming the rows and the fix (
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,23 +225,26 @@ class _ZarrBackend:
 
         loop.set_exception_handler(handler)
 
-    def stored_chunks(self) -> dict[str, tuple[int, set[int]]]:
-        """Per array: rows per stored object (shard or chunk), and the first rows of the objects present.
+    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
+        """Per array: rows per stored object (``block``: every array is sharded, or 1-D chunked, by blocks along
+        its first axis, whole along the others), and the first rows of the objects present.
 
-        One listing of the store (also behind an fsspec URL), no chunk is read.
+        One listing of the store (also behind an fsspec URL), no chunk or metadata read.
         """
         from zarr.core.sync import collect_aiterator
+        from zarr.storage import LocalStore
 
-        root = self.group.store_path.path
-        keys = set(collect_aiterator(self.group.store.list_prefix(f"{root}/" if root else "")))
-        out = {}
-        for name in self.group.array_keys():
-            array = self[name]
-            step = self.rows_per_chunk(name)
-            prefix = f"{root}/{name}/" if root else f"{name}/"
-            starts = {i * step for i in range(-(-array.shape[0] // step))
-                      if prefix + array.metadata.encode_chunk_key((i, *[0] * (array.ndim - 1))) in keys}
-            out[name] = (step, starts)
+        root, store = self.group.store_path.path, self.group.store
+        if isinstance(store, LocalStore):  # its listing stats every entry: os.walk measured 3x faster
+            top = os.path.normpath(os.path.join(store.root, root))
+            keys = [os.path.join(d, f)[len(top) + 1:] for d, _, files in os.walk(top) for f in files]
+        else:
+            keys = [key[len(root) + 1:] if root else key for key in collect_aiterator(store.list_prefix(f"{root}/" if root else ""))]
+        out: dict[str, tuple[int, set[int]]] = {}
+        for key in keys:
+            parts = key.split("/")  # NAME/c/I/0/...: the default chunk key encoding
+            if len(parts) > 2 and parts[1] == "c":
+                out.setdefault(parts[0], (block, set()))[1].add(int(parts[2]) * block)
         return out
 
     def delete_chunks(self, name: str, start: int, stop: int) -> None:
@@ -317,8 +321,9 @@ class _H5Backend:
     def nbytes_stored(self) -> int:
         return Path(self.file.filename).stat().st_size
 
-    def stored_chunks(self) -> dict[str, tuple[int, set[int]]]:
-        """Per dataset: rows per chunk, and the first rows of the chunks allocated (from the chunk index, no data read)."""
+    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
+        """Per dataset: rows per chunk (``block`` or fewer), and the first rows of the chunks allocated (from the
+        chunk index, no data read)."""
         out = {}
         for name, dataset in self.file.items():
             starts: set[int] = set()
@@ -600,7 +605,7 @@ class FeatureStore:
         ``written`` (read here unless given; every block once the store is complete): a missing one
         would read as zeros. Unwritten blocks of an interrupted store are expected to lack theirs.
         """
-        stored = self.backend.stored_chunks()
+        stored = self.backend.stored_chunks(self.shard_size)
         if self.meta.get("complete"):
             done = self.blocks()
         else:
@@ -610,7 +615,7 @@ class FeatureStore:
         for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS):
             if name == "masks" and self.meta["format_version"] < 2 and self.meta["backend"] == "zarr":
                 continue  # format 1 did not store an all-empty block of masks: absent is no proof of loss there
-            step, starts = stored[name]
+            step, starts = stored.get(name, (self.shard_size, set()))
             for a, b in self.blocks() if name in FIXED_ARRAYS else done:
                 damages += [Damage(name, r, min(r + step, self.n), MISSING)
                             for r in range(a - a % step, b, step) if r not in starts]

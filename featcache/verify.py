@@ -36,7 +36,6 @@ class VerifyReport:
     n: int
     complete: bool
     checksummed: bool
-    arrays: list[str]
     damages: list[Damage] = field(default_factory=list)
     repaired: list[tuple[int, int]] = field(default_factory=list)
 
@@ -57,9 +56,10 @@ class VerifyReport:
             return damage_fix(self.path, self.unrepairable)
         if self.repaired:
             samples = sum(b - a for a, b in self.repaired)
-            return (f"{len(self.repaired)} blocks ({samples} samples) of {self.path} were marked unwritten: run the "
+            return (f"{self.path}: {samples} samples in {len(self.repaired)} damaged blocks are marked unwritten; run the "
                     f"same `featcache extract ... --out {self.path}` to recompute exactly those")
-        return f"run `featcache verify {self.path} --repair` to mark the damaged blocks for recomputation"
+        return (f"{self.path} is damaged ({len(self.damages)} ranges above); run `featcache verify {self.path} --repair`, "
+                f"then the same `featcache extract ... --out {self.path}` to recompute them")
 
 
 def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:
@@ -83,7 +83,7 @@ def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:
                 damages += store.check_rows(name, a, b)
         report = VerifyReport(
             path=str(path), backend=meta["backend"], n=store.n, complete=bool(meta.get("complete")),
-            checksummed=meta["format_version"] >= 2, arrays=[*FIXED_ARRAYS, *BLOCK_ARRAYS],
+            checksummed=meta["format_version"] >= 2,
             damages=merge_damages(damages),
         )
         if repair and report.damages:
