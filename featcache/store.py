@@ -212,18 +212,22 @@ class _ZarrBackend:
         return CHECKSUM if "checksum" in str(exc).lower() else UNDECODABLE
 
     @staticmethod
-    def quiet_failed_reads() -> None:
-        """Keep zarr's event loop from printing the sibling tasks of a failed read at exit (hundreds of lines):
-        the first failure is raised, and chained under the one-line error that ``--debug`` shows in full."""
-        from zarr.core.sync import _get_loop
+    def settle() -> None:
+        """Let the sibling tasks of a failed read finish on zarr's event loop: left running, they fail when the
+        process exits and asyncio prints each of them (hundreds of lines of tracebacks after the one-line error)."""
+        import asyncio
 
-        loop = _get_loop()
+        from zarr.core.sync import sync
 
-        def handler(loop, context: dict) -> None:
-            if context.get("message") not in ("Task was destroyed but it is pending!", "Task exception was never retrieved"):
-                loop.default_exception_handler(context)
+        async def drain() -> None:
+            current = asyncio.current_task()
+            while pending := [t for t in asyncio.all_tasks() if t is not current and not t.done()]:
+                done, _ = await asyncio.wait(pending)
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved, so not reported as "never retrieved"
 
-        loop.set_exception_handler(handler)
+        sync(drain())
 
     def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
         """Per array: rows per stored object (``block``: every array is sharded, or 1-D chunked, by blocks along
@@ -345,7 +349,7 @@ class _H5Backend:
         return CHECKSUM if self.file[name].fletcher32 and "filter" in str(exc) else UNDECODABLE
 
     @staticmethod
-    def quiet_failed_reads() -> None:
+    def settle() -> None:
         pass
 
     def delete_chunks(self, name: str, start: int, stop: int) -> None:
@@ -652,6 +656,7 @@ class FeatureStore:
                 np.asarray(array[first:first + step])
             except Exception as exc:
                 damages.append(Damage(name, first, min(first + step, self.n), self.backend.classify(name, exc), str(exc)))
+        self.backend.settle()
         return merge_damages(damages)
 
     def _checked(self, name: str, start: int, stop: int, read: Callable[[], T]) -> T:
@@ -663,7 +668,6 @@ class FeatureStore:
             damages = self.check_rows(name, start, stop)
             if not damages:
                 raise
-            self.backend.quiet_failed_reads()
             raise StoreDamagedError(damage_message(self.path, damages)) from exc
 
     def unwrite(self, damages: Sequence[Damage]) -> list[tuple[int, int]]:
