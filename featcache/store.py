@@ -252,7 +252,7 @@ class _ZarrBackend:
         return out
 
     def delete_chunks(self, name: str, start: int, stop: int) -> None:
-        """Remove the stored objects of rows ``[start, stop)`` (whole shards), so a rewrite never reads them."""
+        """Remove the stored objects of rows ``[start, stop)`` (whole shards): unwritten rows then read as absent."""
         from zarr.core.sync import sync
 
         array = self[name]
@@ -353,7 +353,8 @@ class _H5Backend:
         pass
 
     def delete_chunks(self, name: str, start: int, stop: int) -> None:
-        """Overwrite rows ``[start, stop)`` with zeros: whole chunks, so HDF5 writes them without reading the old ones."""
+        """Overwrite rows ``[start, stop)`` with zeros: whole chunks, so HDF5 writes them without reading the old ones
+        (an HDF5 chunk cannot be removed)."""
         dataset = self.file[name]
         dataset[start:stop] = np.zeros((stop - start, *dataset.shape[1:]), dtype=dataset.dtype)
 
@@ -671,8 +672,9 @@ class FeatureStore:
             raise StoreDamagedError(damage_message(self.path, damages)) from exc
 
     def unwrite(self, damages: Sequence[Damage]) -> list[tuple[int, int]]:
-        """Mark the blocks that hold ``damages`` of `BLOCK_ARRAYS` unwritten and clear their damaged chunks, so the
-        same `featcache extract` computes exactly those blocks again; returns the blocks.
+        """Mark the blocks that hold ``damages`` of `BLOCK_ARRAYS` unwritten and clear their damaged chunks (no read,
+        not even of an unwritten block, trips over them), so the same `featcache extract` computes exactly those
+        blocks again; returns the blocks.
 
         ``complete`` is cleared first and the flags before the chunks, so an interruption leaves a store that
         readers refuse and extract resumes. `FIXED_ARRAYS` damage is left as it is: extract never rewrites them.

@@ -102,6 +102,7 @@ def test_damage_repaired_and_reextracted_equals_a_clean_run(synth_root, clean_st
 
     repaired = verify_store(path, repair=True)
     assert repaired.repaired == [(4, 8), (12, 16), (20, 24)] and "same `featcache extract" in repaired.fix()
+    assert verify_store(path).clean  # the damaged chunks were cleared: nothing left that fails a read
     with pytest.raises(FeatcacheError, match=r"incomplete \(12/24"):
         FeatureStore.open(path)
     report = extract(extract_config(synth_root, path), progress=False)
