@@ -215,13 +215,14 @@ def info(
 @app.command()
 def verify(
     store: str = typer.Argument(..., help="A .zarr or .h5 store."),
-    repair: bool = typer.Option(False, "--repair", help="Mark damaged blocks unwritten, for the same `featcache extract` to recompute."),
+    repair: bool = typer.Option(False, "--repair", help="Mark damaged blocks unwritten, for the same extract to redo."),
 ) -> None:
     """Read every chunk of a store and list the damaged blocks (missing, checksum mismatch, undecodable)."""
     from featcache.verify import verify_store
 
     report = verify_store(store, repair=repair)
-    kind = "checksums checked" if report.checksummed else "no checksums in this format-1 store: only missing and undecodable chunks are seen"
+    kind = ("checksums checked" if report.checksummed
+            else "no checksums in this format-1 store: only missing and undecodable chunks are seen")
     if report.clean:
         out_console.print(f"{store}: every chunk of {report.n} samples read, no damage ({kind})")
         return

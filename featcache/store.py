@@ -169,14 +169,15 @@ class _ZarrBackend:
         raise OptionError(f"--compressor {name} is for HDF5 stores; a Zarr store takes zstd, lz4, gzip or none")
 
     def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str, str_len: int = 0) -> None:
-        """Every chunk ends with its crc32c (the shard indexes carry theirs by default), so a changed bit fails the read."""
+        """Every chunk ends with its crc32c (shard indexes carry theirs by default): a changed bit fails the read."""
         import zarr
 
         chunks = sample_chunks(shape, block)
         crc = zarr.codecs.Crc32cCodec()
         if dtype is str or len(shape) == 1:
-            self.group.create_array(name, shape=shape, dtype=dtype, chunks=(block,), compressors=(zarr.codecs.ZstdCodec(), crc),
-                                    fill_value="" if dtype is str else 0, config=WRITE_EMPTY)
+            self.group.create_array(name, shape=shape, dtype=dtype, chunks=(block,),
+                                    compressors=(zarr.codecs.ZstdCodec(), crc), fill_value="" if dtype is str else 0,
+                                    config=WRITE_EMPTY)
             return
         compressors = tuple(c for c in (self._compressors(compressor),) if c is not None) + (crc,)
         self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=(block, *shape[1:]),
@@ -243,7 +244,8 @@ class _ZarrBackend:
             top = os.path.normpath(os.path.join(store.root, root))
             keys = [os.path.join(d, f)[len(top) + 1:] for d, _, files in os.walk(top) for f in files]
         else:
-            keys = [key[len(root) + 1:] if root else key for key in collect_aiterator(store.list_prefix(f"{root}/" if root else ""))]
+            listed = collect_aiterator(store.list_prefix(f"{root}/" if root else ""))
+            keys = [key[len(root) + 1:] if root else key for key in listed]
         out: dict[str, tuple[int, set[int]]] = {}
         for key in keys:
             parts = key.split("/")  # NAME/c/I/0/...: the default chunk key encoding
@@ -334,7 +336,7 @@ class _H5Backend:
             if dataset.chunks is None:  # format 1 strings: contiguous, allocated when first written
                 starts = {0} if dataset.id.get_storage_size() else set()
             elif hasattr(dataset.id, "chunk_iter"):  # HDF5 >= 1.12.3: one pass over the index
-                dataset.id.chunk_iter(lambda info: starts.add(info.chunk_offset[0]))
+                dataset.id.chunk_iter(lambda info, add=starts.add: add(info.chunk_offset[0]))
             else:
                 starts = {dataset.id.get_chunk_info(i).chunk_offset[0] for i in range(dataset.id.get_num_chunks())}
             out[name] = (self.rows_per_chunk(name), starts)
@@ -462,7 +464,8 @@ class FeatureStore:
         n, size, views = len(ids), meta["preprocessing"]["size"], len(VIEWS[meta["views"]])
         storage_dtype = FEATURE_DTYPES[meta["dtype"]][0]
         meta = {**meta, "format_version": FORMAT_VERSION, "featcache_version": __version__, "complete": False,
-                "backend": kind, "checksum": _BACKENDS[kind].checksum, "n": n, "width": width, "grid": list(grid), "shard_size": shard_size,
+                "backend": kind, "checksum": _BACKENDS[kind].checksum, "n": n, "width": width, "grid": list(grid),
+                "shard_size": shard_size,
                 "view_names": list(VIEWS[meta["views"]])}
         backend = _BACKENDS[kind].create(str(path))
         backend.write_attrs(meta)  # first, so an interrupted creation is recognisably ours
@@ -650,13 +653,13 @@ class FeatureStore:
             np.asarray(array[start:stop])
             return []
         except Exception:  # narrowed below, chunk by chunk: what fails alone is damage
-            pass
-        damages = []
+            damages = []
         for first in range(start - start % step, stop, step):
             try:
                 np.asarray(array[first:first + step])
             except Exception as exc:
-                damages.append(Damage(name, first, min(first + step, self.n), self.backend.classify(name, exc), str(exc)))
+                what = self.backend.classify(name, exc)
+                damages.append(Damage(name, first, min(first + step, self.n), what, str(exc)))
         self.backend.settle()
         return merge_damages(damages)
 

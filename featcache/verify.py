@@ -56,10 +56,11 @@ class VerifyReport:
             return damage_fix(self.path, self.unrepairable)
         if self.repaired:
             samples = sum(b - a for a, b in self.repaired)
-            return (f"{self.path}: {samples} samples in {len(self.repaired)} damaged blocks are marked unwritten; run the "
-                    f"same `featcache extract ... --out {self.path}` to recompute exactly those")
-        return (f"{self.path} is damaged ({len(self.damages)} ranges above); run `featcache verify {self.path} --repair`, "
-                f"then the same `featcache extract ... --out {self.path}` to recompute them")
+            return (f"{self.path}: {samples} samples in {len(self.repaired)} damaged blocks are marked unwritten; "
+                    f"run the same `featcache extract ... --out {self.path}` to recompute exactly those")
+        return (f"{self.path} is damaged ({len(self.damages)} ranges above); run "
+                f"`featcache verify {self.path} --repair`, then the same `featcache extract ... --out {self.path}` "
+                "to recompute them")
 
 
 def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:

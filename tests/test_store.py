@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.store import FeatureStore, StoreDamagedError, backend_kind, describe_differences
+from featcache.store import (
+    FeatureStore,
+    StoreDamagedError,
+    backend_kind,
+    describe_differences,
+)
 
 META = {
     "encoder": {"arch": "vit_micro", "weights_sha256": "a" * 64, "source": {"kind": "random", "seed": 0}},
@@ -183,7 +188,8 @@ def test_a_missing_chunk_is_found_at_open(tmp_path, store_suffix):
             store.mark_complete()
         assert store.damaged_blocks() == [2]
         store.update_meta(complete=True)
-    with pytest.raises(StoreDamagedError, match=rf"{path} is damaged: .*masks rows 2-3 \(missing\); run `featcache verify"):
+    with pytest.raises(StoreDamagedError,
+                       match=rf"{path} is damaged: .*masks rows 2-3 \(missing\); run `featcache verify"):
         FeatureStore.open(path)
 
 
@@ -220,16 +226,17 @@ def make_format1_store(path, n=5, shard_size=2):
                                shards=(shard_size, *shape[1:]) if sharded else None, fill_value=0)
         group["orig_hw"][:] = np.arange(2 * n).reshape(n, 2)
     else:
-        import h5py
         import json
+
+        import h5py
 
         with h5py.File(path, "w") as f:
             f.attrs["featcache"] = json.dumps(meta)
             for name, values in (("ids", ids), ("split", splits)):
                 f.create_dataset(name, shape=(n,), dtype=h5py.string_dtype())[:] = np.asarray(values, dtype=object)
             for name, (shape, dtype) in shapes.items():
-                f.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]) if len(shape) > 1 else (shard_size,),
-                                 fillvalue=0)
+                chunks = (1, *shape[1:]) if len(shape) > 1 else (shard_size,)
+                f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0)
             f["orig_hw"][:] = np.arange(2 * n).reshape(n, 2)
 
 
@@ -239,7 +246,7 @@ def test_a_format1_store_without_checksums_still_opens_and_resumes(tmp_path, sto
     path = tmp_path / f"old{store_suffix}"
     make_format1_store(path)
     with FeatureStore.open(path, writable=True, allow_incomplete=True) as store:
-        feats, images, masks = fill(store)
+        feats, _, masks = fill(store)
         store.mark_complete()
     with FeatureStore.open(path) as store:
         assert store.meta["format_version"] == 1 and store.ids[4] == "ISIC_0000004"

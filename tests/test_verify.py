@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import extract_config
+
 from featcache.errors import FeatcacheError
 from featcache.extract import extract
 from featcache.store import CHECKSUM, MISSING, FeatureStore
@@ -61,8 +61,8 @@ def flip_bit(path: Path, array: str, row: int) -> None:
 def stored_chunks(path: Path) -> dict[str, bytes]:
     """Every stored chunk's bytes, by array and position (Zarr: the chunk files; HDF5: the raw chunks)."""
     if path.suffix == ".zarr":
-        return {p.relative_to(path).as_posix(): p.read_bytes() for name in ARRAYS for p in (path / name / "c").rglob("*")
-                if p.is_file()}
+        files = (p for name in ARRAYS for p in (path / name / "c").rglob("*") if p.is_file())
+        return {p.relative_to(path).as_posix(): p.read_bytes() for p in files}
     out = {}
     with h5py.File(path, "r") as f:
         for name in ARRAYS:
@@ -171,7 +171,7 @@ def test_damaged_ids_call_for_a_new_extraction(clean_stores, tmp_path, store_suf
     path = copy_store(clean_stores[store_suffix], tmp_path / f"s{store_suffix}")
     flip_bit(path, "ids", 0)
     with FeatureStore.open(path) as store, pytest.raises(FeatcacheError, match=r"ids rows 0-3 .*--overwrite"):
-        store.ids
+        _ = store.ids
     result = cli("verify", path, "--repair")
     assert result.returncode == 1 and "ids" in result.stdout
     assert f"--out {path} --overwrite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
