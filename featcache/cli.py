@@ -197,6 +197,9 @@ def info(
     table.add_row("features", f"{summary['shapes']['features']} {summary['dtype']}, views {', '.join(summary['views'])}")
     table.add_row("images / masks", f"{summary['shapes']['images']} / {summary['shapes']['masks']}")
     table.add_row("on disk", f"{summary['bytes_on_disk'] / 2**20:.1f} MiB ({summary['backend']})")
+    checksum = summary["checksum"]
+    table.add_row("checksums", f"{checksum} on every chunk (`featcache verify` reads them all)" if checksum else
+                  f"none (store format {summary['format_version']}: extract again for checksums)")
     table.add_row("dataset", f"{summary['dataset']['root']} ({summary['dataset']['layout']}) {summary['dataset']['split_note']}")
     extraction = summary["extraction"] or {}
     if extraction:
@@ -213,6 +216,32 @@ def info(
     else:
         table.add_row("flip check", "no flip views (extract with --views flips)")
     out_console.print(table)
+
+
+@app.command()
+def verify(
+    store: str = typer.Argument(..., help="A .zarr or .h5 store."),
+    repair: bool = typer.Option(False, "--repair", help="Mark damaged blocks unwritten, for the same extract to redo."),
+) -> None:
+    """Read every chunk of a store and list the damaged blocks (missing, checksum mismatch, undecodable)."""
+    from featcache.verify import verify_store
+
+    report = verify_store(store, repair=repair)
+    kind = ("checksums checked" if report.checksummed
+            else "no checksums in this format-1 store: only missing and undecodable chunks are seen")
+    if report.clean:
+        out_console.print(f"{store}: every chunk of {report.n} samples read, no damage ({kind})")
+        return
+    table = Table(title=f"{store}: {len(report.damages)} damaged ranges ({kind})")
+    table.add_column("array")
+    table.add_column("rows", justify="right")
+    table.add_column("what")
+    for d in report.damages:
+        table.add_row(d.array, d.rows, d.what)
+    out_console.print(table)
+    if report.unrepairable or not report.repaired:
+        raise FeatcacheError(report.fix())
+    out_console.print(report.fix())
 
 
 @app.command("train-decoder")

@@ -264,7 +264,12 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder
                 f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
                 f"pass --overwrite to replace it or choose another --out"
             )
-        left = int((~store.written()).sum())
+        damaged = store.damaged_blocks()
+        if damaged:
+            err_console.print(f"{cfg.out}: {len(damaged)} written blocks lost chunks (rows from {damaged[0]}); "
+                              "computing them again", markup=False, highlight=False)
+            store.update_meta(complete=False)  # set again only once they are rewritten
+        left = int((~store.written()).sum()) + sum(min(store.shard_size, store.n - a) for a in damaged)
         try:
             check_room(cfg.out, room_needed(kind, _store_row_bytes(store), left, store.shard_size, new_store=False),
                        f"the {left} samples left", _RESUME_FIX)
@@ -379,6 +384,8 @@ def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> 
 def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
           dist: Distributed, progress: bool, on_block: Callable[[int, int], None] | None) -> ExtractReport:
     written = store.written()
+    for start in store.damaged_blocks():  # blocks whose chunks went missing are computed again, whole
+        written[start:start + store.shard_size] = False
     mine = [b for i, b in enumerate(store.blocks()) if i % dist.world_size == dist.rank]
     pending = [(a, b) for a, b in mine if not written[a:b].all()]
     # Batches never span blocks, so a resumed run computes bit-identical features.

@@ -32,8 +32,13 @@ def flip_check(store: FeatureStore, max_samples: int = 64) -> dict[str, float] |
 
 
 def store_info(path: str) -> dict:
-    """A JSON-able summary: provenance, shapes, dtype, bytes on disk, completeness, flip check."""
+    """A JSON-able summary: provenance, shapes, dtype, bytes on disk, completeness, flip check.
+
+    An interrupted store is summarised; one with missing chunks (written blocks, or ids/split/orig_hw) is
+    refused, naming them and the fix, so "complete" is said only of a whole store.
+    """
     with FeatureStore.open(path, allow_incomplete=True) as store:
+        store.check_whole()
         meta = store.meta
         written = store.written()
         counts = {s: int((store.splits == s).sum()) for s in ("train", "val", "test")}
@@ -57,6 +62,7 @@ def store_info(path: str) -> dict:
             "extraction": meta.get("extraction"),
             "created": meta.get("created"),
             "format_version": meta["format_version"],
+            "checksum": meta.get("checksum"),
             "featcache_version": meta["featcache_version"],
             "flip_check_cos": flip_check(store) if int(written.sum()) == store.n else None,
         }

@@ -6,6 +6,10 @@ Arrays (first axis: N samples, train then val then test, ids sorted within each 
 (bfloat16 is kept as its uint16 bit pattern, numpy having no bfloat16), ``written`` [N] bool.
 Every array is chunked (Zarr: sharded) in blocks of ``shard_size`` samples, so writers of disjoint
 blocks never touch the same file. All attributes are one JSON document under ``featcache``.
+
+Every chunk carries a checksum (format 2: Zarr crc32c on each chunk and shard index, HDF5
+Fletcher-32), so a changed bit fails its read; a chunk that is missing is found by listing the
+store when it is opened. Either ends with one line naming the rows and the fix (`featcache.verify`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from collections.abc import Sequence
+from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +30,8 @@ import torch
 from featcache import __version__
 from featcache.errors import FeatcacheError, OptionError
 
-FORMAT_VERSION = 1
+#: 2: every chunk checksummed (Zarr crc32c, HDF5 Fletcher-32; HDF5 strings fixed-length). Version 1 still reads.
+FORMAT_VERSION = 2
 ATTR = "featcache"
 VIEWS: dict[str, tuple[str, ...]] = {"identity": ("identity",), "flips": ("identity", "h", "v", "hv")}
 #: The spatial flip dims of each view of an image ``[..., H, W]``.
@@ -40,8 +45,16 @@ COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
 #: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
 SKIPPED = "skipped"
 NOT_A_STORE_FIX = "point to a store that `featcache extract` wrote"
+T = TypeVar("T")
 #: Provenance entries whose difference makes an existing store another store.
 IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
+
+
+#: Arrays written once, when the store is created: resuming `extract` never rewrites them.
+FIXED_ARRAYS = ("ids", "split", "orig_hw")
+#: Arrays `extract` writes block by block (``written`` last): a block marked unwritten is recomputed whole.
+BLOCK_ARRAYS = ("images", "masks", "features", "written")
+MISSING, CHECKSUM, UNDECODABLE = "missing", "checksum mismatch", "undecodable"
 
 
 class MalformedStoreError(FeatcacheError):
@@ -50,6 +63,57 @@ class MalformedStoreError(FeatcacheError):
 
 class NotAStoreError(FeatcacheError):
     """Something is at the path, but not a featcache store."""
+
+
+class StoreDamagedError(FeatcacheError):
+    """Chunks of a store are missing, fail their checksum or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Rows ``[start, stop)`` of ``array`` (whole chunks or shards) that cannot be trusted.
+
+    ``what``: `MISSING`, `CHECKSUM` (mismatch) or `UNDECODABLE`; ``detail``: the library's message.
+    """
+
+    array: str
+    start: int
+    stop: int
+    what: str
+    detail: str = ""
+
+    @property
+    def rows(self) -> str:
+        return f"rows {self.start}-{self.stop - 1}" if self.stop - self.start > 1 else f"row {self.start}"
+
+
+def merge_damages(damages: Sequence[Damage]) -> list[Damage]:
+    """Adjacent ranges of one array with the same ``what`` as one `Damage` (per-sample HDF5 chunks -> row ranges)."""
+    out: list[Damage] = []
+    for d in sorted(damages, key=lambda d: (d.array, d.start)):
+        last = out[-1] if out else None
+        if last is not None and (last.array, last.what, last.stop) == (d.array, d.what, d.start):
+            out[-1] = Damage(d.array, last.start, d.stop, d.what, last.detail)
+        else:
+            out.append(d)
+    return out
+
+
+def damage_fix(path: str | Path, damages: Sequence[Damage]) -> str:
+    """The command that fixes ``damages``: a re-extraction for `FIXED_ARRAYS`, else verify --repair and resume."""
+    fixed = sorted({d.array for d in damages if d.array in FIXED_ARRAYS})
+    if fixed:
+        return (f"{'/'.join(fixed)} are written once at creation and cannot be recomputed by resuming: "
+                f"extract the store again with `featcache extract ... --out {path} --overwrite`")
+    return (f"run `featcache verify {path} --repair`, then the same `featcache extract ... --out {path}` "
+            "to recompute those samples")
+
+
+def damage_message(path: str | Path, damages: Sequence[Damage]) -> str:
+    """One line naming the store, the damaged arrays and rows (up to four ranges) and the fix."""
+    shown = ", ".join(f"{d.array} {d.rows} ({d.what})" for d in damages[:4])
+    more = f" and {len(damages) - 4} more" if len(damages) > 4 else ""
+    return f"{path} is damaged: {shown}{more}; {damage_fix(path, damages)}"
 
 
 def is_url(path: str | Path) -> bool:
@@ -66,6 +130,11 @@ def backend_kind(path: str | Path) -> str:
     raise FeatcacheError(f"{path}: a store path ends in .zarr (Zarr v3) or .h5 (HDF5)")
 
 
+#: Zarr stores every chunk, even one equal to the fill value (an all-empty block of masks), so a missing
+#: chunk always means a lost one.
+WRITE_EMPTY = {"write_empty_chunks": True}
+
+
 def sample_chunks(shape: tuple, block: int) -> tuple:
     """One chunk per sample (all its views: per-view chunks measured twice as slow to write and 1.6x
     slower to read whole, for 2x faster reads of the identity view alone); ``block`` for 1-D arrays."""
@@ -73,8 +142,11 @@ def sample_chunks(shape: tuple, block: int) -> tuple:
 
 
 class _ZarrBackend:
+    checksum = "crc32c"
+
     def __init__(self, group) -> None:
         self.group = group
+        self._arrays: dict[str, Any] = {}
 
     @classmethod
     def create(cls, path: str) -> _ZarrBackend:
@@ -102,19 +174,25 @@ class _ZarrBackend:
             return None
         raise OptionError(f"--compressor {name} is for HDF5 stores; a Zarr store takes zstd, lz4, gzip or none")
 
-    def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
+    def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str, str_len: int = 0) -> None:
+        """Every chunk ends with its crc32c (shard indexes carry theirs by default): a changed bit fails the read."""
+        import zarr
+
         chunks = sample_chunks(shape, block)
-        shards = (block, *shape[1:]) if len(shape) > 1 else None
-        if dtype is str:
-            self.group.create_array(name, shape=shape, dtype=str, chunks=(block,))
+        crc = zarr.codecs.Crc32cCodec()
+        if dtype is str or len(shape) == 1:
+            self.group.create_array(name, shape=shape, dtype=dtype, chunks=(block,),
+                                    compressors=(zarr.codecs.ZstdCodec(), crc), fill_value="" if dtype is str else 0,
+                                    config=WRITE_EMPTY)
             return
-        self.group.create_array(
-            name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-            compressors=self._compressors(compressor) if len(shape) > 1 else "auto", fill_value=0,
-        )
+        compressors = tuple(c for c in (self._compressors(compressor),) if c is not None) + (crc,)
+        self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=(block, *shape[1:]),
+                                compressors=compressors, fill_value=0, config=WRITE_EMPTY)
 
     def __getitem__(self, name: str):
-        return self.group[name]
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name].with_config(WRITE_EMPTY)
+        return self._arrays[name]
 
     def read_attrs(self) -> dict:
         return dict(self.group.attrs.get(ATTR, {}))
@@ -122,11 +200,74 @@ class _ZarrBackend:
     def write_attrs(self, meta: dict) -> None:
         self.group.attrs[ATTR] = meta
 
-    def read_strings(self, name: str) -> list[str]:
-        return [str(s) for s in self.group[name][:]]
+    def read_strings(self, name: str, rows: slice = slice(None)) -> list[str]:
+        return [str(s) for s in self[name][rows]]
+
+    def write_strings(self, name: str, start: int, values: Sequence[str]) -> None:
+        self[name][start:start + len(values)] = np.asarray(list(values), dtype=str)
 
     def nbytes_stored(self) -> int:
         return sum(self.group[name].nbytes_stored() for name in self.group.array_keys())
+
+    def rows_per_chunk(self, name: str) -> int:
+        """Rows per stored object: a shard, or a chunk of an unsharded array."""
+        array = self[name]
+        return (array.shards or array.chunks)[0]
+
+    def classify(self, name: str, exc: Exception) -> str:
+        """`CHECKSUM` or `UNDECODABLE`: what a failed read of ``name`` means."""
+        return CHECKSUM if "checksum" in str(exc).lower() else UNDECODABLE
+
+    @staticmethod
+    def settle() -> None:
+        """Let the sibling tasks of a failed read finish on zarr's event loop: left running, they fail when the
+        process exits and asyncio prints each of them (hundreds of lines of tracebacks after the one-line error)."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def drain() -> None:
+            current = asyncio.current_task()
+            while pending := [t for t in asyncio.all_tasks() if t is not current and not t.done()]:
+                done, _ = await asyncio.wait(pending)
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved, so not reported as "never retrieved"
+
+        sync(drain())
+
+    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
+        """Per array: rows per stored object (``block``: every array is sharded, or 1-D chunked, by blocks along
+        its first axis, whole along the others), and the first rows of the objects present.
+
+        One listing of the store (also behind an fsspec URL), no chunk or metadata read.
+        """
+        from zarr.core.sync import collect_aiterator
+        from zarr.storage import LocalStore
+
+        root, store = self.group.store_path.path, self.group.store
+        if isinstance(store, LocalStore):  # its listing stats every entry: os.walk measured 3x faster
+            top = os.path.normpath(os.path.join(store.root, root))
+            keys = [os.path.join(d, f)[len(top) + 1:] for d, _, files in os.walk(top) for f in files]
+        else:
+            listed = collect_aiterator(store.list_prefix(f"{root}/" if root else ""))
+            keys = [key[len(root) + 1:] if root else key for key in listed]
+        out: dict[str, tuple[int, set[int]]] = {}
+        for key in keys:
+            parts = key.split("/")  # NAME/c/I/0/...: the default chunk key encoding
+            if len(parts) > 2 and parts[1] == "c":
+                out.setdefault(parts[0], (block, set()))[1].add(int(parts[2]) * block)
+        return out
+
+    def delete_chunks(self, name: str, start: int, stop: int) -> None:
+        """Remove the stored objects of rows ``[start, stop)`` (whole shards): unwritten rows then read as absent."""
+        from zarr.core.sync import sync
+
+        array = self[name]
+        step = self.rows_per_chunk(name)
+        for first in range(start - start % step, stop, step):
+            key = array.metadata.encode_chunk_key((first // step, *[0] * (array.ndim - 1)))
+            sync((array.store_path / key).delete())
 
     def flush(self) -> None:
         pass
@@ -221,6 +362,8 @@ def _signed(path: str) -> bool:
 
 
 class _H5Backend:
+    checksum = "fletcher32"
+
     def __init__(self, file) -> None:
         self.file = file
 
@@ -258,17 +401,21 @@ class _H5Backend:
         backend.guard = guard
         return backend
 
-    def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str) -> None:
+    def create_array(self, name: str, shape: tuple, dtype, block: int, compressor: str, str_len: int = 0) -> None:
+        """Every chunk carries a Fletcher-32 checksum; strings are fixed-length (UTF-8, ``str_len`` bytes), which
+        HDF5 can checksum, unlike variable-length ones."""
         import h5py
 
         if dtype is str:
-            self.file.create_dataset(name, shape=shape, dtype=h5py.string_dtype())
+            self.file.create_dataset(name, shape=shape, dtype=h5py.string_dtype("utf-8", max(str_len, 1)),
+                                     chunks=(min(block, shape[0]),), fletcher32=True)
             return
         if compressor not in ("auto", "none", "gzip", "lzf"):
             raise OptionError(f"--compressor {compressor} is for Zarr stores; an HDF5 store takes gzip, lzf or none")
         chunks = sample_chunks(shape, min(block, shape[0]))
         options = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"}}
-        self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, **options.get(compressor, {}))
+        self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, fletcher32=True,
+                                 **options.get(compressor, {}))
 
     def __getitem__(self, name: str):
         return self.file[name]
@@ -281,11 +428,47 @@ class _H5Backend:
         self.file.attrs[ATTR] = json.dumps(meta)
         self.file.flush()
 
-    def read_strings(self, name: str) -> list[str]:
-        return list(self.file[name].asstr()[:])
+    def read_strings(self, name: str, rows: slice = slice(None)) -> list[str]:
+        return list(self.file[name].asstr()[rows])
+
+    def write_strings(self, name: str, start: int, values: Sequence[str]) -> None:
+        self.file[name][start:start + len(values)] = np.asarray(list(values), dtype=object)
 
     def nbytes_stored(self) -> int:
         return Path(self.file.filename).stat().st_size
+
+    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
+        """Per dataset: rows per chunk (``block`` or fewer), and the first rows of the chunks allocated (from the
+        chunk index, no data read)."""
+        out = {}
+        for name, dataset in self.file.items():
+            starts: set[int] = set()
+            if dataset.chunks is None:  # format 1 strings: contiguous, allocated when first written
+                starts = {0} if dataset.id.get_storage_size() else set()
+            elif hasattr(dataset.id, "chunk_iter"):  # HDF5 >= 1.12.3: one pass over the index
+                dataset.id.chunk_iter(lambda info, add=starts.add: add(info.chunk_offset[0]))
+            else:
+                starts = {dataset.id.get_chunk_info(i).chunk_offset[0] for i in range(dataset.id.get_num_chunks())}
+            out[name] = (self.rows_per_chunk(name), starts)
+        return out
+
+    def rows_per_chunk(self, name: str) -> int:
+        chunks = self.file[name].chunks
+        return chunks[0] if chunks else self.file[name].shape[0]  # format 1 strings: one contiguous block
+
+    def classify(self, name: str, exc: Exception) -> str:
+        # HDF5 says only "filter returned failure"; Fletcher-32, the last filter written, is the first one read.
+        return CHECKSUM if self.file[name].fletcher32 and "filter" in str(exc) else UNDECODABLE
+
+    @staticmethod
+    def settle() -> None:
+        pass
+
+    def delete_chunks(self, name: str, start: int, stop: int) -> None:
+        """Overwrite rows ``[start, stop)`` with zeros: whole chunks, so HDF5 writes them without reading the old ones
+        (an HDF5 chunk cannot be removed)."""
+        dataset = self.file[name]
+        dataset[start:stop] = np.zeros((stop - start, *dataset.shape[1:]), dtype=dataset.dtype)
 
     def flush(self) -> None:
         self.file.flush()
@@ -391,11 +574,14 @@ class FeatureStore:
         n, size, views = len(ids), meta["preprocessing"]["size"], len(VIEWS[meta["views"]])
         storage_dtype = FEATURE_DTYPES[meta["dtype"]][0]
         meta = {**meta, "format_version": FORMAT_VERSION, "featcache_version": __version__, "complete": False,
-                "backend": kind, "n": n, "width": width, "grid": list(grid), "shard_size": shard_size,
+                "backend": kind, "checksum": _BACKENDS[kind].checksum, "n": n, "width": width, "grid": list(grid),
+                "shard_size": shard_size,
                 "view_names": list(VIEWS[meta["views"]])}
         backend = _BACKENDS[kind].create(str(path))
         backend.write_attrs(meta)  # first, so an interrupted creation is recognisably ours
         block = shard_size
+        str_lens = {"ids": max((len(i.encode()) for i in ids), default=1),
+                    "split": max([len(SKIPPED), *(len(s.encode()) for s in splits)])}
         for name, shape, dtype in (
             ("ids", (n,), str),
             ("split", (n,), str),
@@ -405,9 +591,9 @@ class FeatureStore:
             ("masks", (n, size, size), "uint8"),
             ("features", (n, views, width, *grid), storage_dtype),
         ):
-            backend.create_array(name, shape, dtype, block, compressor)
-        backend["ids"][:] = np.asarray(list(ids), dtype=object if kind == "hdf5" else str)
-        backend["split"][:] = np.asarray(list(splits), dtype=object if kind == "hdf5" else str)
+            backend.create_array(name, shape, dtype, block, compressor, str_lens.get(name, 0))
+        backend.write_strings("ids", 0, ids)
+        backend.write_strings("split", 0, splits)
         backend["orig_hw"][:] = np.asarray(orig_hw, dtype=np.int32).reshape(n, 2)
         return cls(path, backend, meta, writable=True)
 
@@ -421,9 +607,11 @@ class FeatureStore:
     ) -> FeatureStore:
         """Open and validate a store.
 
-        Refuses a path that is not a featcache store, an incomplete store (unless
-        ``allow_incomplete``), and — when ``encoder`` (an `encoder_provenance` dict) is given — a
-        store written by another encoder, saying what differs.
+        Refuses a path that is not a featcache store, an incomplete store or one with missing
+        chunks (`missing_chunks`: one listing, no chunk read; both unless ``allow_incomplete``, whose
+        callers check what they need), and — when ``encoder`` (an `encoder_provenance` dict) is
+        given — a store written by another encoder, saying what differs. Reads of chunks that fail
+        their checksum raise `StoreDamagedError` later, naming the rows.
         """
         kind = backend_kind(path)
         if not store_exists(path):
@@ -455,6 +643,12 @@ class FeatureStore:
                 f"{path} is incomplete ({done}/{meta['n']} samples written; the extraction was interrupted); "
                 f"run the same `featcache extract ... --out {path}` again to finish it"
             )
+        if not allow_incomplete:
+            try:
+                store.check_whole()
+            except FeatcacheError:
+                backend.close()
+                raise
         if encoder is not None:
             store.check_encoder(encoder)
         return store
@@ -501,13 +695,13 @@ class FeatureStore:
     @property
     def ids(self) -> list[str]:
         if self._ids is None:
-            self._ids = self.backend.read_strings("ids")
+            self._ids = self._checked("ids", 0, self.n, lambda: self.backend.read_strings("ids"))
         return self._ids
 
     @property
     def splits(self) -> np.ndarray:
         if self._splits is None:
-            self._splits = np.asarray(self.backend.read_strings("split"))
+            self._splits = np.asarray(self._checked("split", 0, self.n, lambda: self.backend.read_strings("split")))
         return self._splits
 
     def indices(self, split: str) -> np.ndarray:
@@ -522,21 +716,117 @@ class FeatureStore:
 
     def written(self) -> np.ndarray:
         """Bool ``[N]``: which samples were fully written."""
-        return np.asarray(self.backend["written"][:], dtype=bool)
+        return np.asarray(self.read("written"), dtype=bool)
 
     def nbytes_stored(self) -> int:
         return self.backend.nbytes_stored()
+
+    # ----- integrity ------------------------------------------------------------------------
+    def missing_chunks(self, written: np.ndarray | None = None) -> list[Damage]:
+        """Chunks that should be stored and are not, from one listing of the store (no chunk is read).
+
+        Every chunk of `FIXED_ARRAYS` should be there; of `BLOCK_ARRAYS`, those of the blocks marked
+        ``written`` (read here unless given; every block once the store is complete): a missing one
+        would read as zeros. Unwritten blocks of an interrupted store are expected to lack theirs.
+        """
+        stored = self.backend.stored_chunks(self.shard_size)
+        if self.meta.get("complete"):
+            done = self.blocks()
+        else:
+            written = self.written() if written is None else written
+            done = [(a, b) for a, b in self.blocks() if written[a:b].all()]
+        damages = []
+        for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS):
+            if name == "masks" and self.meta["format_version"] < 2 and self.meta["backend"] == "zarr":
+                continue  # format 1 did not store an all-empty block of masks: absent is no proof of loss there
+            step, starts = stored.get(name, (self.shard_size, set()))
+            for a, b in self.blocks() if name in FIXED_ARRAYS else done:
+                damages += [Damage(name, r, min(r + step, self.n), MISSING)
+                            for r in range(a - a % step, b, step) if r not in starts]
+        return merge_damages(damages)
+
+    def check_whole(self) -> None:
+        """Refuse a store with missing chunks (`missing_chunks`) in one line: arrays, rows and the fix."""
+        damages = self.missing_chunks()
+        if damages:
+            raise StoreDamagedError(damage_message(self.path, damages))
+
+    def damaged_blocks(self) -> list[int]:
+        """First rows of the written blocks whose images, masks, features or ``written`` chunks are missing.
+
+        A listing, no chunk read. `extract` resuming the store computes these blocks again (as if unwritten).
+        """
+        damages = [d for d in self.missing_chunks() if d.array in BLOCK_ARRAYS]
+        return [a for a, b in self.blocks() if any(d.start < b and a < d.stop for d in damages)]
+
+    def check_rows(self, name: str, start: int, stop: int) -> list[Damage]:
+        """Read rows ``[start, stop)`` of ``name``; the chunks among them that fail (checksum or decoding), merged.
+
+        Missing chunks read as the fill value and are not seen here (see `missing_chunks`).
+        """
+        array, step = self.backend[name], self.backend.rows_per_chunk(name)
+        try:
+            np.asarray(array[start:stop])
+            return []
+        except Exception:  # narrowed below, chunk by chunk: what fails alone is damage
+            damages = []
+        for first in range(start - start % step, stop, step):
+            try:
+                np.asarray(array[first:first + step])
+            except Exception as exc:
+                what = self.backend.classify(name, exc)
+                damages.append(Damage(name, first, min(first + step, self.n), what, str(exc)))
+        self.backend.settle()
+        return merge_damages(damages)
+
+    def _checked(self, name: str, start: int, stop: int, read: Callable[[], T]) -> T:
+        """``read()``; a failure that a chunk of rows ``[start, stop)`` of ``name`` reproduces alone becomes a
+        `StoreDamagedError` naming those rows and the fix (else the original error is raised)."""
+        try:
+            return read()
+        except Exception as exc:
+            damages = self.check_rows(name, start, stop)
+            if not damages:
+                raise
+            raise StoreDamagedError(damage_message(self.path, damages)) from exc
+
+    def unwrite(self, damages: Sequence[Damage]) -> list[tuple[int, int]]:
+        """Mark the blocks that hold ``damages`` of `BLOCK_ARRAYS` unwritten and clear their damaged chunks (no read,
+        not even of an unwritten block, trips over them), so the same `featcache extract` computes exactly those
+        blocks again; returns the blocks.
+
+        ``complete`` is cleared first and the flags before the chunks, so an interruption leaves a store that
+        readers refuse and extract resumes. `FIXED_ARRAYS` damage is left as it is: extract never rewrites them.
+        """
+        hits = [d for d in damages if d.array in BLOCK_ARRAYS]
+        blocks = [(a, b) for a, b in self.blocks() if any(d.start < b and a < d.stop for d in hits)]
+        if not blocks:
+            return []
+        self.update_meta(complete=False)
+        for a, b in blocks:
+            self.backend.delete_chunks("written", a, b)
+        self.backend.flush()
+        for d in hits:
+            if d.array != "written":
+                self.backend.delete_chunks(d.array, d.start, d.stop)
+        self.backend.flush()
+        return blocks
 
     # ----- reading --------------------------------------------------------------------------
     def read(self, name: str, indices: np.ndarray | Sequence[int] | None = None, inner: tuple = ()) -> np.ndarray:
         """Rows ``indices`` (any order) of array ``name`` as numpy; all rows when None.
 
         ``inner`` selects within each row (e.g. ``(slice(0, 1),)``: the first view of the features).
+        A chunk that fails its checksum raises `StoreDamagedError` (one line: the rows and the fix).
         """
+        rows = np.asarray(indices, dtype=np.int64) if indices is not None else None
+        lo, hi = (0, self.n) if rows is None or rows.size == 0 else (int(rows.min()), int(rows.max()) + 1)
+        return self._checked(name, lo, hi, lambda: self._read(name, rows, inner))
+
+    def _read(self, name: str, indices: np.ndarray | None, inner: tuple) -> np.ndarray:
         array = self.backend[name]
         if indices is None:
             return np.asarray(array[(slice(None), *inner)])
-        indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return np.zeros((0, *array.shape[1:]), dtype=array.dtype)[(slice(None), *inner)]
         order = np.argsort(indices, kind="stable")
@@ -608,7 +898,7 @@ class FeatureStore:
         if len(skipped):
             splits = np.asarray(self.splits[start:stop], dtype=object)
             splits[np.asarray(skipped) - start] = SKIPPED
-            self.backend["split"][start:stop] = splits if self.meta["backend"] == "hdf5" else splits.astype(str)
+            self.backend.write_strings("split", start, splits)
             self._splits = None
         self.backend.flush()  # the data reaches the file before the flags that vouch for it
         self.backend["written"][start:stop] = np.ones(stop - start, dtype=bool)
@@ -626,6 +916,7 @@ class FeatureStore:
         missing = int((~self.written()).sum())
         if missing:
             raise FeatcacheError(f"{self.path}: {missing} samples were not written; run the same extract command again")
+        self.check_whole()
         self._splits = None  # other ranks may have marked rows skipped
         skipped = [self.ids[i] for i in np.flatnonzero(self.splits == SKIPPED)]
         self.update_meta(complete=True, skipped_bad=skipped, **entries)

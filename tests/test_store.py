@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.store import FeatureStore, backend_kind, describe_differences
+from featcache.store import (
+    FeatureStore,
+    StoreDamagedError,
+    backend_kind,
+    describe_differences,
+)
 
 META = {
     "encoder": {"arch": "vit_micro", "weights_sha256": "a" * 64, "source": {"kind": "random", "seed": 0}},
@@ -110,3 +115,158 @@ def test_describe_differences_names_the_entry():
     lines = describe_differences({**META, "dtype": "float16"}, {**new, "dtype": "float16"})
     assert "views: flips -> identity" in lines
     assert any(line.startswith("encoder.weights_sha256: aaaaaaaaaaaa… -> cccccccccccc…") for line in lines)
+
+
+def flip_chunk_byte(path, array: str, row: int) -> None:
+    """Change one bit in the middle of the data of the chunk (Zarr: shard) holding ``row``, the store closed."""
+    if str(path).endswith(".zarr"):
+        with FeatureStore.open(path, allow_incomplete=True) as store:
+            ndim, block = store.backend[array].ndim, store.shard_size
+        chunk = path / array / "c" / str(row // block) / "/".join(["0"] * (ndim - 1))
+        data = bytearray(chunk.read_bytes())
+        data[(len(data) - (16 * block + 4 if ndim > 1 else 0)) // 2] ^= 0x10  # before a shard's index
+        chunk.write_bytes(bytes(data))
+        return
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dataset = f[array]
+        info = dataset.id.get_chunk_info_by_coord((row - row % dataset.chunks[0], *[0] * (dataset.ndim - 1)))
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        byte = fh.read(1)[0]
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes([byte ^ 0x10]))
+
+
+def test_every_chunk_carries_a_checksum(tmp_path, store_suffix):
+    path = tmp_path / f"s{store_suffix}"
+    with make_store(path) as store:
+        fill(store)
+        store.mark_complete()
+        assert store.meta["format_version"] == 2
+        if store_suffix == ".zarr":
+            assert store.meta["checksum"] == "crc32c"
+            for name in ("ids", "split", "orig_hw", "images", "masks", "features", "written"):
+                codecs = store.backend[name].metadata.codecs
+                if name in ("ids", "split", "written"):
+                    assert codecs[-1].to_dict()["name"] == "crc32c", name
+                else:  # sharded: each inner chunk and the shard index
+                    assert codecs[0].codecs[-1].to_dict()["name"] == "crc32c", name
+                    assert codecs[0].index_codecs[-1].to_dict()["name"] == "crc32c", name
+        else:
+            assert store.meta["checksum"] == "fletcher32"
+            assert all(store.backend[name].fletcher32 for name in store.backend.file)
+
+
+@pytest.mark.parametrize("array", ["features", "masks", "images", "written", "ids", "split", "orig_hw"])
+def test_a_flipped_bit_fails_the_read_naming_rows_and_fix(tmp_path, store_suffix, array):
+    path = tmp_path / f"s{store_suffix}"
+    with make_store(path) as store:
+        fill(store)
+        store.mark_complete()
+    flip_chunk_byte(path, array, 2)
+    with FeatureStore.open(path) as store:
+        reads = {"ids": lambda: store.ids, "split": lambda: store.indices("train"), "written": store.written}
+        with pytest.raises(StoreDamagedError) as err:
+            reads.get(array, lambda: store.read(array, [4, 2, 0]))()
+    per_row = store_suffix == ".h5" and array not in ("ids", "split", "written")  # one HDF5 chunk per sample
+    assert f"{path} is damaged: {array} {'row 2' if per_row else 'rows 2-3'} (checksum mismatch)" in str(err.value)
+    fix = "--overwrite" if array in ("ids", "split", "orig_hw") else f"featcache verify {path} --repair"
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_chunk_is_found_at_open(tmp_path, store_suffix):
+    path = tmp_path / f"s{store_suffix}"
+    zeros = np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8), torch.zeros(2, 4, 8, 2, 2)
+    with make_store(path) as store:
+        store.write_block(0, *zeros)  # all-zero blocks are stored too: absent always means lost
+        store.write_block(4, zeros[0][:1], zeros[1][:1], zeros[2][:1])
+        assert store.missing_chunks() == [] and store.damaged_blocks() == []  # rows 2-3 unwritten: expected
+        store.backend["written"][2:4] = True  # flags that vouch for chunks that are not there
+        with pytest.raises(StoreDamagedError, match=r"features rows 2-3 \(missing\), images rows 2-3"):
+            store.mark_complete()
+        assert store.damaged_blocks() == [2]
+        store.update_meta(complete=True)
+    with pytest.raises(StoreDamagedError,
+                       match=rf"{path} is damaged: .*masks rows 2-3 \(missing\); run `featcache verify"):
+        FeatureStore.open(path)
+
+
+def test_missing_chunks_are_listed_behind_an_fsspec_url():
+    import fsspec
+
+    path = "memory://featcache-holes/s.zarr"
+    with make_store(path) as store:
+        fill(store)
+        store.mark_complete()
+    fsspec.filesystem("memory").rm("/featcache-holes/s.zarr/ids/c/0")
+    with pytest.raises(StoreDamagedError, match=r"ids rows 0-1 \(missing\); ids are written once .*--overwrite"):
+        FeatureStore.open(path)
+
+
+def make_format1_store(path, n=5, shard_size=2):
+    """A store laid out as format 1 wrote it: no checksums, HDF5 strings variable-length and contiguous."""
+    ids, splits = [f"ISIC_{i:07d}" for i in range(n)], ["train"] * 3 + ["val"] * (n - 4) + ["test"]
+    meta = {**META, "dtype": "float16", "format_version": 1, "featcache_version": "0.1.0", "complete": False,
+            "backend": "zarr" if str(path).endswith(".zarr") else "hdf5", "n": n, "width": 8, "grid": [2, 2],
+            "shard_size": shard_size, "view_names": ["identity", "h", "v", "hv"]}
+    shapes = {"orig_hw": ((n, 2), "int32"), "written": ((n,), "bool"), "images": ((n, 3, 32, 32), "uint8"),
+              "masks": ((n, 32, 32), "uint8"), "features": ((n, 4, 8, 2, 2), "float16")}
+    if meta["backend"] == "zarr":
+        import zarr
+
+        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group.attrs["featcache"] = meta
+        for name, values in (("ids", ids), ("split", splits)):
+            group.create_array(name, shape=(n,), dtype=str, chunks=(shard_size,))[:] = np.asarray(values)
+        for name, (shape, dtype) in shapes.items():
+            sharded = len(shape) > 1
+            group.create_array(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]) if sharded else (shard_size,),
+                               shards=(shard_size, *shape[1:]) if sharded else None, fill_value=0)
+        group["orig_hw"][:] = np.arange(2 * n).reshape(n, 2)
+    else:
+        import json
+
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f.attrs["featcache"] = json.dumps(meta)
+            for name, values in (("ids", ids), ("split", splits)):
+                f.create_dataset(name, shape=(n,), dtype=h5py.string_dtype())[:] = np.asarray(values, dtype=object)
+            for name, (shape, dtype) in shapes.items():
+                chunks = (1, *shape[1:]) if len(shape) > 1 else (shard_size,)
+                f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0)
+            f["orig_hw"][:] = np.arange(2 * n).reshape(n, 2)
+
+
+def test_a_format1_store_without_checksums_still_opens_and_resumes(tmp_path, store_suffix):
+    from featcache.verify import verify_store
+
+    path = tmp_path / f"old{store_suffix}"
+    make_format1_store(path)
+    with FeatureStore.open(path, writable=True, allow_incomplete=True) as store:
+        feats, _, masks = fill(store)
+        store.mark_complete()
+    with FeatureStore.open(path) as store:
+        assert store.meta["format_version"] == 1 and store.ids[4] == "ISIC_0000004"
+        torch.testing.assert_close(store.features([3, 1]), feats[[3, 1]].half())
+        assert np.array_equal(store.masks([0, 4]).numpy(), masks[[0, 4]]) and store.orig_hw([2]).tolist() == [[4, 5]]
+    report = verify_store(path)
+    assert report.clean and not report.checksummed
+
+
+def test_a_failed_zarr_read_leaves_no_task_running(tmp_path):
+    """Sibling decodes left running would fail noisily at exit (asyncio tracebacks after the one-line error)."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop
+
+    path = tmp_path / "s.zarr"
+    with make_store(path, n=64, shard_size=32) as store:
+        fill(store)
+        store.mark_complete()
+    flip_chunk_byte(path, "features", 40)
+    with FeatureStore.open(path) as store, pytest.raises(StoreDamagedError, match="features rows 32-63"):
+        store.read("features")
+    assert not [task for task in asyncio.all_tasks(_get_loop()) if not task.done()]
