@@ -1,6 +1,6 @@
 """Seconds per training sample for the E, F and C modes, and the ratios E/C and F/C.
 
-Each mode runs featcache's own training loop (`featcache.train.fit`) for a few epochs on the same
+Each mode runs featcache's own training loop (`featcache.loop.fit`) for a few epochs on the same
 random 224 px images: E trains encoder + decoder, F runs the frozen encoder at every step, C reads
 features computed beforehand (as from the store). Only ``train_seconds`` is used (training steps,
 device synchronised); the first epoch is a warm-up and is not counted.
@@ -23,7 +23,11 @@ from rich.table import Table
 
 from featcache.models import build_encoder
 from featcache.runtime import resolve_device
-from featcache.train import EncoderFeatures, StoreFeatures, TrainConfig, fit, seeded_decoder
+from featcache.loop import RunInputs, fit
+from featcache.modes import MODES
+from featcache.protocol import Plan
+from featcache.sources import EncoderFeatures, StoreFeatures
+from featcache.train import TrainConfig, seeded_decoder
 
 
 def machine(device: torch.device) -> str:
@@ -44,17 +48,19 @@ def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, 
     if device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
     cfg = TrainConfig(size=n, epochs=1, batch_size=batch, val_size=1, augment="exact")
-    if mode == "C":
+    plan = Plan(size=n, epochs=1, batch_size=batch, val_size=1)
+    if MODES[mode].reads_store:
         with torch.no_grad():
             feats = torch.stack([encoder(images[i:i + 1].float() / 255)[0] for i in range(n)])
         source = StoreFeatures(feats[:, None].repeat(1, 4, 1, 1, 1), "exact")
         val = StoreFeatures(feats[:1, None], "none")
     else:
-        source = EncoderFeatures(encoder, images, trainable=mode == "E")
+        source = EncoderFeatures(encoder, images, trainable=MODES[mode].trainable)
         val = EncoderFeatures(encoder, images[:1], trainable=False)
     decoder = seeded_decoder(cfg, encoder.width).to(device)
-    fit(decoder, source, masks, val, masks[:1], cfg, device)  # warm-up: allocations, kernel choice
-    return fit(decoder, source, masks, val, masks[:1], cfg, device).train_seconds / n
+    run = RunInputs(0, source, masks, val, masks[:1])
+    fit(decoder, run, plan, cfg, device)  # warm-up: allocations, kernel choice
+    return fit(decoder, run, plan, cfg, device).train_seconds / n
 
 
 def main() -> None:

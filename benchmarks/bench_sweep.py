@@ -31,13 +31,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from featcache.experiment import parse_list, parse_seeds, run_mode, train_decoder
+from featcache.experiment import parse_list, parse_seeds, train_decoder
 from featcache.models import encoder_from_provenance
 from featcache.protocol import STUDY_SIZES
 from featcache.report import STUDY_SECONDS
 from featcache.runtime import resolve_device, synchronize
 from featcache.store import FeatureStore
-from featcache.train import TrainConfig
+from featcache.train import TrainConfig, train_mode
 
 
 def timed_sweep(store: str, size: int, seeds: list[int], epochs: int | None, out: Path, device: torch.device,
@@ -117,10 +117,11 @@ def f_vs_c(store_path: str, encoder_prov: dict, cfg: TrainConfig, device: torch.
     encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
     timings = {}
     with FeatureStore.open(store_path) as store:
+        encoders = {"ssl": encoder, "init": encoder}
         for mode in ("F", "C"):
-            run_mode(store, mode, dataclasses.replace(cfg, epochs=1), {"ss": encoder, "init": encoder}, device)
-            result, _ = run_mode(store, mode, dataclasses.replace(cfg), {"ss": encoder, "init": encoder}, device)
-            timings[mode] = result["train_seconds"]
+            warm_up = dataclasses.replace(cfg, epochs=1)
+            train_mode(store, mode, [warm_up], warm_up.plan(store), encoders, device)
+            timings[mode] = train_mode(store, mode, [cfg], cfg.plan(store), encoders, device)[0].results["train_seconds"]
     table = Table(title=f"F vs C, size {cfg.size}, {cfg.epochs} epochs, seed {cfg.seed} (measured here)")
     for col in ("F train s", "C train s", "F/C"):
         table.add_column(col, justify="right")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from featcache.cli import compare_table
+from featcache.report import compare_table
 from featcache.demo import DemoConfig, run_demo
 
 SCALES = {

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -328,6 +327,8 @@ def compare_e2e(
         seeds=tuple(parse_seeds(seeds)), modes=parse_list(modes, "--modes", str), epochs=epochs,
         batch_size=batch_size, val_size=val_size, lr=lr, augment=augment, device=device or state.device,
     )
+    from featcache.report import compare_table
+
     result = run_compare(cfg)
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
@@ -345,32 +346,13 @@ def demo(
     from featcache.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, data=data, device=device or state.device)
+    from featcache.report import compare_table
+
     result = run_demo(cfg)
     out_console.print(compare_table(result.comparison.results))
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
     out_console.print(f"demo finished in {result.seconds:.0f} s ({steps}); shortened settings: {cfg.shortenings()}")
     out_console.print(f"report: {result.comparison.report}")
-
-
-def compare_table(results: list[dict]) -> Table:
-    """Mean ± std test IoU and mean training seconds per (size, mode)."""
-    from featcache.report import group_runs
-
-    groups = group_runs(results)
-    modes = list(dict.fromkeys(r["mode"] for r in results))
-    table = Table(title="test IoU (mean ± std over seeds) · training seconds")
-    table.add_column("size", justify="right")
-    for m in modes:
-        table.add_column(m, justify="right")
-    for size in sorted({r["size"] for r in results}, reverse=True):
-        cells = []
-        for m in modes:
-            ious = [r["test"]["iou"] for r in groups[(m, size)]]
-            secs = sum(r["train_seconds"] for r in groups[(m, size)]) / len(ious)
-            std = f"±{np.std(ious, ddof=1):.3f}" if len(ious) > 1 else ""
-            cells.append(f"{np.mean(ious):.3f}{std} {secs:.1f}s")
-        table.add_row(str(size), *cells)
-    return table
 
 
 def _restore_ctrl_c() -> None:

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featcache.distributed import Distributed
 from featcache.encoder_check import check_encoder_matches
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
-from featcache.protocol import protocol_for
-from featcache.resume import Checkpointer
+from featcache.modes import MODES
+from featcache.progress import epoch_row, progress_bar
 from featcache.report import aggregate, plot_loss_curve, write_runs_csv
+from featcache.resume import Checkpointer
 from featcache.runtime import err_console
 from featcache.store import FeatureStore
-from featcache.train import (
-    EncoderFeatures,
-    TrainConfig,
-    check_runnable,
-    evaluate_test,
-    fit,
-    refuse_empty_masks,
-    resolved_for,
-    results_dict,
-    seeded_decoder,
-    select_rows,
-    train_from_store,
-    train_group_from_store,
-)
+from featcache.train import TrainConfig, check_store_run, train_mode
 
 
 @dataclass
@@ -65,18 +50,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise OptionError(f"--seeds {text!r} must name distinct non-negative seeds, e.g. 0,1,2")
     return seeds
-
-
-def _epoch_progress(bar: Progress, label: str, total: int) -> Callable[[int, int, float, float], None]:
-    """A progress bar row for one run's epochs; returns the callback `fit` calls after each epoch."""
-    task = bar.add_task(label, total=total)
-
-    def update(epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
-        bar.update(task, completed=epoch, description=f"{label} · val {val_loss:.4f}")
-        if epoch == epochs:
-            bar.remove_task(task)
-
-    return update
 
 
 def run_dir(out: Path, seed: int) -> Path:
@@ -110,7 +83,11 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
             store.check_encoder(encoder_provenance(at_hand))
             check_encoder_matches(store, at_hand, dev)
         # Refused here, before a progress bar; a capped validation size is said once, not per seed.
-        cfg = dataclasses.replace(cfg, val_size=check_runnable(store, cfg)[2])
+        plan = cfg.plan(store)
+        check_store_run(store, cfg)
+        if plan.note:
+            err_console.print(plan.note)
+        cfg = dataclasses.replace(cfg, val_size=plan.val_size)
 
         def identity(seed: int) -> dict:
             # The device type too: CPU and CUDA random generators cannot take each other's state.
@@ -125,14 +102,13 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
         # torchrun: each rank takes its share of the seeds first, then groups them.
         pending = [s for s in seeds if s not in finished][dist.rank::dist.world_size]
         groups = [pending] if grouped and pending else [[s] for s in pending]
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
+        with progress_bar("epochs", disable=not progress or not dist.is_main) as bar:
             for group in groups:
                 names = "-".join(map(str, group))
                 checkpointer = Checkpointer(out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds)
                 cfgs = [dataclasses.replace(cfg, seed=s) for s in group]
                 label = f"C size {cfg.size} seed{'s' if len(group) > 1 else ''} {names}"
-                runs = train_group_from_store(store, cfgs, dev, _epoch_progress(bar, label, cfg.resolved()[0]), checkpointer)
+                runs = train_mode(store, "C", cfgs, plan, {}, dev, epoch_row(bar, label, plan.epochs), checkpointer)
                 for seed, run in zip(group, runs):
                     run.results["store_identity"] = identity(seed)
                     write_run(run_dir(out, seed), run.results, run.checkpoint)
@@ -176,7 +152,6 @@ def write_run(directory: Path, result: dict, checkpoint: dict | None) -> None:
                     f"{result['mode']} · {result['size']} images · seed {result['seed']}")
 
 
-MODES = ("E", "Es", "F", "FI", "C")
 CASE_IMAGES = 3
 
 
@@ -190,7 +165,7 @@ class CompareConfig:
     e_init: str | None = None
     sizes: tuple[int, ...] = (2000, 160, 80, 40, 20, 10)
     seeds: tuple[int, ...] = (0, 1, 2)
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = tuple(MODES)
     epochs: int | None = None
     batch_size: int | None = None
     val_size: int | None = None
@@ -249,30 +224,6 @@ def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> 
     return ss, init
 
 
-def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[str, Encoder], device: torch.device,
-             progress=None) -> tuple[dict, torch.Tensor]:
-    """One (mode, size, seed) run: its results dict and its test logits ``[n_test, 1, S, S]``."""
-    if mode == "C":
-        run = train_from_store(store, cfg, device, progress)
-        return run.results, run.test_logits
-    epochs, batch, val_size = resolved_for(store, cfg)
-    rows = select_rows(store, cfg.size, val_size, cfg.seed)
-    train_masks = store.masks(rows.train_rows)
-    refuse_empty_masks(store, train_masks, cfg)
-    encoder = copy.deepcopy(encoders["init" if mode in ("E", "FI") else "ss"]).to(device)
-    trainable = mode in ("E", "Es")
-    images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
-    sources = {k: EncoderFeatures(encoder, images[k], trainable and k == "train") for k in images}
-    decoder = seeded_decoder(cfg, encoder.width).to(device)
-    fitted = fit(decoder, sources["train"], train_masks.to(device), sources["val"],
-                 store.masks(rows.val_rows, device), cfg, device, progress)
-    decoder.load_state_dict(fitted.best_decoder)
-    if fitted.best_encoder is not None:
-        encoder.load_state_dict(fitted.best_encoder)
-    test, logits = evaluate_test(store, decoder, sources["test"], rows, cfg, device)
-    return results_dict(mode, cfg, rows, fitted, test, device, epochs, batch, val_size), logits
-
-
 def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
     """Every (mode, size, seed) run on the same subsets and protocol, then the report."""
     from featcache.report import write_report
@@ -284,39 +235,44 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
     results: list[dict] = []
     with FeatureStore.open(cfg.store) as store:
         ss, init = _encoders(store, cfg, device)
-        encoders = {"ss": ss, "init": init}
+        encoders = {"ssl": ss, "init": init}
         n_train = len(store.indices("train"))
         too_big = [s for s in cfg.sizes if s > n_train]
         if too_big:
             raise FeatcacheError(f"--sizes {too_big} exceed the training split of {cfg.store} ({n_train} images)")
-        # On CUDA the C runs of one size train their seeds as one grouped network; the rest run one by one.
-        group_c = device.type == "cuda"
-        batches = [(m, s, list(cfg.seeds) if m == "C" and group_c else [k]) for s in cfg.sizes for k in cfg.seeds
-                   for m in cfg.modes if not (m == "C" and group_c) or k == cfg.seeds[0]]
+        # Every size's plan first: a size or --val-size the store cannot give is refused before any run.
+        plans = {}
+        for size in cfg.sizes:
+            plans[size] = TrainConfig(size=size, augment=cfg.augment, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                      val_size=cfg.val_size, lr=cfg.lr).plan(store)
+            if plans[size].note:
+                err_console.print(f"size {size}: {plans[size].note}")
+        if any(MODES[m].reads_store for m in cfg.modes):
+            check_store_run(store, TrainConfig(size=cfg.sizes[0], augment=cfg.augment))
+        # On CUDA the store runs of one size train their seeds as one grouped network; the rest run one by one.
+        grouped = {m: MODES[m].reads_store and device.type == "cuda" for m in cfg.modes}
+        batches = [(m, s, list(cfg.seeds) if grouped[m] else [k]) for s in cfg.sizes for k in cfg.seeds
+                   for m in cfg.modes if not grouped[m] or k == cfg.seeds[0]]
         # Under torchrun each rank takes every K-th batch of runs; runs are independent and seeded.
         batches = batches[dist.rank::dist.world_size]
         n_test = len(store.indices("test"))
         case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
         cases: dict[tuple[str, int], torch.Tensor] = {}
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
+        with progress_bar(disable=not progress or not dist.is_main) as bar:
             overall = bar.add_task("compare-e2e runs", total=sum(len(seeds) for _, _, seeds in batches))
             for mode, size, seeds in batches:
-                run_cfgs = [TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
-                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                        val_size=min(cfg.val_size or protocol_for(size).val_size, len(store.indices("val"))))
+                plan = plans[size]
+                augment = cfg.augment if MODES[mode].reads_store else _image_augment(cfg.augment)
+                run_cfgs = [TrainConfig(size=size, seed=seed, augment=augment, epochs=cfg.epochs,
+                                        batch_size=cfg.batch_size, lr=cfg.lr, val_size=plan.val_size)
                             for seed in seeds]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-                progress_cb = _epoch_progress(bar, label, run_cfgs[0].resolved()[0])
-                if mode == "C":
-                    outputs = [(r.results, r.test_logits) for r in train_group_from_store(store, run_cfgs, device, progress_cb)]
-                else:
-                    outputs = [run_mode(store, mode, run_cfgs[0], encoders, device, progress_cb)]
-                for seed, (result, logits) in zip(seeds, outputs):
-                    write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", result, None)
-                    results.append(result)
+                runs = train_mode(store, mode, run_cfgs, plan, encoders, device, epoch_row(bar, label, plan.epochs))
+                for seed, run in zip(seeds, runs, strict=True):
+                    write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", run.results, None)
+                    results.append(run.results)
                     if seed == cfg.seeds[0]:
-                        cases[(mode, size)] = (torch.sigmoid(logits[case_rows, 0]) > 0.5).to(torch.uint8)
+                        cases[(mode, size)] = (torch.sigmoid(run.test_logits[case_rows, 0]) > 0.5).to(torch.uint8)
                     bar.advance(overall)
         gathered = dist.gather_objects((results, cases))
         dist.close()

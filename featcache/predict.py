@@ -26,11 +26,11 @@ from featcache.data import IMAGE_EXTENSIONS, _header_hw, load_image, load_mask_f
 from featcache.encoder_check import check_run_encoder
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, ensure_writable_dir, safe_torch_load
+from featcache.overlays import overlay
 from featcache.models import build_decoder, encoder_from_provenance
 from featcache.runtime import err_console, resolve_device
 from featcache.train import DECODER_CHECKPOINT_FORMAT
 
-GREEN, RED = (0, 255, 0), (255, 0, 0)
 OVERLAY_MODES = ("preview", "full", "none")
 PREVIEW_LONG_SIDE = 1024  # pixels
 
@@ -48,26 +48,6 @@ def find_checkpoint(run_dir: Path) -> Path:
     best = min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
     err_console.print(f"{run_dir}: {best.parent.name} has the lowest validation loss of {len(candidates)} seeds; predicting with it")
     return best
-
-
-def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
-    """Bool ``[H, W]``: pixels of ``mask`` within ``thickness`` of its border."""
-    inner = mask.astype(bool)
-    eroded = inner.copy()
-    for _ in range(thickness):
-        padded = np.pad(eroded, 1, constant_values=False)
-        eroded = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return inner & ~eroded
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    """RGB ``[H, W, 3]`` uint8 with the truth outlined red and the prediction green."""
-    out = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 300))
-    if truth is not None:
-        out[outline(truth, thickness)] = RED
-    out[outline(pred, thickness)] = GREEN
-    return out
 
 
 @dataclass

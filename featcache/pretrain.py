@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -42,11 +40,14 @@ from featcache.models import (
     Encoder,
     ReconstructionDecoder,
     build_encoder,
+    group_state,
     weights_sha256,
 )
 from featcache.report import plot_loss_curve, save_figure
+from featcache.loop import run_epochs
+from featcache.progress import epoch_row, progress_bar
 from featcache.resume import Checkpointer
-from featcache.runtime import autocast, err_console, resolve_device, synchronize
+from featcache.runtime import autocast, err_console, resolve_device, seeded
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
@@ -140,11 +141,6 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state))
 
 
-def _cpu_copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a module's state dict."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
 def load_images(samples: list[Sample], size: int, batch_size: int, workers: int) -> torch.Tensor:
     """The samples' images resized to ``size`` x ``size``: uint8 ``[n, 3, size, size]`` (0..255), CPU."""
     loader = DataLoader(SampleDataset(samples, size), batch_size=batch_size, num_workers=workers, shuffle=False)
@@ -216,6 +212,72 @@ def _reconstruction_figure(encoder: Encoder, decoder: nn.Module, images: torch.T
     save_figure(fig, path)
 
 
+class _DenoisingTask:
+    """The encoder and the reconstruction decoder, trained together as the one run of `run_epochs`.
+
+    Batch order comes from a CPU generator and the training noise from one on the device, both
+    derived from the seed; their states travel in the resume state.
+    """
+
+    runs = 1
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, train_images: torch.Tensor, val_images: torch.Tensor,
+                 cfg: PretrainConfig, device: torch.device, resume_file: Path) -> None:
+        self.encoder, self.decoder, self.cfg, self.device = encoder, decoder, cfg, device
+        self.train_images, self.val_images, self.resume_file = train_images, val_images, resume_file
+        self.optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
+        self.order_gen = _generator(cfg.seed, _ORDER_STREAM, torch.device("cpu"))
+        self.noise_gen = _generator(cfg.seed, _TRAIN_NOISE_STREAM, device)
+
+    def train_epoch(self) -> torch.Tensor:
+        self.encoder.train()
+        self.decoder.train()
+        n, batch = len(self.train_images), self.cfg.batch_size
+        order = torch.randperm(n, generator=self.order_gen).to(self.device)
+        epoch_loss = torch.zeros((), device=self.device)
+        for start in range(0, n, batch):
+            clean = self.train_images[order[start:start + batch]].float().div_(255)  # [b, 3, S, S]
+            noisy = add_noise(clean, self.cfg.noise_std, self.noise_gen)
+            with autocast(self.device):
+                recon = self.decoder(self.encoder(noisy))
+            loss = F.mse_loss(recon.float(), clean)
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+            epoch_loss += loss.detach() * len(clean)
+        return (epoch_loss / n).reshape(1)
+
+    def validate(self) -> torch.Tensor:
+        cfg = self.cfg
+        return validation_loss(self.encoder, self.decoder, self.val_images, cfg.batch_size, cfg.noise_std,
+                               cfg.seed).reshape(1)
+
+    def snapshot(self, runs: list[int]) -> list[dict]:
+        return [{"encoder": group_state(self.encoder.state_dict(), 0, 1),
+                 "decoder": group_state(self.decoder.state_dict(), 0, 1)}]
+
+    def state_dict(self) -> dict:
+        return {
+            "device_type": self.device.type, "encoder": self.encoder.state_dict(),
+            "decoder": self.decoder.state_dict(), "optimiser": self.optimiser.state_dict(),
+            "order_generator": self.order_gen.get_state(), "noise_generator": self.noise_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["device_type"] != self.device.type:  # CPU and CUDA generators have different states
+            raise FeatcacheError(f"{self.resume_file} was written on {state['device_type']}; resume with "
+                                 f"--device {state['device_type']}, or delete it to start again on {self.device.type}")
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.order_gen.set_state(state["order_generator"])
+        self.noise_gen.set_state(state["noise_generator"])
+
+    def divergence(self, epoch: int, runs: list[int]) -> FeatcacheError:
+        return FeatcacheError(f"pretraining diverged: the loss is not finite at epoch {epoch}; "
+                              f"lower --lr (now {self.cfg.lr:g})")
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     """Denoising pretraining of ``cfg.arch`` from ``cfg.init``; writes the best epoch's checkpoint.
 
@@ -243,83 +305,22 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
                 "fingerprint": index.fingerprint()}
     checkpointer = Checkpointer(resume_path(cfg.out), identity, cfg.checkpoint_seconds)
-    saved = checkpointer.load()
-    if saved is not None and saved["device_type"] != device.type:  # CPU and CUDA generators have different states
-        raise FeatcacheError(f"{checkpointer.path} was written on {saved['device_type']}; resume with "
-                             f"--device {saved['device_type']}, or delete it to start again on {device.type}")
     train_images = load_images(train_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
     val_images = load_images(val_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
 
     encoder = build_encoder(cfg.arch, cfg.init, seed=cfg.seed)
     init = {**encoder.source, "seed": cfg.seed, "weights_sha256": weights_sha256(encoder)}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         decoder = ReconstructionDecoder(encoder.width)
     encoder.to(device)
     decoder.to(device)
-    optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
-    order_gen = _generator(cfg.seed, _ORDER_STREAM, torch.device("cpu"))
-    noise_gen = _generator(cfg.seed, _TRAIN_NOISE_STREAM, device)
-
-    n = len(train_images)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-    best_loss, best_epoch = float("inf"), 0
-    best_encoder: dict[str, torch.Tensor] = {}
-    best_decoder: dict[str, torch.Tensor] = {}
-    seconds = total_seconds = 0.0
-    first = 1
-    if saved is not None:
-        encoder.load_state_dict(saved["encoder"])
-        decoder.load_state_dict(saved["decoder"])
-        optimiser.load_state_dict(saved["optimiser"])
-        order_gen.set_state(saved["order_generator"])
-        noise_gen.set_state(saved["noise_generator"])
-        history, best_loss, best_epoch = saved["history"], saved["best_val_loss"], saved["best_epoch"]
-        best_encoder, best_decoder = saved["best_encoder"], saved["best_decoder"]
-        seconds, total_seconds, first = saved["seconds"], saved["total_seconds"], saved["epoch"] + 1
-    columns = (TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-               TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, disable=not progress) as bar:
-        task = bar.add_task("", total=cfg.epochs, completed=first - 1)
-        for epoch in range(first, cfg.epochs + 1):
-            synchronize(device)
-            started = time.perf_counter()
-            encoder.train()
-            decoder.train()
-            order = torch.randperm(n, generator=order_gen).to(device)
-            epoch_loss = torch.zeros((), device=device)
-            for start in range(0, n, cfg.batch_size):
-                clean = train_images[order[start:start + cfg.batch_size]].float().div_(255)  # [b, 3, S, S]
-                noisy = add_noise(clean, cfg.noise_std, noise_gen)
-                with autocast(device):
-                    recon = decoder(encoder(noisy))
-                loss = F.mse_loss(recon.float(), clean)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                epoch_loss += loss.detach() * len(clean)
-            synchronize(device)
-            trained = time.perf_counter()
-            val_loss = validation_loss(encoder, decoder, val_images, cfg.batch_size, cfg.noise_std, cfg.seed)
-            losses = torch.stack([epoch_loss / n, val_loss]).tolist()  # the one sync per epoch
-            total_seconds += time.perf_counter() - started
-            seconds += trained - started
-            history["train_loss"].append(losses[0])
-            history["val_loss"].append(losses[1])
-            if losses[1] < best_loss:
-                best_loss, best_epoch = losses[1], epoch
-                best_encoder, best_decoder = _cpu_copy(encoder), _cpu_copy(decoder)
-            if checkpointer.due(epoch, cfg.epochs):
-                checkpointer.save({
-                    "epoch": epoch, "device_type": device.type, "encoder": encoder.state_dict(),
-                    "decoder": decoder.state_dict(), "optimiser": optimiser.state_dict(),
-                    "order_generator": order_gen.get_state(), "noise_generator": noise_gen.get_state(),
-                    "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch,
-                    "best_encoder": best_encoder, "best_decoder": best_decoder, "seconds": seconds,
-                    "total_seconds": total_seconds,
-                })
-            bar.update(task, completed=epoch, description=f"train {losses[0]:.5f} · val {losses[1]:.5f} (best {best_epoch})")
-
+    task = _DenoisingTask(encoder, decoder, train_images, val_images, cfg, device, checkpointer.path)
+    with progress_bar("epochs", disable=not progress) as bar:
+        result = run_epochs(task, cfg.epochs, device, checkpointer, epoch_row(bar, "pretrain", cfg.epochs))
+    best, history = result.bests[0], result.histories[0]
+    best_encoder, best_decoder = best.weights["encoder"], best.weights["decoder"]
+    best_epoch, best_loss = best.epoch, best.val_loss
+    seconds, total_seconds = result.train_seconds, result.total_seconds
     encoder.load_state_dict(best_encoder)
     decoder.load_state_dict(best_decoder)
     checkpoint = {

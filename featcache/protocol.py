@@ -1,4 +1,5 @@
-"""The study's few-shot protocol (training-set size -> validation size, epochs, batch) and seeded subsets."""
+"""The study's few-shot protocol (training-set size -> validation size, epochs, batch), the plan a run
+resolves from it once, and the seeded subsets."""
 
 from __future__ import annotations
 
@@ -45,6 +46,47 @@ def protocol_for(size: int) -> Protocol:
     _, epochs, batch = STUDY_PROTOCOL[nearest]
     val = max(1, size // 2) if size <= 160 else 150
     return Protocol(size, val, epochs, min(batch, size), rule=f"epochs and batch of size {nearest}, validation half the size")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every run of one size trains with, resolved once from the options and the protocol.
+
+    ``note`` says when the protocol's validation size was capped at a small validation split ("" otherwise).
+    """
+
+    size: int
+    epochs: int
+    batch_size: int
+    val_size: int
+    note: str = ""
+
+
+def plan_run(size: int, epochs: int | None, batch_size: int | None, val_size: int | None, n_train: int,
+             n_val: int, where: str) -> Plan:
+    """The plan of a run of ``size`` images: None options take the protocol's values (`protocol_for`).
+
+    The same rule everywhere: a ``size`` or an explicit ``val_size`` larger than the store's split
+    (``n_train``, ``n_val`` images of the store ``where``) is refused; the protocol's own validation size
+    is capped at the split, with a note.
+    """
+    proto = protocol_for(size)
+    epochs = proto.epochs if epochs is None else epochs
+    batch_size = proto.batch_size if batch_size is None else batch_size
+    for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--val-size", val_size)):
+        if value is not None and value < 1:
+            raise OptionError(f"{option} {value} must be at least 1")
+    if size > n_train:
+        raise FeatcacheError(f"--size {size} is larger than the training split of {where} ({n_train} images)")
+    note = ""
+    if val_size is None:
+        val_size = proto.val_size
+        if val_size > n_val:
+            note = f"validation size {val_size} of the protocol capped at the {n_val} images of the validation split"
+            val_size = n_val
+    elif val_size > n_val:
+        raise FeatcacheError(f"--val-size {val_size} is larger than the validation split of {where} ({n_val} images)")
+    return Plan(size, epochs, batch_size, val_size, note)
 
 
 def subset(n_available: int, size: int, seed: int, salt: int = 0) -> np.ndarray:

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from featcache.io import atomic_path
 from featcache.metrics import METRICS
+from featcache.modes import MODES
+from featcache.overlays import overlay
 
 
 SHORT_NAMES = {"iou": "IoU", "dice": "Dice", "sensitivity": "Sens", "specificity": "Spec", "accuracy": "Acc",
@@ -100,13 +102,6 @@ MODE_COLOURS = {"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd"
 #: Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (normal beyond).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-MODE_DESCRIPTIONS = {
-    "E": "encoder and decoder trained end to end, the encoder starting from the weights the self-supervised encoder started from (the study's E)",
-    "Es": "end to end, starting from the self-supervised encoder",
-    "F": "self-supervised encoder frozen and recomputed at every step (the study's F)",
-    "FI": "the starting (ImageNet in the study's setting) encoder frozen and recomputed at every step",
-    "C": "decoder trained from the feature store: no encoder runs during training (featcache)",
-}
 PAIRS = (("C", "F"), ("F", "E"), ("C", "E"), ("Es", "E"), ("FI", "E"), ("F", "FI"), ("Es", "F"))
 
 
@@ -129,6 +124,25 @@ def group_runs(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
     for r in sorted(results, key=lambda r: r["seed"]):
         groups.setdefault((r["mode"], r["size"]), []).append(r)
     return groups
+
+
+def compare_table(results: list[dict]) -> Table:
+    """Mean ± std test IoU and mean training seconds per (size, mode)."""
+    groups = group_runs(results)
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    table = Table(title="test IoU (mean ± std over seeds) · training seconds")
+    table.add_column("size", justify="right")
+    for m in modes:
+        table.add_column(m, justify="right")
+    for size in sorted({r["size"] for r in results}, reverse=True):
+        cells = []
+        for m in modes:
+            ious = [r["test"]["iou"] for r in groups[(m, size)]]
+            secs = sum(r["train_seconds"] for r in groups[(m, size)]) / len(ious)
+            std = f"±{np.std(ious, ddof=1):.3f}" if len(ious) > 1 else ""
+            cells.append(f"{np.mean(ious):.3f}{std} {secs:.1f}s")
+        table.add_row(str(size), *cells)
+    return table
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -185,7 +199,6 @@ def plot_loss_curves(groups, modes, sizes, path: Path) -> None:
 
 def plot_cases(case_data: dict, modes, sizes, path: Path) -> None:
     """Each case image across sizes (columns) and modes (rows): truth red, prediction green."""
-    from featcache.predict import overlay
 
     xs = sorted(sizes)
     ids = case_data["ids"]
@@ -240,7 +253,7 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         "",
         "Modes, all on the same seeded subsets, flips and protocol:",
         "",
-        *[f"- **{m}**: {MODE_DESCRIPTIONS[m]}" for m in modes],
+        *[f"- **{m}**: {MODES[m].description}" for m in modes],
         "",
         "Every number below is the mean over seeds; ± is the standard deviation over seeds. "
         "Columns marked *study* are the published figures (theirs, ISIC 2017 test set, RTX 4070 Ti Super), "

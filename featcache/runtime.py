@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from rich.console import Console
@@ -57,3 +59,11 @@ def autocast(device: torch.device):
 def compute_precision(device: torch.device) -> str:
     """What `autocast` computes in on ``device``, as recorded in a store's provenance."""
     return "bfloat16 autocast" if device.type == "cuda" else "float32"
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build modules under torch's CPU generator seeded with ``seed``, leaving the global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

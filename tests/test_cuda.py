@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import extract_config
-from featcache.experiment import CompareConfig, compare_e2e, run_mode, train_decoder
+from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
 from featcache.metrics import METRICS
 from featcache.models import build_decoder, build_encoder, encoder_from_provenance
@@ -21,7 +21,7 @@ from featcache.pretrain import PretrainConfig, pretrain
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast
 from featcache.store import FeatureStore, placement
-from featcache.train import TrainConfig, train_from_store, train_group_from_store
+from featcache.train import TrainConfig, train_from_store, train_group_from_store, train_mode
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -97,7 +97,7 @@ def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_eithe
 def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
     cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1)]
 
-    def stop_after_two(epoch, epochs, train_loss, val_loss):
+    def stop_after_two(epoch, epochs, train_loss, val_loss, best_epoch):
         if epoch == 2:
             raise KeyboardInterrupt
 
@@ -118,10 +118,12 @@ def test_encoder_modes_on_cuda(micro_store, mode):
         prov = store.meta["encoder"]
         encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
         before = {k: v.clone() for k, v in encoder.state_dict().items()}
-        results, logits = run_mode(store, mode, TrainConfig(**QUICK, lr=0.01), {"ss": encoder, "init": encoder}, DEVICE)
+        cfg = TrainConfig(**QUICK, lr=0.01)
+        run = train_mode(store, mode, [cfg], cfg.plan(store), {"ssl": encoder, "init": encoder}, DEVICE)[0]
+        results, logits = run.results, run.test_logits
     assert results["device"].startswith(DEVICE.type) and logits.device.type == "cpu"
     assert all(np.isfinite(results["history"]["train_loss"])) and set(METRICS) <= set(results["test"])
-    # run_mode trains a copy: the encoder handed in is left as it was, in E mode too.
+    # train_mode trains a copy: the encoder handed in is left as it was, in E mode too.
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
 
 

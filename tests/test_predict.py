@@ -13,7 +13,8 @@ from featcache.experiment import train_decoder
 from featcache.io import safe_torch_load
 from featcache.metrics import evaluate_dirs
 from featcache.models import build_decoder, encoder_from_provenance
-from featcache.predict import PREVIEW_LONG_SIDE, find_checkpoint, outline, predict
+from featcache.overlays import outline
+from featcache.predict import PREVIEW_LONG_SIDE, find_checkpoint, predict
 from featcache.train import TrainConfig
 
 

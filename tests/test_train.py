@@ -12,13 +12,11 @@ from featcache.extract import extract
 from featcache.io import safe_torch_load
 from featcache.models import build_encoder
 from featcache.store import FeatureStore
+from featcache.loop import RunInputs, fit
+from featcache.protocol import Plan, plan_run
+from featcache.sources import EncoderFeatures, StoreFeatures, flip_per_sample
 from featcache.train import (
-    EncoderFeatures,
-    StoreFeatures,
     TrainConfig,
-    fit,
-    flip_per_sample,
-    resolved_for,
     select_rows,
     seeded_decoder,
     shared_rows,
@@ -57,7 +55,7 @@ def test_same_seed_same_metrics_and_subsets(micro_store):
         a, b, c = (train_from_store(store, TrainConfig(**QUICK, seed=s), torch.device("cpu")).results for s in (5, 5, 6))
         assert a["test"] == b["test"] and a["history"] == b["history"]
         assert a["train_ids"] == b["train_ids"] != c["train_ids"]
-        small = select_rows(store, 4, 2, seed=5)
+        small = select_rows(store, Plan(size=4, epochs=1, batch_size=4, val_size=2), seed=5)
         assert set(small.train_ids) <= set(a["train_ids"])  # nested across sizes
 
 
@@ -97,24 +95,30 @@ def test_the_cache_changes_nothing_but_speed(micro_store):
     cfg = TrainConfig(size=8, epochs=4, batch_size=3, val_size=4, seed=2)
     device = torch.device("cpu")
     with FeatureStore.open(micro_store) as store:
-        rows = select_rows(store, 8, 4, seed=2)
+        plan = cfg.plan(store)
+        rows = select_rows(store, plan, seed=2)
         masks_train, masks_val = store.masks(rows.train_rows), store.masks(rows.val_rows)
         cached = seeded_decoder(cfg, 32)
-        from_store = fit(cached, StoreFeatures(store.features(rows.train_rows), "exact"), masks_train,
-                         StoreFeatures(store.features(rows.val_rows), "none"), masks_val, cfg, device)
+        from_store = fit(cached, RunInputs(2, StoreFeatures(store.features(rows.train_rows), "exact"), masks_train,
+                                           StoreFeatures(store.features(rows.val_rows), "none"), masks_val),
+                         plan, cfg, device)
         encoder = build_encoder("vit_micro", "random", seed=0)
         recomputed = seeded_decoder(cfg, 32)
-        from_encoder = fit(recomputed, EncoderFeatures(encoder, store.images(rows.train_rows), trainable=False), masks_train,
-                           EncoderFeatures(encoder, store.images(rows.val_rows), trainable=False), masks_val, cfg, device)
-    assert from_store.best_epoch == from_encoder.best_epoch
+        from_encoder = fit(recomputed,
+                           RunInputs(2, EncoderFeatures(encoder, store.images(rows.train_rows), trainable=False),
+                                     masks_train, EncoderFeatures(encoder, store.images(rows.val_rows), trainable=False),
+                                     masks_val),
+                           plan, cfg, device)
+    assert from_store.best.epoch == from_encoder.best.epoch
     np.testing.assert_allclose(from_store.history["train_loss"], from_encoder.history["train_loss"], rtol=1e-4)
     for name, value in cached.state_dict().items():
         torch.testing.assert_close(value, recomputed.state_dict()[name], rtol=1e-4, atol=1e-5, msg=name)
     # The comparison has teeth: with feature-space flips instead of exact views the weights differ.
     approx = seeded_decoder(cfg, 32)
     with FeatureStore.open(micro_store) as store:
-        fit(approx, StoreFeatures(store.features(rows.train_rows), "feature-flip"), masks_train,
-            StoreFeatures(store.features(rows.val_rows), "none"), masks_val, dataclasses.replace(cfg, augment="feature-flip"), device)
+        fit(approx, RunInputs(2, StoreFeatures(store.features(rows.train_rows), "feature-flip"), masks_train,
+                              StoreFeatures(store.features(rows.val_rows), "none"), masks_val),
+            plan, dataclasses.replace(cfg, augment="feature-flip"), device)
     assert not torch.allclose(approx.layers[0].weight, cached.layers[0].weight, rtol=1e-4, atol=1e-5)
 
 
@@ -217,13 +221,17 @@ def test_a_group_reads_each_shared_row_once():
         assert union[p.numpy()].tolist() == r.tolist()
 
 
-def test_protocol_validation_size_is_capped_at_the_split_but_an_explicit_one_is_not(micro_store):
+def test_protocol_validation_size_is_capped_at_the_split_but_an_explicit_one_is_refused(micro_store):
     with FeatureStore.open(micro_store) as store:
         n_val = len(store.indices("val"))
-        assert resolved_for(store, TrainConfig(size=40)) == (500, 10, n_val)  # the protocol's 20 > 6 images
-        assert resolved_for(store, TrainConfig(size=40, val_size=20))[2] == 20
+        plan = TrainConfig(size=10).plan(store)  # the protocol's 5 fits; size 40's 20 would not
+        assert (plan.epochs, plan.batch_size, plan.val_size, plan.note) == (1200, 5, 5, "")
+        capped = plan_run(40, None, None, None, n_train=40, n_val=n_val, where="s.zarr")  # the protocol's 20 > 6
+        assert (capped.epochs, capped.batch_size, capped.val_size) == (500, 10, n_val)
+        assert f"capped at the {n_val} images" in capped.note
+        assert TrainConfig(size=8, val_size=n_val).plan(store).val_size == n_val
         with pytest.raises(FeatcacheError, match="--val-size 20 is larger than the validation split"):
-            select_rows(store, 8, 20, 0)
+            TrainConfig(size=8, val_size=20).plan(store)
 
 
 def test_torchrun_spreads_seeds_over_ranks(micro_store, tmp_path):
@@ -296,7 +304,8 @@ def test_a_seed_that_diverges_keeps_the_seeds_finished_before_it(micro_store, tm
     """Seed 1 alone meets a non-finite feature (a stand-in for a run that diverges): seed 0, trained first, is
     kept; a group stops whole and names the seed that diverged."""
     with FeatureStore.open(micro_store) as store:
-        row = min(set(select_rows(store, 8, 4, 1).train_rows) - set(select_rows(store, 8, 4, 0).train_rows))
+        plan = Plan(size=8, epochs=1, batch_size=4, val_size=4)
+        row = min(set(select_rows(store, plan, 1).train_rows) - set(select_rows(store, plan, 0).train_rows))
     path = tmp_path / "poisoned.zarr"
     group = copy_store(micro_store, path)
     group["features"][row] = np.full(group["features"].shape[1:], np.nan, np.float32)
@@ -323,7 +332,7 @@ def test_masks_stored_as_0_1_are_labels_and_a_subset_of_empty_masks_is_refused(m
         assert torch.equal(zero_one.masks(None), reference.masks(None)) and reference.masks(None).any()
     empty = tmp_path / "empty.zarr"
     group = copy_store(micro_store, empty)
-    group["masks"][:] = 0
+    group["masks"].with_config({"write_empty_chunks": True})[:] = 0  # chunks of zeros kept, not read as lost
     refusal = rf"every mask of the training subset of {empty} \(size 8, seed 3\) is empty.*re-extract"
     with FeatureStore.open(empty) as store:
         with pytest.raises(FeatcacheError, match=refusal):

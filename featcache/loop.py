@@ -1,0 +1,296 @@
+"""The training loop: one epoch loop for decoder training and pretraining, and the grouped decoder fit.
+
+`run_epochs` owns what every training run does around its steps: synchronised timing (training
+steps apart from validation), resume from a `Checkpointer`, best-epoch selection on validation
+loss, stopping on a non-finite loss, and progress. What an epoch trains is an `EpochTask`.
+`fit_group` is the task of K decoders trained at once as one grouped network.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featcache.errors import FeatcacheError
+from featcache.models import group_state
+from featcache.protocol import Plan
+from featcache.resume import Checkpointer
+from featcache.runtime import autocast, synchronize
+from featcache.sources import FeatureSource, flip_per_sample, stacked
+
+if TYPE_CHECKING:
+    from featcache.train import TrainConfig
+
+#: Called after each epoch with (epoch, epochs, mean training loss, mean validation loss, best epoch of run 0).
+EpochCallback = Callable[[int, int, float, float, int], None]
+
+
+@dataclass
+class BestEpoch:
+    """The epoch with the lowest validation loss so far (0 before any) and the weights kept from it."""
+
+    epoch: int = 0
+    val_loss: float = math.inf
+    weights: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoopResult:
+    """Per run: the best epoch and the loss history; for the whole loop: synchronised seconds."""
+
+    bests: list[BestEpoch]
+    histories: list[dict[str, list[float]]]
+    train_seconds: float
+    total_seconds: float
+
+
+class EpochTask(Protocol):
+    """What `run_epochs` trains: ``runs`` runs at once (K seeds of a grouped decoder, or one)."""
+
+    runs: int
+
+    def train_epoch(self) -> torch.Tensor:
+        """One pass over the training data; the mean training loss per run ``[K]``, on the device."""
+        ...
+
+    def validate(self) -> torch.Tensor:
+        """The mean validation loss per run ``[K]``, on the device."""
+        ...
+
+    def snapshot(self, runs: list[int]) -> list[dict]:
+        """The weights to keep (CPU or detached copies) of each run in ``runs``, at a new best epoch."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Everything that resuming after this epoch needs: models, optimiser, random generators."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def divergence(self, epoch: int, runs: list[int]) -> FeatcacheError:
+        """The one-line error for runs ``runs`` whose loss is not finite at ``epoch``."""
+        ...
+
+
+def run_epochs(task: EpochTask, epochs: int, device: torch.device, checkpointer: Checkpointer | None = None,
+               progress: EpochCallback | None = None) -> LoopResult:
+    """Train ``task`` for ``epochs`` epochs, validating after each, and keep each run's best epoch.
+
+    ``train_seconds`` covers the training steps only and ``total_seconds`` adds validation, both
+    synchronised with the device; the resume state is written outside both, at most as often as
+    ``checkpointer`` allows and always after the last epoch. A non-finite loss stops the loop with
+    the task's one-line error and deletes the resume state (resumed, the run would diverge again).
+    """
+    histories: list[dict[str, list[float]]] = [{"train_loss": [], "val_loss": []} for _ in range(task.runs)]
+    bests = [BestEpoch() for _ in range(task.runs)]
+    train_seconds = total_seconds = 0.0
+    first = 1
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        if "task" not in saved:
+            raise FeatcacheError(f"{checkpointer.path} was written by an older featcache; delete it to start again")
+        task.load_state_dict(saved["task"])
+        histories = saved["histories"]
+        bests = [BestEpoch(**b) for b in saved["bests"]]
+        train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
+    for epoch in range(first, epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        train_loss = task.train_epoch()
+        synchronize(device)
+        trained = time.perf_counter()
+        val_loss = task.validate()
+        losses = torch.stack([train_loss, val_loss]).tolist()  # the one host sync per epoch
+        total_seconds += time.perf_counter() - started
+        train_seconds += trained - started
+        diverged = [k for k in range(task.runs) if not (math.isfinite(losses[0][k]) and math.isfinite(losses[1][k]))]
+        if diverged:
+            if checkpointer is not None:
+                checkpointer.done()
+            raise task.divergence(epoch, diverged)
+        improved = [k for k in range(task.runs) if losses[1][k] < bests[k].val_loss]
+        for k, weights in zip(improved, task.snapshot(improved) if improved else [], strict=True):
+            bests[k] = BestEpoch(epoch, losses[1][k], weights)
+        for k, history in enumerate(histories):
+            history["train_loss"].append(losses[0][k])
+            history["val_loss"].append(losses[1][k])
+        if checkpointer is not None and checkpointer.due(epoch, epochs):
+            checkpointer.save({
+                "epoch": epoch, "task": task.state_dict(), "histories": histories,
+                "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": b.weights} for b in bests],
+                "train_seconds": train_seconds, "total_seconds": total_seconds,
+            })
+        if progress is not None:
+            progress(epoch, epochs, sum(losses[0]) / task.runs, sum(losses[1]) / task.runs, bests[0].epoch)
+    return LoopResult(bests, histories, train_seconds, total_seconds)
+
+
+@dataclass
+class RunInputs:
+    """One run of a group: its seed, and its training and validation features and masks.
+
+    Masks are uint8 ``[n, S, S]`` (training) and ``[m, S, S]`` (validation) on the training device.
+    """
+
+    seed: int
+    train_source: FeatureSource
+    train_masks: torch.Tensor
+    val_source: FeatureSource
+    val_masks: torch.Tensor
+
+
+@dataclass
+class FitResult:
+    """One run's best epoch (weights ``{"decoder": ..., "encoder": ... or None}``), history and the group's seconds."""
+
+    best: BestEpoch
+    history: dict[str, list[float]]
+    train_seconds: float
+    total_seconds: float
+
+
+@torch.no_grad()
+def eval_losses(decoder: nn.Module, sources: list[FeatureSource], masks: list[torch.Tensor], batch: int,
+                device: torch.device) -> torch.Tensor:
+    """Mean per-pixel BCE of each group over its whole split, in eval mode: a device tensor ``[K]``."""
+    m = len(masks[0])
+    total = torch.zeros(len(sources), device=device)
+    for start in range(0, m, batch):
+        rows = torch.arange(start, min(start + batch, m), device=device)
+        with autocast(device):
+            logits = decoder(stacked(sources, [rows] * len(sources), None))
+        target = torch.stack([mk[rows] for mk in masks], dim=1).float()
+        total += F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(dim=(0, 2, 3))
+    return total / masks[0].numel()
+
+
+@torch.no_grad()
+def predict_logits(decoder: nn.Module, sources: list[FeatureSource], n: int, batch: int,
+                   device: torch.device) -> torch.Tensor:
+    """Logits ``[n, K, S, S]`` float32 on the CPU, in eval mode (K = len(sources) = the decoder's groups)."""
+    decoder.eval()
+    for src in sources:
+        src.train(False)
+    out = []
+    for start in range(0, n, batch):
+        rows = torch.arange(start, min(start + batch, n), device=device)
+        with autocast(device):
+            out.append(decoder(stacked(sources, [rows] * len(sources), None)).float().cpu())
+    return torch.cat(out)
+
+
+class _DecoderTask:
+    """K decoders as one grouped network (``decoder`` has ``groups=K``), each run on its own inputs.
+
+    Each run keeps its own subset, random stream (batch order, views), batch statistics (its own
+    BatchNorm channels), optimiser state (SGD is elementwise, and the summed loss gives each group
+    exactly its own gradient) and model selection, so the K results equal K separate runs up to
+    floating-point order.
+    """
+
+    def __init__(self, decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig,
+                 device: torch.device) -> None:
+        self.decoder, self.inputs, self.plan, self.cfg, self.device = decoder, runs, plan, cfg, device
+        self.runs = len(runs)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+        decoder.to(memory_format=torch.channels_last)
+        self.encoder = getattr(runs[0].train_source, "encoder", None)
+        self.trains_encoder = self.encoder is not None and bool(runs[0].train_source.parameters())
+        if self.trains_encoder and self.runs > 1:
+            raise ValueError("runs that train the encoder cannot be grouped")
+        params = list(decoder.parameters()) + runs[0].train_source.parameters()
+        self.optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        # Batch order and views are drawn on the training device: no host round trip per step.
+        self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in runs]
+        self.n = len(runs[0].train_masks)
+
+    def train_epoch(self) -> torch.Tensor:
+        self.decoder.train()
+        sources = [r.train_source for r in self.inputs]
+        for src in sources:
+            src.train(True)
+        n, batch, device = self.n, self.plan.batch_size, self.device
+        orders = [torch.randperm(n, generator=g, device=device) for g in self.generators]
+        draw_views = self.cfg.augment != "none"
+        views_all = [torch.randint(0, 4, (n,), generator=g, device=device) if draw_views else None
+                     for g in self.generators]
+        epoch_loss = torch.zeros(self.runs, device=device)
+        for start in range(0, n, batch):
+            rows = [order[start:start + batch] for order in orders]
+            views = [v[start:start + batch] if v is not None else None for v in views_all]
+            target = torch.stack([
+                flip_per_sample(r.train_masks[i], v) if v is not None else r.train_masks[i]
+                for r, i, v in zip(self.inputs, rows, views, strict=True)
+            ], dim=1).float()
+            with autocast(device):
+                logits = self.decoder(stacked(sources, rows, views))
+            per_run = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
+            self.optimiser.zero_grad(set_to_none=True)
+            per_run.sum().backward()
+            self.optimiser.step()
+            epoch_loss += per_run.detach() * len(rows[0])
+        return epoch_loss / n
+
+    def validate(self) -> torch.Tensor:
+        self.decoder.eval()
+        for r in self.inputs:
+            r.train_source.train(False)
+        return eval_losses(self.decoder, [r.val_source for r in self.inputs], [r.val_masks for r in self.inputs],
+                           self.cfg.eval_batch_size, self.device)
+
+    def snapshot(self, runs: list[int]) -> list[dict]:
+        state = self.decoder.state_dict()
+        encoder = copy.deepcopy(self.encoder.state_dict()) if self.trains_encoder else None
+        return [{"decoder": group_state(state, k, self.runs), "encoder": encoder} for k in runs]
+
+    def state_dict(self) -> dict:
+        return {
+            "decoder": self.decoder.state_dict(),
+            "encoder": self.encoder.state_dict() if self.trains_encoder else None,
+            "optimiser": self.optimiser.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decoder.load_state_dict(state["decoder"])
+        if self.trains_encoder:
+            self.encoder.load_state_dict(state["encoder"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+
+    def divergence(self, epoch: int, runs: list[int]) -> FeatcacheError:
+        seeds = [self.inputs[k].seed for k in runs]
+        which = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        stopped = ""
+        if self.runs > 1:
+            stopped = f" (stopping seeds {', '.join(str(r.seed) for r in self.inputs)}, trained together)"
+        return FeatcacheError(
+            f"training diverged: the loss of {which} at size {self.plan.size} is not finite at epoch {epoch}{stopped}; "
+            f"lower --lr (now {self.cfg.lr:g}); runs already finished are kept"
+        )
+
+
+def fit_group(decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig, device: torch.device,
+              progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None) -> list[FitResult]:
+    """Train K decoders at once (``decoder`` has ``groups=K``, one run each) with SGD and BCE, keeping each run's
+    epoch of lowest validation loss. ``cfg`` gives what the runs share (optimiser, augmentation, evaluation
+    batch); ``plan`` the epochs and batch size. The timings are of the whole group."""
+    result = run_epochs(_DecoderTask(decoder, runs, plan, cfg, device), plan.epochs, device, checkpointer, progress)
+    return [FitResult(best, history, result.train_seconds, result.total_seconds)
+            for best, history in zip(result.bests, result.histories, strict=True)]
+
+
+def fit(decoder: nn.Module, run: RunInputs, plan: Plan, cfg: TrainConfig, device: torch.device,
+        progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None) -> FitResult:
+    """`fit_group` for one run."""
+    return fit_group(decoder, [run], plan, cfg, device, progress, checkpointer)[0]
