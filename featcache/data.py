@@ -36,9 +36,9 @@ from featcache.errors import BadFileError, FeatcacheError, OptionError
 from featcache.runtime import err_console
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 _SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
-_SHOWN_IDS = 5
+SHOWN = 5  # names listed in a message before ", ..."
 
 # A parser maps a file name to its key (image id or mask stem), or None to ignore the file.
 _Parser = Callable[[str], str | None]
@@ -274,21 +274,25 @@ def _pair(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask
     return pairs, unpaired
 
 
+def shown(names: Sequence[str]) -> str:
+    """The first `SHOWN` of ``names``, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+
+
 def _describe_unpaired(keys: list[str], folder: Path, what: str) -> str:
     """'<folder>: N <what> (first ids...); ' or '' when `keys` is empty."""
     if not keys:
         return ""
-    shown = ", ".join(keys[:_SHOWN_IDS]) + (", ..." if len(keys) > _SHOWN_IDS else "")
-    return f"{folder}: {len(keys)} {what} ({shown}); "
+    return f"{folder}: {len(keys)} {what} ({shown(keys)}); "
 
 
-def _header_hw(path: Path) -> tuple[int, int]:
+def header_hw(path: Path) -> tuple[int, int]:
     """(height, width) in pixels from the file header, without decoding pixels."""
     try:
         with Image.open(path) as img:
             width, height = img.size
     except (OSError, UnidentifiedImageError) as err:
-        raise _bad_file(path, err) from err
+        raise bad_file(path, err) from err
     return height, width
 
 
@@ -303,15 +307,15 @@ def _unreadable(*paths: Path) -> bool:
     return False
 
 
-def _bad_file(path: Path, err: Exception) -> BadFileError:
+def bad_file(path: Path, err: Exception) -> BadFileError:
     """The error for an unreadable image or mask file."""
     return BadFileError(f"{path}: cannot read image ({err}); replace the file")
 
 
 def _make_sample(image_id: str, image: Path, mask: Path, split: str) -> Sample:
     """Sample with `orig_hw` from the image header; the mask header must give the same size."""
-    image_hw = _header_hw(image)
-    mask_hw = _header_hw(mask)
+    image_hw = header_hw(image)
+    mask_hw = header_hw(mask)
     if mask_hw != image_hw:
         raise FeatcacheError(
             f"mask {mask} is {mask_hw[1]}x{mask_hw[0]} but image {image} is "
@@ -396,14 +400,14 @@ def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: boo
         )
         skipped.extend(unpaired)
     if broken:
-        shown = ", ".join(str(p) for p in broken[:_SHOWN_IDS]) + (", ..." if len(broken) > _SHOWN_IDS else "")
+        listed = shown([str(p) for p in broken])
         if strict:
             raise FeatcacheError(
-                f"{len(broken)} symbolic links lead nowhere (a loop or a missing target): {shown}; "
+                f"{len(broken)} symbolic links lead nowhere (a loop or a missing target): {listed}; "
                 "remove them or point them at their files, or drop --strict to leave them out"
             )
         err_console.print(
-            f"warning: left out {len(broken)} symbolic links that lead nowhere (a loop or a missing target): {shown}; "
+            f"warning: left out {len(broken)} symbolic links that lead nowhere (a loop or a missing target): {listed}; "
             "remove them or point them at their files", markup=False, highlight=False,
         )
         skipped.extend(broken)
@@ -469,7 +473,7 @@ def _open_decoded(path: Path, convert: Callable[[Image.Image], _T]) -> _T:
         with Image.open(path) as img:
             return convert(img)
     except (OSError, UnidentifiedImageError) as err:
-        raise _bad_file(path, err) from err
+        raise bad_file(path, err) from err
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

@@ -52,10 +52,6 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        if self.initialised:
-            tdist.barrier()
-
     def gather_objects(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj`` on rank 0 (in rank order); None on the others."""
         if not self.initialised:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from featcache.errors import FeatcacheError
 from featcache.models import group_state
+from featcache.progress import EpochCallback
 from featcache.protocol import Plan
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast, synchronize
@@ -28,10 +28,6 @@ from featcache.sources import FeatureSource, flip_per_sample, stacked
 
 if TYPE_CHECKING:
     from featcache.train import TrainConfig
-
-#: Called after each epoch with (epoch, epochs, mean training loss, mean validation loss, best epoch of run 0).
-EpochCallback = Callable[[int, int, float, float, int], None]
-
 
 @dataclass
 class BestEpoch:

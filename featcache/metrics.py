@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from featcache.data import IMAGE_EXTENSIONS, bad_file, shown
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, write_json
 from featcache.runtime import err_console
@@ -44,8 +45,6 @@ JACCARD_CUTOFF = 0.65
 _ID = re.compile(r"ISIC_\d{7}")
 _TRUTH_NAME = re.compile(r"(ISIC_\d{7})_segmentation\.png")
 _MASK_INFIX = "_segmentation"
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-_SHOWN_IDS = 5
 
 
 def confusion(pred: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -168,7 +167,7 @@ def _stem_key(name: str) -> str:
 
 
 def _files_by_key(folder: Path, key: Callable[[str], str | None], what: str, naming: str,
-                  suffixes: frozenset[str] = _IMAGE_SUFFIXES) -> dict[str, Path]:
+                  suffixes: frozenset[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
     """Image id -> file, for the files of `folder` with one of `suffixes` that `key` names (`naming` says how)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -190,10 +189,7 @@ def _files_by_key(folder: Path, key: Callable[[str], str | None], what: str, nam
 def _unmatched(keys: list[str], have: Path, lack: Path, what: str, fix: str) -> None:
     """Raise when `keys` (ids with a file in `have` but none in `lack`) is not empty."""
     if keys:
-        shown = ", ".join(keys[:_SHOWN_IDS])
-        if len(keys) > _SHOWN_IDS:
-            shown += ", ..."
-        raise FeatcacheError(f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown}); {fix}")
+        raise FeatcacheError(f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown(keys)}); {fix}")
 
 
 def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
@@ -206,7 +202,7 @@ def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
         with Image.open(path) as img:
             gray = np.array(img.convert("L"))
     except (OSError, UnidentifiedImageError) as err:
-        raise FeatcacheError(f"{path}: cannot read image ({err}); replace the file") from err
+        raise bad_file(path, err) from err
     zero_one = bool(gray.max() == 1)
     return torch.from_numpy(gray * np.uint8(255) if zero_one else gray), zero_one
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from featcache.data import IMAGE_EXTENSIONS, _header_hw, load_image, load_mask_full
+from featcache.data import IMAGE_EXTENSIONS, header_hw, load_image, load_mask_full
 from featcache.encoder_check import check_run_encoder
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, ensure_writable_dir, safe_torch_load
@@ -98,7 +98,7 @@ def _truths(files: list[Path], truth_dir: Path | None) -> list[Path | None]:
         found = [truth_dir / name for name in names if (truth_dir / name).is_file()]
         if not found:
             raise FeatcacheError(f"no truth mask for {path.stem} in {truth_dir} ({' or '.join(names)})")
-        truth_hw, image_hw = _header_hw(found[0]), _header_hw(path)
+        truth_hw, image_hw = header_hw(found[0]), header_hw(path)
         if truth_hw != image_hw:
             raise FeatcacheError(f"the truth mask of {path.name} is {truth_hw[::-1]}, the image {image_hw[::-1]}: "
                                  "fix the mask")
@@ -188,7 +188,7 @@ def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None
     results = []
     for path, truth_path in zip(files, truths):
         x = torch.from_numpy(load_image(path, size))[None].to(dev).float().div_(255)
-        height, width = _header_hw(path)
+        height, width = header_hw(path)
         logits = decoder(encoder(x)).float()
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         # In place: a new full-resolution tensor would cost more than the sigmoid itself.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from featcache.loop import EpochCallback
 from featcache.runtime import err_console
+
+#: Called after each epoch with (epoch, epochs, mean training loss, mean validation loss, best epoch of run 0).
+EpochCallback = Callable[[int, int, float, float, int], None]
 
 
 def progress_bar(unit: str = "", disable: bool = False, remaining: bool = False) -> Progress:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from rich.console import Console
-from rich.progress import Progress
 
 from featcache.errors import FeatcacheError
+from featcache.progress import progress_bar
 
 # (split name, ISIC 2017 folder infix), in id order.
 SPLITS: tuple[tuple[str, str], ...] = (
@@ -198,9 +197,9 @@ def synthesize(
     # map() keeps id order, so the output does not depend on scheduling.
     with (
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-        Progress(console=Console(stderr=True), disable=not progress) as bar,
+        progress_bar("images", disable=not progress, remaining=True) as bar,
     ):
-        task = bar.add_task("synthesizing", total=len(jobs))
+        task = bar.add_task("synth", total=len(jobs))
         for thumbnail in pool.map(partial(_write_sample, out, seed, image_size), jobs):
             if thumbnail is not None:
                 thumbnails.append(thumbnail)

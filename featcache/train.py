@@ -19,10 +19,11 @@ from torch import nn
 
 from featcache.data import SplitConfig, find_samples, load_mask_full
 from featcache.errors import FeatcacheError, OptionError
-from featcache.loop import EpochCallback, FitResult, RunInputs, fit, fit_group, predict_logits
+from featcache.loop import FitResult, RunInputs, fit, fit_group, predict_logits
 from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import DECODERS, Encoder, build_decoder, stack_states
 from featcache.modes import MODES
+from featcache.progress import EpochCallback
 from featcache.protocol import Plan, plan_run, subset
 from featcache.resume import Checkpointer
 from featcache.runtime import seeded
