@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from featcache.data import Sample, SampleDataset, SplitConfig, find_samples
-from featcache.errors import FeatcacheError, OptionError
+from featcache.errors import FeatcacheError, OptionError, check_at_least, check_choice
 from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import (
     ARCHITECTURES,
@@ -87,13 +87,11 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raise a one-line FeatcacheError naming the first out-of-range option."""
-        if self.arch not in ARCHITECTURES:
-            raise OptionError(f"--arch {self.arch} is not one of {', '.join(ARCHITECTURES)}")
+        check_choice("--arch", self.arch, ARCHITECTURES)
         if self.init not in ("imagenet", "random") and not Path(self.init).is_file():
             raise FeatcacheError(f"--init {self.init}: no such file; pass imagenet, random or a weights file")
-        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise OptionError(f"{option} {value} must be at least 1")
+        check_at_least("--epochs", self.epochs, 1)
+        check_at_least("--batch-size", self.batch_size, 1)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise OptionError(f"--lr {self.lr} must be a positive number")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
@@ -101,10 +99,8 @@ class PretrainConfig:
         patch = ARCHITECTURES[self.arch].patch_size
         if self.image_size <= 0 or self.image_size % patch:
             raise OptionError(f"--image-size {self.image_size} must be a positive multiple of {patch} (the patch size)")
-        if self.workers < 0:
-            raise OptionError(f"--workers {self.workers} must be 0 or more")
-        if self.seed < 0:
-            raise OptionError(f"--seed {self.seed} must be 0 or more")
+        check_at_least("--workers", self.workers, 0)
+        check_at_least("--seed", self.seed, 0)
 
     def to_dict(self) -> dict:
         """JSON-able form (paths as strings, the split config as a dict)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featcache.errors import FeatcacheError, OptionError
+from featcache.errors import FeatcacheError, OptionError, check_at_least
 
 #: The study's table: train size -> (validation size, epochs, batch size).
 STUDY_PROTOCOL: dict[int, tuple[int, int, int]] = {
@@ -74,8 +74,7 @@ def plan_run(size: int, epochs: int | None, batch_size: int | None, val_size: in
     epochs = proto.epochs if epochs is None else epochs
     batch_size = proto.batch_size if batch_size is None else batch_size
     for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--val-size", val_size)):
-        if value is not None and value < 1:
-            raise OptionError(f"{option} {value} must be at least 1")
+        check_at_least(option, value, 1)
     if size > n_train:
         raise FeatcacheError(f"--size {size} is larger than the training split of {where} ({n_train} images)")
     note = ""

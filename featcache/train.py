@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.data import SplitConfig, find_samples, load_mask_full
-from featcache.errors import FeatcacheError, OptionError
+from featcache.errors import FeatcacheError, OptionError, check_choice
 from featcache.loop import FitResult, RunInputs, fit, fit_group, predict_logits
 from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import DECODERS, Encoder, build_decoder, stack_states
@@ -54,12 +54,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse option values that can never be valid (a usage error)."""
-        if self.augment not in AUGMENTS:
-            raise OptionError(f"--augment {self.augment} is not one of {', '.join(AUGMENTS)}")
+        check_choice("--augment", self.augment, AUGMENTS)
         if self.decoder not in DECODERS:
             raise OptionError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
-        if self.eval_size not in EVAL_SIZES:
-            raise OptionError(f"--eval-size {self.eval_size} is not one of {', '.join(EVAL_SIZES)}")
+        check_choice("--eval-size", self.eval_size, EVAL_SIZES)
         if self.lr <= 0:
             raise OptionError(f"--lr {self.lr} must be positive")
 
