@@ -16,7 +16,7 @@ from featcache.distributed import Distributed
 from featcache.encoder_check import check_encoder_matches
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import ensure_writable_dir, torch_save, write_json
-from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
+from featcache.models import AnyEncoder, encoder_like, encoder_provenance, rebuild_encoder
 from featcache.protocol import protocol_for
 from featcache.resume import Checkpointer
 from featcache.report import aggregate, plot_loss_curve, write_runs_csv
@@ -106,7 +106,7 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
             prov = store.meta["encoder"]
-            at_hand = build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))
+            at_hand = encoder_like(prov, encoder)
             store.check_encoder(encoder_provenance(at_hand))
             check_encoder_matches(store, at_hand, dev)
         # Refused here, before a progress bar; a capped validation size is said once, not per seed.
@@ -197,6 +197,7 @@ class CompareConfig:
     lr: float = 2e-4
     augment: str = "exact"
     device: str = "auto"
+    layers: tuple[int, ...] | None = None  # the stored blocks every mode reads (None: all)
 
     def validate(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
@@ -229,27 +230,28 @@ def parse_list(text: str, option: str, kind: type = int) -> tuple:
     return tuple(values)
 
 
-def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[Encoder, Encoder]:
+def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[AnyEncoder, AnyEncoder]:
     """(self-supervised encoder = the store's, proven by re-encoding a sample on ``device``; the encoder E and FI
-    start from)."""
+    start from), both reading the blocks ``cfg.layers`` of the store."""
     prov = store.meta["encoder"]
+    layers = [store.layers[p] for p in store.layer_positions(cfg.layers)]
     if cfg.encoder is not None:
-        ss = build_encoder(prov["arch"], cfg.encoder)
+        ss = encoder_like(prov, cfg.encoder, layers)
         store.check_encoder(encoder_provenance(ss))
     else:
-        ss = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+        ss = rebuild_encoder(prov, layers=layers)
     check_encoder_matches(store, ss, device)
     if cfg.e_init is not None:
-        init = build_encoder(prov["arch"], cfg.e_init, seed=prov["source"].get("seed", 0))
+        init = encoder_like(prov, cfg.e_init, layers)
     elif prov["source"].get("kind") == "featcache" and prov["source"].get("init"):
         start = prov["source"]["init"]
-        init = encoder_from_provenance(prov["arch"], start, start["weights_sha256"])
+        init = rebuild_encoder({**prov, "source": start, "weights_sha256": start["weights_sha256"]}, layers=layers)
     else:
         init = ss  # no pretraining recorded: E starts where F is frozen
     return ss, init
 
 
-def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[str, Encoder], device: torch.device,
+def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[str, AnyEncoder], device: torch.device,
              progress=None) -> tuple[dict, torch.Tensor]:
     """One (mode, size, seed) run: its results dict and its test logits ``[n_test, 1, S, S]``."""
     if mode == "C":
@@ -263,7 +265,7 @@ def run_mode(store: FeatureStore, mode: str, cfg: TrainConfig, encoders: dict[st
     trainable = mode in ("E", "Es")
     images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
     sources = {k: EncoderFeatures(encoder, images[k], trainable and k == "train") for k in images}
-    decoder = seeded_decoder(cfg, encoder.width).to(device)
+    decoder = seeded_decoder(cfg, encoder.width, encoder.patch_size).to(device)
     fitted = fit(decoder, sources["train"], train_masks.to(device), sources["val"],
                  store.masks(rows.val_rows, device), cfg, device, progress)
     decoder.load_state_dict(fitted.best_decoder)
@@ -303,7 +305,7 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             overall = bar.add_task("compare-e2e runs", total=sum(len(seeds) for _, _, seeds in batches))
             for mode, size, seeds in batches:
                 run_cfgs = [TrainConfig(size=size, seed=seed, augment=cfg.augment if mode == "C" else _image_augment(cfg.augment),
-                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, layers=cfg.layers,
                                         val_size=min(cfg.val_size or protocol_for(size).val_size, len(store.indices("val"))))
                             for seed in seeds]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
@@ -330,6 +332,8 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             "store": str(cfg.store),
             "encoder": store.meta["encoder"],
             "e_init": encoder_provenance(init)["source"],
+            "layers": list(ss.layers),
+            "depth": ss.depth,
             "extraction_seconds": extraction.get("seconds"),
             "extraction_device": extraction.get("device"),
             "n_test": len(store.indices("test")),

@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     eval_size: str = "224"
     eval_batch_size: int = 64
+    layers: tuple[int, ...] | None = None  # the stored blocks read (FeatureStore.layer_positions); None: all
 
     def resolved(self) -> tuple[int, int, int]:
         """(epochs, batch size, validation size) after applying the protocol's defaults."""
@@ -404,6 +405,7 @@ def check_runnable(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int
             "(or train with --augment feature-flip or none)"
         )
     select_rows(store, cfg.size, val_size, cfg.seed)
+    store.layer_positions(cfg.layers)
     return epochs, batch, val_size
 
 
@@ -469,9 +471,9 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     train_masks = store.masks(train_union)
     for c, p in zip(cfgs, train_pos):
         refuse_empty_masks(store, train_masks[p], c)
-    train_feats = store.features(train_union, identity_only=cfg.augment != "exact")
-    val_feats = store.features(val_union, identity_only=True)
-    test_feats = store.features(rows[0].test_rows, identity_only=True)
+    train_feats = store.features(train_union, identity_only=cfg.augment != "exact", layers=cfg.layers)
+    val_feats = store.features(val_union, identity_only=True, layers=cfg.layers)
+    test_feats = store.features(rows[0].test_rows, identity_only=True, layers=cfg.layers)
     if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
     train_feats, val_feats = train_feats.to(device), val_feats.to(device)
@@ -480,9 +482,9 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     train_sources = [StoreFeatures(train_feats, cfg.augment, p) for p in train_pos]
     val_sources = [StoreFeatures(val_feats, "none", p) for p in val_pos]
     test_source = StoreFeatures(test_feats.to(device), "none")
-    width, k_runs = store.meta["width"], len(cfgs)
-    decoder = build_decoder(cfg.decoder, width, k_runs)
-    decoder.load_state_dict(stack_states([seeded_decoder(c, width).state_dict() for c in cfgs]))
+    width, k_runs = store.feature_width(cfg.layers), len(cfgs)
+    decoder = build_decoder(cfg.decoder, width, k_runs, store.patch_size)
+    decoder.load_state_dict(stack_states([seeded_decoder(c, width, store.patch_size).state_dict() for c in cfgs]))
     decoder.to(device)
     fits = fit_group(decoder, train_sources, [train_masks[p] for p in train_pos], val_sources,
                      [val_masks[p] for p in val_pos], cfgs, device, progress, checkpointer)
@@ -501,10 +503,10 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     return outputs
 
 
-def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
+def seeded_decoder(cfg: TrainConfig, width: int, patch_size: int = 16) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_decoder(cfg.decoder, width)
+        return build_decoder(cfg.decoder, width, patch_size=patch_size)
 
 
 def evaluate_test(store: FeatureStore, decoder: nn.Module, source: FeatureSource, rows: RunData,
@@ -556,7 +558,9 @@ def decoder_checkpoint(store: FeatureStore, cfg: TrainConfig, fit_result: FitRes
     return {
         "format": DECODER_CHECKPOINT_FORMAT,
         "decoder": cfg.decoder,
-        "in_channels": int(meta["width"]),
+        "in_channels": store.feature_width(cfg.layers),
+        "layers": [store.layers[p] for p in store.layer_positions(cfg.layers)],
+        "patch_size": store.patch_size,
         "state_dict": fit_result.best_decoder,
         "encoder_state_dict": fit_result.best_encoder,
         "store": {
