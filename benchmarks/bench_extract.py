@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default="vit_b_16")
     p.add_argument("--encoder", default="random", help="random | imagenet | weights file | timm:NAME (default random)")
     p.add_argument("--encoder-weights", help="with timm:NAME: random | FILE (default: timm's pretrained weights)")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="with timm:NAME: create_model options")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help=("with timm:NAME: "
+        "create_model options"))
     p.add_argument("--layers", default="-1", help="encoder blocks, e.g. -1 (default) or 3,6,9,12")
     p.add_argument("--views", default="identity", choices=sorted(VIEWS))
     p.add_argument("--image-size", type=int, default=224)

@@ -137,7 +137,8 @@ def view_batch(images: torch.Tensor, view_names: tuple[str, ...]) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_views(encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+def encode_views(encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...],
+                 device: torch.device) -> torch.Tensor:
     """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, L*C, S/p, S/p]`` float32, on ``device``."""
     x = images_u8.to(device, non_blocking=True).float().div_(255)
     x = view_batch(x, view_names)
@@ -234,7 +235,8 @@ _START_FIX = "free some space or choose another --out"
 _RESUME_FIX = "free some space, then run the same command again: the blocks already written are kept"
 
 
-def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder, dist: Distributed) -> tuple[FeatureStore, bool]:
+def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder,
+                    dist: Distributed) -> tuple[FeatureStore, bool]:
     """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it.
 
     A refusal on rank 0 reaches every rank (broadcast), so none waits for a store that never comes.
@@ -348,8 +350,8 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     encoder = encoder.to(device).eval()
     if cfg.image_size % encoder.patch_size:
         p = encoder.patch_size
-        raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {p} (the patch size of {encoder.arch}); "
-                          f"use {max(p, cfg.image_size // p * p)} or {(cfg.image_size // p + 1) * p}")
+        raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {p} (the patch size of "
+                          f"{encoder.arch}); use {max(p, cfg.image_size // p * p)} or {(cfg.image_size // p + 1) * p}")
     prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype, device)
     lock_path = _lock_path(cfg.out)
     lock = WriterLock(lock_path, cfg.out) if lock_path is not None and dist.is_main else None

@@ -452,7 +452,8 @@ def _build_timm(name: str, weights: str, seed: int, layers: Sequence[int] | None
             encoder.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:200]
-            raise FeatcacheError(f"{path} does not fit timm:{name} ({detail}); write it again with featcache pretrain") from exc
+            raise FeatcacheError(f"{path} does not fit timm:{name} ({detail}); "
+                                 "write it again with featcache pretrain") from exc
         encoder.source = {"kind": "featcache", "file": str(path.resolve()), "sha256": file_sha256(path),
                           "init": ckpt.get("init")}
         return encoder.eval()

@@ -93,7 +93,8 @@ class PretrainConfig:
         if self.arch not in ARCHITECTURES:
             raise OptionError(f"--arch {self.arch} is not one of {', '.join(ARCHITECTURES)}")
         encoder_choice(self.init, self.arch, self.init_weights, self.model_kwargs)
-        if self.init not in ("imagenet", "random") and not self.init.startswith(TIMM_PREFIX) and not Path(self.init).is_file():
+        named = self.init in ("imagenet", "random") or self.init.startswith(TIMM_PREFIX)
+        if not named and not Path(self.init).is_file():
             raise FeatcacheError(f"--init {self.init}: no such file; pass imagenet, random or a weights file")
         for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
             if value < 1:

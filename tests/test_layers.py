@@ -96,8 +96,8 @@ def test_cli_layers(synth_root, mini_stores, tmp_path, cli):
     bad = cli("train-decoder", layered, "--size", "6", "--seeds", "0", "--layers", "3", "--out", tmp_path / "r")
     assert bad.returncode == 2 and "not 3" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     out = tmp_path / "s.zarr"
-    result = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro", "--image-size", "32",
-                 "--layers", "-2,-1", "--workers", "0", "--device", "cpu")
+    result = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro",
+                 "--image-size", "32", "--layers", "-2,-1", "--workers", "0", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     info = cli("info", out)
     assert "blocks 1, 2 of 2" in info.stdout
