@@ -737,6 +737,8 @@ class FeatureStore:
 
     def feature_width(self, layers: Sequence[int] | None = None) -> int:
         """Channels of `features` read with ``layers``: the decoder's input width."""
+        if layers is None:
+            return int(self.meta["width"])
         return self.layer_width * len(self.layer_positions(layers))
 
     @property
@@ -893,10 +895,10 @@ class FeatureStore:
         """Features ``[n, V, L*C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``);
         ``[n, 1, L*C, h, w]`` with ``identity_only``. ``layers`` (`layer_positions`; None: every stored block)
         picks the blocks read, concatenated on channels in block order."""
-        positions = self.layer_positions(layers)
         views = slice(0, 1) if identity_only else slice(None)
-        c, every = self.layer_width, positions == tuple(range(len(self.layers)))
-        contiguous = positions == tuple(range(positions[0], positions[-1] + 1))
+        positions = self.layer_positions(layers) if layers is not None else ()
+        c, every = (self.layer_width, positions == tuple(range(len(self.layers)))) if positions else (0, True)
+        contiguous = every or positions == tuple(range(positions[0], positions[-1] + 1))
         if every:
             inner: tuple = (views,) if identity_only else ()
         elif contiguous:  # one channel range: only it is copied out of the chunks

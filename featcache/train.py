@@ -405,7 +405,8 @@ def check_runnable(store: FeatureStore, cfg: TrainConfig) -> tuple[int, int, int
             "(or train with --augment feature-flip or none)"
         )
     select_rows(store, cfg.size, val_size, cfg.seed)
-    store.layer_positions(cfg.layers)
+    if cfg.layers is not None:
+        store.layer_positions(cfg.layers)
     return epochs, batch, val_size
 
 
