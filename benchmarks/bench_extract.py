@@ -20,6 +20,7 @@ Usage (from the repository root)::
     python benchmarks/bench_extract.py                       # synthetic 64/16/16 images, varied sizes
     python benchmarks/bench_extract.py ../shared/data/isic2017-train-256 --limit 64 --extract-limit 64
     python benchmarks/bench_extract.py DATA --arch vit_ti_16 --views flips --device cuda --json out.json
+    python benchmarks/bench_extract.py DATA --encoder timm:vit_base_patch14_dinov2.lvd142m --encoder-weights random
 
 ``--limit N`` restricts stages 1-2 to the first N samples; ``--extract-limit N`` restricts stage 3
 to the first N samples (a temporary images/ + masks/ folder of symlinks). On CPU the script sets
@@ -46,7 +47,8 @@ from torch.utils.data import DataLoader
 from featcache.data import Sample, SampleDataset, find_samples
 from featcache.errors import FeatcacheError
 from featcache.extract import ExtractConfig, encode_views, extract
-from featcache.models import build_encoder
+from featcache.models import build_encoder, encoder_choice, parse_layers
+from featcache.timm_encoder import parse_model_kwargs
 from featcache.runtime import resolve_device
 from featcache.store import VIEWS
 
@@ -58,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("data", nargs="?", type=Path, metavar="DATA",
                    help="dataset folder (any layout featcache reads); default: a synthetic 64/16/16 set in a temp dir")
     p.add_argument("--arch", default="vit_b_16")
-    p.add_argument("--encoder", default="random", help="random | imagenet | weights file (default random)")
+    p.add_argument("--encoder", default="random", help="random | imagenet | weights file | timm:NAME (default random)")
+    p.add_argument("--encoder-weights", help="with timm:NAME: random | FILE (default: timm's pretrained weights)")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help=("with timm:NAME: "
+        "create_model options"))
+    p.add_argument("--layers", default="-1", help="encoder blocks, e.g. -1 (default) or 3,6,9,12")
     p.add_argument("--views", default="identity", choices=sorted(VIEWS))
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
@@ -131,7 +137,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     # 2. encoder alone on pre-decoded uint8 batches
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # what extract() does on CPU
-    encoder = build_encoder(args.arch, args.encoder).to(device).eval()
+    kwargs, layers = parse_model_kwargs(args.model_kwargs), parse_layers(args.layers)
+    arch, weights = encoder_choice(args.encoder, args.arch, args.encoder_weights, kwargs)
+    encoder = build_encoder(arch, weights, layers=layers, model_kwargs=kwargs).to(device).eval()
     encode_views(encoder, batches[0], views, device)  # warm-up, untimed
     sync(device)
     t0 = time.perf_counter()
@@ -146,7 +154,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     extract_samples = samples[: args.extract_limit] if args.extract_limit else samples
     extract_data = subset_folder(extract_samples, tmp / "subset") if args.extract_limit else data
     cfg = ExtractConfig(data=extract_data, out=str(tmp / f"store.{args.store_format}"), encoder=args.encoder,
-                        arch=args.arch, image_size=args.image_size, views=args.views,
+                        arch=args.arch, encoder_weights=args.encoder_weights, model_kwargs=kwargs, layers=layers,
+                        image_size=args.image_size, views=args.views,
                         batch_size=args.batch_size, workers=args.workers, device=args.device)
     t0 = time.perf_counter()
     report = extract(cfg, progress=False)

@@ -9,7 +9,8 @@
 # Steps, most important first; each gets what is left of the budget, at most its own limit, so a
 # slow step cannot leave the run without its summary: the CUDA tests, synth, extract (images/s),
 # bench_step (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then F/C, then sequential
-# on some sizes; its JSON is rewritten after every part), bench_extract. Everything lands in
+# on some sizes; its JSON is rewritten after every part), extract with a timm ViT-B (random weights:
+# a speed figure beside the torchvision encoder's), bench_extract. Everything lands in
 # $OUT (default ./gpu-out): summary.log and one JSON file per benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,12 @@ BUDGET=${BUDGET:-480}
 WORK=${WORK:-/tmp/featcache-gpu}
 if [[ -n ${SMOKE:-} ]]; then
   DEVICE=cpu ARCH=vit_micro SIZE=32 SYNTH=(--n-train 24 --n-val 8 --n-test 8 --image-size 48x64)
+  TIMM=(--encoder timm:vit_base_patch16_224.mae --model-kwargs depth=2 --model-kwargs embed_dim=32 --model-kwargs num_heads=2)
   STEP=(--archs vit_micro --image-size 32 --steps 2) SWEEP=(--sizes 20,10 --epochs 2 --seeds 0,1 --sequential-sizes 10)
   EXTRACT_LIMIT=16 WORKERS=2
 else
   DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
+  TIMM=(--encoder timm:vit_base_patch16_224.mae)  # the torchvision vit_b_16's architecture, built by timm
   STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 40,10)
   EXTRACT_LIMIT=512 WORKERS=12
   if ! ls .whl/*.whl >/dev/null 2>&1; then
@@ -74,6 +77,22 @@ step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVIC
 step 90 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP[@]}" --json "$OUT/bench_step.json"
 step 330 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
   --json "$OUT/bench_sweep.json"
+if "$PYTHON" -c "import timm" 2>/dev/null; then
+  step 120 "extract ${TIMM[1]}, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
+    --out "$WORK/store-timm.zarr" "${TIMM[@]}" --encoder-weights random --image-size "$SIZE" --views flips --batch-size 32 \
+    --workers "$WORKERS" && "$PYTHON" -m featcache info "$WORK/store-timm.zarr" --json > "$OUT/store_info_timm.json"
+  "$PYTHON" - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/summary.log"
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+for name in ("store_info.json", "store_info_timm.json"):
+    path = out / name
+    info = json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
+    if info:
+        print(f"extract images/s, {info['encoder']['arch']}: {info['extraction']['images_per_second']}")
+PY
+else
+  log "extract with timm: skipped, timm is not importable (add its wheels: gpu-wheels.txt)"
+fi
 step 90 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
   --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
   --json "$OUT/bench_extract.json"

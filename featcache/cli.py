@@ -103,7 +103,12 @@ def pretrain(
     data: Path = typer.Argument(..., help="Dataset folder (its training split trains, its validation split selects)."),
     out: Path = typer.Option(..., "--out", help="ENCODER.pt (figures and history are written beside it)."),
     arch: str = typer.Option("vit_b_16", help="vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro."),
-    init: str = typer.Option("imagenet", help="imagenet | random | a torchvision state dict | a featcache encoder checkpoint."),
+    init: str = typer.Option("imagenet", help=("imagenet | random | a torchvision state dict | a featcache encoder "
+        "checkpoint | timm:NAME (any timm model).")),
+    encoder_weights: Optional[str] = typer.Option(None, help=("With --init timm:NAME: random | FILE (safetensors or "
+        "a state dict); default: timm's pretrained weights (its cache, else downloaded).")),
+    model_kwargs: list[str] = typer.Option([], help=("With --init timm:NAME: a timm.create_model option KEY=VALUE "
+        "(repeatable), e.g. depth=6.")),
     seed: int = typer.Option(0, help="Seed of the random init, batch order and noise."),
     epochs: int = typer.Option(32),
     batch_size: int = typer.Option(40),
@@ -116,11 +121,13 @@ def pretrain(
 ) -> None:
     """Self-supervised denoising pretraining of the encoder (the study's VE + RD)."""
     from featcache.pretrain import PretrainConfig, pretrain as run_pretrain
+    from featcache.timm_encoder import parse_model_kwargs
 
     report = run_pretrain(PretrainConfig(
         data=data, out=out, arch=arch, init=init, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
         noise_std=noise_std, image_size=image_size, workers=workers, device=device or state.device,
-        checkpoint_seconds=checkpoint_seconds,
+        checkpoint_seconds=checkpoint_seconds, init_weights=encoder_weights,
+        model_kwargs=parse_model_kwargs(model_kwargs),
     ))
     out_console.print(
         f"wrote {report.out}: best epoch {report.best_epoch} (validation MSE {report.best_val_loss:.5f}), "
@@ -132,10 +139,19 @@ def pretrain(
 def extract(
     data: Path = typer.Argument(..., help="Dataset folder (ISIC 2017/2018 layout or images/ + masks/)."),
     out: str = typer.Option(..., "--out", help="STORE.zarr (Zarr v3, also an fsspec URL) or STORE.h5 (HDF5)."),
-    encoder: str = typer.Option("imagenet", help="imagenet | random | a torchvision state dict | a featcache encoder checkpoint."),
-    arch: str = typer.Option("vit_b_16", help="vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro (a checkpoint brings its own)."),
-    seed: int = typer.Option(0, help="Seed of --encoder random."),
-    image_size: int = typer.Option(224, help="Images are resized to SxS (a multiple of 16)."),
+    encoder: str = typer.Option("imagenet", help=("imagenet | random | a torchvision state dict | a featcache "
+        "encoder checkpoint | timm:NAME (any timm model, e.g. timm:vit_base_patch14_dinov2.lvd142m).")),
+    arch: str = typer.Option("vit_b_16", help=("vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro (a "
+        "checkpoint or timm:NAME brings its own).")),
+    encoder_weights: Optional[str] = typer.Option(None, help=("With --encoder timm:NAME: random | FILE (safetensors "
+        "or a state dict); default: timm's pretrained weights (its cache, else downloaded).")),
+    model_kwargs: list[str] = typer.Option([], help=("With --encoder timm:NAME: a timm.create_model option "
+        "KEY=VALUE (repeatable), e.g. depth=6.")),
+    layers: str = typer.Option("-1", help=("Encoder blocks stored, e.g. 3,6,9,12 or -4,-3,-2,-1 (1-based; -1: the "
+        "last, the final normed output).")),
+    seed: int = typer.Option(0, help="Seed of random weights."),
+    image_size: int = typer.Option(224, help=("Images are resized to SxS (a multiple of the patch size: 16, or 14 "
+        "for DINOv2).")),
     views: str = typer.Option("identity", help="identity | flips (identity, h, v, hv: exact flip augmentation)."),
     dtype: str = typer.Option("float16", help="float16 | float32 | bfloat16."),
     batch_size: int = typer.Option(32, help="Images per encoder batch (each with all its views)."),
@@ -154,9 +170,13 @@ def extract(
     """Compute the encoder's features of every sample once and write them to a store (resumable)."""
     from featcache.data import SplitConfig
     from featcache.extract import ExtractConfig, extract as run_extract
+    from featcache.models import parse_layers
+    from featcache.timm_encoder import parse_model_kwargs
 
     cfg = ExtractConfig(
-        data=data, out=out, encoder=encoder, arch=arch, seed=seed, image_size=image_size, views=views,
+        data=data, out=out, encoder=encoder, arch=arch, encoder_weights=encoder_weights,
+        model_kwargs=parse_model_kwargs(model_kwargs), layers=parse_layers(layers), seed=seed, image_size=image_size,
+        views=views,
         dtype=dtype, batch_size=batch_size, shard_size=shard_size, compressor=compressor, overwrite=overwrite,
         device=device or state.device, split=SplitConfig(val_fraction, test_fraction, split_seed),
         skip_bad=skip_bad, skip_unpaired=skip_unpaired, strict=strict,
@@ -193,6 +213,10 @@ def info(
     table.add_row("complete", f"{summary['complete']} ({summary['written']}/{summary['n']} written)")
     table.add_row("splits", ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     table.add_row("encoder", summary["encoder_summary"])
+    blocks = ", ".join(map(str, summary["layers"]))
+    table.add_row("layers", f"block{'s' if len(summary['layers']) > 1 else ''} {blocks} "
+                  f"of {summary['depth']} (concatenated on channels); patch {summary['patch_size']} px, "
+                  f"grid {'x'.join(map(str, summary['grid']))}")
     table.add_row("features", f"{summary['shapes']['features']} {summary['dtype']}, views {', '.join(summary['views'])}")
     table.add_row("images / masks", f"{summary['shapes']['images']} / {summary['shapes']['masks']}")
     table.add_row("on disk", f"{summary['bytes_on_disk'] / 2**20:.1f} MiB ({summary['backend']})")
@@ -256,7 +280,10 @@ def train_decoder(
     lr: float = typer.Option(2e-4, help="SGD learning rate (momentum 0.9, weight decay 1e-4)."),
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
     out: Optional[Path] = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
-    encoder: Optional[str] = typer.Option(None, help="If given, the encoder you expect the store to hold; refused if it differs."),
+    encoder: Optional[str] = typer.Option(None, help=("If given, the encoder you expect the store to hold (imagenet "
+        "| random | FILE | timm:NAME); refused if it differs.")),
+    layers: Optional[str] = typer.Option(None, help=("The stored blocks the decoder reads, e.g. -1 or 9,12 "
+        "(concatenated on channels); default: every stored block.")),
     checkpoint_seconds: float = typer.Option(60.0, help="Least seconds between two resume-state writes (0: every epoch)."),
     grouped: Optional[bool] = typer.Option(None, "--grouped/--sequential", help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, sequential on the CPU, where it measured slower."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
@@ -265,8 +292,10 @@ def train_decoder(
     from featcache.experiment import parse_seeds, train_decoder as run_train
     from featcache.train import TrainConfig
 
+    from featcache.models import parse_layers
+
     cfg = TrainConfig(size=size, augment=augment, decoder=decoder, epochs=epochs, batch_size=batch_size,
-                      val_size=val_size, lr=lr, eval_size=eval_size)
+                      val_size=val_size, lr=lr, eval_size=eval_size, layers=parse_layers(layers) if layers else None)
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
     from featcache.report import seeds_table
 
@@ -288,7 +317,8 @@ def predict(
     overlays: str = typer.Option("preview", help="overlays/<stem>_overlay.jpg with a long side of at most 1024 px "
                                  "(preview) | overlays/<stem>_overlay.png at the image's size (full) | none."),
     device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
-    encoder: Optional[Path] = typer.Option(None, help="The encoder's weights file, if it moved since extraction (checked by hash)."),
+    encoder: Optional[str] = typer.Option(None, help=("The encoder's weights file if it moved since extraction, or "
+        "timm:NAME (checked by hash).")),
 ) -> None:
     """Predict masks at each image's own resolution, with overlays (truth red, prediction green)."""
     from featcache.predict import predict as run_predict
@@ -306,8 +336,12 @@ def predict(
 @app.command("compare-e2e")
 def compare_e2e(
     store: str = typer.Argument(..., help="A complete store whose encoder is the self-supervised one."),
-    encoder: Optional[str] = typer.Option(None, help="Default: the store's own encoder (from its provenance); must match it."),
-    e_init: Optional[str] = typer.Option(None, help="imagenet | random | PATH; default: the weights the store's encoder started from."),
+    encoder: Optional[str] = typer.Option(None, help=("Default: the store's own encoder (from its provenance); must "
+        "match it (imagenet | random | FILE | timm:NAME).")),
+    e_init: Optional[str] = typer.Option(None, help=("imagenet | random | PATH | timm:NAME (for the store's "
+        "architecture); default: the weights the store's encoder started from.")),
+    layers: Optional[str] = typer.Option(None, help=("The stored blocks every mode reads, e.g. -1 or 9,12; default: "
+        "every stored block.")),
     sizes: str = typer.Option("2000,160,80,40,20,10", help="Training-set sizes."),
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4."),
     modes: str = typer.Option("E,Es,F,FI,C", help="Any of E, Es, F, FI, C."),
@@ -321,11 +355,13 @@ def compare_e2e(
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
     from featcache.experiment import CompareConfig, compare_e2e as run_compare, parse_list, parse_seeds
+    from featcache.models import parse_layers
 
     cfg = CompareConfig(
         store=store, out=out, encoder=encoder, e_init=e_init, sizes=parse_list(sizes, "--sizes"),
         seeds=tuple(parse_seeds(seeds)), modes=parse_list(modes, "--modes", str), epochs=epochs,
         batch_size=batch_size, val_size=val_size, lr=lr, augment=augment, device=device or state.device,
+        layers=parse_layers(layers) if layers else None,
     )
     from featcache.report import compare_table
 

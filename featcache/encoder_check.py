@@ -12,7 +12,7 @@ import torch
 
 from featcache.errors import FeatcacheError
 from featcache.extract import encode_views
-from featcache.models import Encoder, encoder_provenance, weights_sha256
+from featcache.models import AnyEncoder, encoder_provenance, weights_sha256
 from featcache.runtime import compute_precision, err_console
 from featcache.store import FeatureStore, describe_encoder, store_exists
 
@@ -33,16 +33,16 @@ def tolerance(store: FeatureStore, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def check_encoder_matches(store: FeatureStore, encoder: Encoder, device: torch.device) -> float:
+def check_encoder_matches(store: FeatureStore, encoder: AnyEncoder, device: torch.device) -> float:
     """Refuse ``encoder`` unless it reproduces the stored identity-view features of the first training sample.
 
     The sample's stored uint8 image ``[3, S, S]`` goes through `encode_views` as extraction fed it;
-    the result ``[C, h, w]`` is compared with the stored row by relative L2 difference
+    the result ``[L*C, h, w]`` is compared with the stored row (the encoder's blocks of it) by relative L2 difference
     ``||recomputed - stored|| / ||stored||``, which is returned. ``encoder`` is moved to ``device``
     and put in eval mode.
     """
     row = int(store.indices("train")[0])
-    stored = store.features([row], identity_only=True).float()[0, 0]
+    stored = store.features([row], identity_only=True, layers=encoder.layers).float()[0, 0]
     encoder.to(device).eval()
     recomputed = encode_views(encoder, store.images([row]), ("identity",), device)[0, 0].cpu()
     difference = float((recomputed - stored).norm() / stored.norm().clamp_min(1e-12))
@@ -58,7 +58,7 @@ def check_encoder_matches(store: FeatureStore, encoder: Encoder, device: torch.d
     return difference
 
 
-def check_run_encoder(store_path: str, encoder: Encoder, device: torch.device) -> float | None:
+def check_run_encoder(store_path: str, encoder: AnyEncoder, device: torch.device) -> float | None:
     """`check_encoder_matches` against the store a run was trained from, when it is still at ``store_path``.
 
     When it is not there, cannot be opened, is incomplete or was replaced by a store of another encoder,

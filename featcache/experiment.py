@@ -13,7 +13,7 @@ from featcache.distributed import Distributed
 from featcache.encoder_check import check_encoder_matches
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import ensure_writable_dir, torch_save, write_json
-from featcache.models import Encoder, build_encoder, encoder_from_provenance, encoder_provenance
+from featcache.models import AnyEncoder, encoder_like, encoder_provenance, rebuild_encoder
 from featcache.modes import MODES
 from featcache.progress import epoch_row, progress_bar
 from featcache.report import aggregate, plot_loss_curve, write_runs_csv
@@ -79,7 +79,7 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
             prov = store.meta["encoder"]
-            at_hand = build_encoder(prov["arch"], encoder, seed=prov["source"].get("seed", 0))
+            at_hand = encoder_like(prov, encoder)
             store.check_encoder(encoder_provenance(at_hand))
             check_encoder_matches(store, at_hand, dev)
         # Refused here, before a progress bar; a capped validation size is said once, not per seed.
@@ -172,6 +172,7 @@ class CompareConfig:
     lr: float = 2e-4
     augment: str = "exact"
     device: str = "auto"
+    layers: tuple[int, ...] | None = None  # the stored blocks every mode reads (None: all)
 
     def validate(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
@@ -204,21 +205,22 @@ def parse_list(text: str, option: str, kind: type = int) -> tuple:
     return tuple(values)
 
 
-def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[Encoder, Encoder]:
+def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> tuple[AnyEncoder, AnyEncoder]:
     """(self-supervised encoder = the store's, proven by re-encoding a sample on ``device``; the encoder E and FI
-    start from)."""
+    start from), both reading the blocks ``cfg.layers`` of the store."""
     prov = store.meta["encoder"]
+    layers = [store.layers[p] for p in store.layer_positions(cfg.layers)]
     if cfg.encoder is not None:
-        ss = build_encoder(prov["arch"], cfg.encoder)
+        ss = encoder_like(prov, cfg.encoder, layers)
         store.check_encoder(encoder_provenance(ss))
     else:
-        ss = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+        ss = rebuild_encoder(prov, layers=layers)
     check_encoder_matches(store, ss, device)
     if cfg.e_init is not None:
-        init = build_encoder(prov["arch"], cfg.e_init, seed=prov["source"].get("seed", 0))
+        init = encoder_like(prov, cfg.e_init, layers)
     elif prov["source"].get("kind") == "featcache" and prov["source"].get("init"):
         start = prov["source"]["init"]
-        init = encoder_from_provenance(prov["arch"], start, start["weights_sha256"])
+        init = rebuild_encoder({**prov, "source": start, "weights_sha256": start["weights_sha256"]}, layers=layers)
     else:
         init = ss  # no pretraining recorded: E starts where F is frozen
     return ss, init
@@ -264,7 +266,8 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                 plan = plans[size]
                 augment = cfg.augment if MODES[mode].reads_store else _image_augment(cfg.augment)
                 run_cfgs = [TrainConfig(size=size, seed=seed, augment=augment, epochs=cfg.epochs,
-                                        batch_size=cfg.batch_size, lr=cfg.lr, val_size=plan.val_size)
+                                        batch_size=cfg.batch_size, lr=cfg.lr, val_size=plan.val_size,
+                                        layers=cfg.layers)
                             for seed in seeds]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
                 runs = train_mode(store, mode, run_cfgs, plan, encoders, device, epoch_row(bar, label, plan.epochs))
@@ -286,6 +289,8 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             "store": str(cfg.store),
             "encoder": store.meta["encoder"],
             "e_init": encoder_provenance(init)["source"],
+            "layers": list(ss.layers),
+            "depth": ss.depth,
             "extraction_seconds": extraction.get("seconds"),
             "extraction_device": extraction.get("device"),
             "n_test": len(store.indices("test")),

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from featcache.data import SampleDataset, SampleIndex, SplitConfig, find_samples
 from featcache.distributed import Distributed
-from featcache.errors import BadFileError, FeatcacheError, OptionError
+from featcache.errors import BadFileError, FeatcacheError, OptionError, check_at_least, check_choice
 from featcache.lock import WriterLock
-from featcache.models import Encoder, build_encoder, encoder_provenance
+from featcache.progress import progress_bar
+from featcache.models import AnyEncoder, Encoder, build_encoder, encoder_choice, encoder_provenance
 from featcache.runtime import autocast, compute_precision, err_console, resolve_device, synchronize
 from featcache.store import (
     FEATURE_DTYPES,
@@ -46,12 +46,20 @@ from featcache.store import (
 
 @dataclass
 class ExtractConfig:
-    """Everything ``featcache extract`` takes. ``encoder``: ``imagenet``, ``random`` or a weights file."""
+    """Everything ``featcache extract`` takes.
+
+    ``encoder``: ``imagenet``, ``random`` or a weights file (of the torchvision ``arch``), or ``timm:NAME`` with
+    ``encoder_weights`` (None: timm's own pretrained weights; ``random``; a file) and ``model_kwargs``.
+    ``layers``: the blocks stored (`featcache.models.resolve_layers`; None: the last, the final normed output).
+    """
 
     data: Path
     out: str
     encoder: str = "imagenet"
     arch: str = "vit_b_16"
+    encoder_weights: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    layers: tuple[int, ...] | None = None
     seed: int = 0
     image_size: int = 224
     views: str = "identity"
@@ -68,17 +76,14 @@ class ExtractConfig:
     strict: bool = False
 
     def validate(self) -> None:
-        if self.views not in VIEWS:
-            raise OptionError(f"--views {self.views} is not one of {', '.join(VIEWS)}")
-        if self.dtype not in FEATURE_DTYPES:
-            raise OptionError(f"--dtype {self.dtype} is not one of {', '.join(FEATURE_DTYPES)}")
-        if self.image_size <= 0 or self.image_size % 16:
-            raise OptionError(f"--image-size {self.image_size} must be a positive multiple of 16 (the patch size)")
-        for option, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
-            if value < 1:
-                raise OptionError(f"{option} {value} must be at least 1")
-        if self.workers < 0:
-            raise OptionError(f"--workers {self.workers} must be 0 or more")
+        check_choice("--views", self.views, VIEWS)
+        check_choice("--dtype", self.dtype, FEATURE_DTYPES)
+        if self.image_size <= 0:
+            raise OptionError(f"--image-size {self.image_size} must be positive (a multiple of the patch size)")
+        encoder_choice(self.encoder, self.arch, self.encoder_weights, self.model_kwargs)
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_at_least("--shard-size", self.shard_size, 1)
+        check_at_least("--workers", self.workers, 0)
         backend_kind(self.out)
 
 
@@ -93,7 +98,7 @@ class ExtractReport:
     rank: int = 0
 
 
-def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, views: str, dtype: str,
+def store_provenance(encoder: AnyEncoder, index: SampleIndex, image_size: int, views: str, dtype: str,
                      device: torch.device) -> dict:
     """The attributes that identify what a store holds (compared before resuming into it).
 
@@ -101,13 +106,15 @@ def store_provenance(encoder: Encoder, index: SampleIndex, image_size: int, view
     computes in another, so one store never mixes bf16 and float32 features.
     """
     dataset = index.to_dict()
+    normalisation = ("ImageNet mean/std inside the encoder" if isinstance(encoder, Encoder)
+                     else "the model's pretrained_cfg mean/std inside the encoder (see encoder.normalisation)")
     return {
         "encoder": encoder_provenance(encoder),
         "preprocessing": {
             "size": image_size,
             "image_interpolation": "bilinear (PIL, antialiased)",
             "mask_interpolation": "nearest, binarised at > 127",
-            "normalisation": "ImageNet mean/std inside the encoder",
+            "normalisation": normalisation,
         },
         "dataset": {k: v for k, v in dataset.items() if k != "root"},
         # Absolute, so that reading the original masks (--eval-size original) works from any folder.
@@ -126,8 +133,9 @@ def view_batch(images: torch.Tensor, view_names: tuple[str, ...]) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_views(encoder: Encoder, images_u8: torch.Tensor, view_names: tuple[str, ...], device: torch.device) -> torch.Tensor:
-    """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, C, S/16, S/16]`` float32, on ``device``."""
+def encode_views(encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...],
+                 device: torch.device) -> torch.Tensor:
+    """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, L*C, S/p, S/p]`` float32, on ``device``."""
     x = images_u8.to(device, non_blocking=True).float().div_(255)
     x = view_batch(x, view_names)
     if device.type == "cuda":
@@ -223,7 +231,8 @@ _START_FIX = "free some space or choose another --out"
 _RESUME_FIX = "free some space, then run the same command again: the blocks already written are kept"
 
 
-def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder, dist: Distributed) -> tuple[FeatureStore, bool]:
+def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder,
+                    dist: Distributed) -> tuple[FeatureStore, bool]:
     """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it.
 
     A refusal on rank 0 reaches every rank (broadcast), so none waits for a store that never comes.
@@ -242,7 +251,7 @@ def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder:
     return store, resumed
 
 
-def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: Encoder) -> tuple[FeatureStore, bool]:
+def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder) -> tuple[FeatureStore, bool]:
     samples = index.samples
     grid = (cfg.image_size // encoder.patch_size,) * 2
     kind = backend_kind(cfg.out)
@@ -332,7 +341,13 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
         err_console.print(f"{cfg.data}: {index.split_note}")
     if index.skipped and dist.is_main:
         err_console.print(f"{cfg.data}: left out {len(index.skipped)} unpaired or unreadable files (recorded in the store): {', '.join(index.skipped[:5])}")
-    encoder = build_encoder(cfg.arch, cfg.encoder, seed=cfg.seed).to(device).eval()
+    arch, weights = encoder_choice(cfg.encoder, cfg.arch, cfg.encoder_weights, cfg.model_kwargs)
+    encoder = build_encoder(arch, weights, seed=cfg.seed, layers=cfg.layers, model_kwargs=cfg.model_kwargs)
+    encoder = encoder.to(device).eval()
+    if cfg.image_size % encoder.patch_size:
+        p = encoder.patch_size
+        raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {p} (the patch size of "
+                          f"{encoder.arch}); use {max(p, cfg.image_size // p * p)} or {(cfg.image_size // p + 1) * p}")
     prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype, device)
     lock_path = _lock_path(cfg.out)
     lock = WriterLock(lock_path, cfg.out) if lock_path is not None and dist.is_main else None
@@ -381,7 +396,7 @@ def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> 
                           torch.cat(rows["features"]), skipped=rows["bad"])
 
 
-def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: ExtractConfig, device: torch.device,
+def _fill(store: FeatureStore, index: SampleIndex, encoder: AnyEncoder, cfg: ExtractConfig, device: torch.device,
           dist: Distributed, progress: bool, on_block: Callable[[int, int], None] | None) -> ExtractReport:
     written = store.written()
     for start in store.damaged_blocks():  # blocks whose chunks went missing are computed again, whole
@@ -405,8 +420,7 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: Encoder, cfg: Extrac
     block_iter = iter(pending)
     current = next(block_iter, None)
     started = time.perf_counter()
-    columns = (TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, disable=not progress or not dist.is_main) as bar:
+    with progress_bar("images", disable=not progress or not dist.is_main, remaining=True) as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         for batch in loader:
             for i, error, problem, note in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"],

@@ -19,7 +19,7 @@ def flip_check(store: FeatureStore, max_samples: int = 64) -> dict[str, float] |
     if not store.has_flip_views:
         return None
     rows = np.unique(np.linspace(0, store.n - 1, min(max_samples, store.n)).round().astype(np.int64))
-    feats = store.features(rows, dtype=torch.float32)  # [n, 4, C, h, w]
+    feats = store.features(rows, dtype=torch.float32)  # [n, 4, L*C, h, w]
     identity = feats[:, 0]
     result = {}
     for v, name in enumerate(store.view_names):
@@ -56,6 +56,10 @@ def store_info(path: str) -> dict:
             "bytes_on_disk": store.nbytes_stored(),
             "encoder": meta["encoder"],
             "encoder_summary": describe_encoder(meta["encoder"]),
+            "layers": list(store.layers),
+            "depth": store.depth,
+            "patch_size": store.patch_size,
+            "grid": list(meta["grid"]),
             "preprocessing": meta["preprocessing"],
             "dataset": {**meta["dataset"], "root": meta.get("dataset_root")},
             "skipped_bad": meta.get("skipped_bad", []),

@@ -27,7 +27,7 @@ from featcache.encoder_check import check_run_encoder
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, ensure_writable_dir, safe_torch_load
 from featcache.overlays import overlay
-from featcache.models import build_decoder, encoder_from_provenance
+from featcache.models import build_decoder, rebuild_encoder
 from featcache.runtime import err_console, resolve_device
 from featcache.train import DECODER_CHECKPOINT_FORMAT
 
@@ -175,10 +175,10 @@ def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None
         raise FeatcacheError(f"{run_dir} does not hold a featcache decoder checkpoint")
     store = ckpt["store"]
     prov = store["encoder"]
-    encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"], encoder_weights)
+    encoder = rebuild_encoder(prov, encoder_weights, layers=ckpt.get("layers"))
     if ckpt.get("encoder_state_dict"):
         encoder.load_state_dict(ckpt["encoder_state_dict"])
-    decoder = build_decoder(ckpt["decoder"], ckpt["in_channels"])
+    decoder = build_decoder(ckpt["decoder"], ckpt["in_channels"], patch_size=ckpt.get("patch_size", 16))
     decoder.load_state_dict(ckpt["state_dict"])
     encoder, decoder = encoder.to(dev).eval(), decoder.to(dev).eval()
     if not ckpt.get("encoder_state_dict"):  # the store's own encoder: re-encode a stored sample to prove it

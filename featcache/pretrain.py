@@ -35,15 +35,17 @@ from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import (
     ARCHITECTURES,
     ENCODER_CHECKPOINT_FORMAT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Encoder,
+    AnyEncoder,
     ReconstructionDecoder,
     build_encoder,
+    encoder_choice,
+    encoder_config,
     group_state,
+    normalisation,
     weights_sha256,
 )
 from featcache.report import plot_loss_curve, save_figure
+from featcache.timm_encoder import PREFIX as TIMM_PREFIX
 from featcache.loop import run_epochs
 from featcache.progress import epoch_row, progress_bar
 from featcache.resume import Checkpointer
@@ -84,11 +86,15 @@ class PretrainConfig:
     device: str = "auto"
     split: SplitConfig = field(default_factory=SplitConfig)
     checkpoint_seconds: float = 60.0
+    init_weights: str | None = None  # with init timm:NAME: None (timm's pretrained weights), random or a file
+    model_kwargs: dict = field(default_factory=dict)  # with init timm:NAME: timm.create_model options
 
     def validate(self) -> None:
         """Raise a one-line FeatcacheError naming the first out-of-range option."""
         check_choice("--arch", self.arch, ARCHITECTURES)
-        if self.init not in ("imagenet", "random") and not Path(self.init).is_file():
+        encoder_choice(self.init, self.arch, self.init_weights, self.model_kwargs)
+        named = self.init in ("imagenet", "random") or self.init.startswith(TIMM_PREFIX)
+        if not named and not Path(self.init).is_file():
             raise FeatcacheError(f"--init {self.init}: no such file; pass imagenet, random or a weights file")
         check_at_least("--epochs", self.epochs, 1)
         check_at_least("--batch-size", self.batch_size, 1)
@@ -96,7 +102,7 @@ class PretrainConfig:
             raise OptionError(f"--lr {self.lr} must be a positive number")
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise OptionError(f"--noise-std {self.noise_std} must be 0 or more (pixel range is [0, 1])")
-        patch = ARCHITECTURES[self.arch].patch_size
+        patch = 1 if self.init.startswith(TIMM_PREFIX) else ARCHITECTURES[self.arch].patch_size  # timm: once built
         if self.image_size <= 0 or self.image_size % patch:
             raise OptionError(f"--image-size {self.image_size} must be a positive multiple of {patch} (the patch size)")
         check_at_least("--workers", self.workers, 0)
@@ -162,7 +168,7 @@ def noisy_batches(images: torch.Tensor, batch_size: int, std: float, seed: int) 
 
 
 @torch.no_grad()
-def validation_loss(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, batch_size: int, std: float,
+def validation_loss(encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, batch_size: int, std: float,
                     seed: int) -> torch.Tensor:
     """Per-pixel MSE (a 0-dim device tensor) of the reconstructions of uint8 ``images`` ``[m, 3, S, S]``.
 
@@ -179,7 +185,7 @@ def validation_loss(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, 
 
 
 @torch.no_grad()
-def _reconstruction_figure(encoder: Encoder, decoder: nn.Module, images: torch.Tensor, ids: list[str],
+def _reconstruction_figure(encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, ids: list[str],
                            cfg: PretrainConfig, path: Path) -> None:
     """A row per validation image (the first `FIGURE_IMAGES`): input, noisy input (the fixed
     validation noise), reconstruction with its per-pixel MSE."""
@@ -217,7 +223,7 @@ class _DenoisingTask:
 
     runs = 1
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, train_images: torch.Tensor, val_images: torch.Tensor,
+    def __init__(self, encoder: AnyEncoder, decoder: nn.Module, train_images: torch.Tensor, val_images: torch.Tensor,
                  cfg: PretrainConfig, device: torch.device, resume_file: Path) -> None:
         self.encoder, self.decoder, self.cfg, self.device = encoder, decoder, cfg, device
         self.train_images, self.val_images, self.resume_file = train_images, val_images, resume_file
@@ -304,10 +310,13 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     train_images = load_images(train_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
     val_images = load_images(val_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
 
-    encoder = build_encoder(cfg.arch, cfg.init, seed=cfg.seed)
+    encoder = build_encoder(*encoder_choice(cfg.init, cfg.arch, cfg.init_weights, cfg.model_kwargs), seed=cfg.seed,
+                            model_kwargs=cfg.model_kwargs)
+    if cfg.image_size % encoder.patch_size:
+        raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {encoder.patch_size} (the patch size)")
     init = {**encoder.source, "seed": cfg.seed, "weights_sha256": weights_sha256(encoder)}
     with seeded(cfg.seed):
-        decoder = ReconstructionDecoder(encoder.width)
+        decoder = ReconstructionDecoder(encoder.width, encoder.patch_size)
     encoder.to(device)
     decoder.to(device)
     task = _DenoisingTask(encoder, decoder, train_images, val_images, cfg, device, checkpointer.path)
@@ -322,11 +331,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     checkpoint = {
         "format": ENCODER_CHECKPOINT_FORMAT,
         "arch": encoder.arch,
-        "config": dataclasses.asdict(encoder.config),
+        "config": encoder_config(encoder),
         "state_dict": best_encoder,
         "decoder_state_dict": best_decoder,
         "init": init,
-        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "normalisation": normalisation(encoder),
         "history": history,
         "best_epoch": best_epoch,
         "best_val_loss": best_loss,

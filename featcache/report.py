@@ -241,7 +241,11 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         "# featcache compare-e2e report",
         "",
         f"Store `{context['store']}`: {context['n_test']} test images at {context['image_size']} px, "
-        f"encoder {context['encoder']['arch']} ({context['encoder']['source'].get('kind')}), runs on {context['device']}. "
+        f"encoder {context['encoder']['arch']} ({context['encoder']['source'].get('kind')}), "
+        + (f"features of block{'s' if len(context['layers']) > 1 else ''} {', '.join(map(str, context['layers']))} "
+           f"of {context['depth']}, "
+           if context.get("layers") else "")
+        + f"runs on {context['device']}. "
         f"Sizes {', '.join(map(str, sizes))}; seeds {', '.join(map(str, context['seeds']))}; "
         + (f"epochs shortened to {context['epochs']} for every size (the study's protocol uses 100–1200)." if context["epochs"]
            else "epochs and batch sizes from the study's protocol.")

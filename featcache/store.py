@@ -2,8 +2,11 @@
 
 Arrays (first axis: N samples, train then val then test, ids sorted within each split):
 ``ids`` [N] str, ``split`` [N] str, ``orig_hw`` [N, 2] int32, ``images`` [N, 3, S, S] uint8,
-``masks`` [N, S, S] uint8 (0/1), ``features`` [N, V, C, h, w] float16/float32/bfloat16
+``masks`` [N, S, S] uint8 (0/1), ``features`` [N, V, L*C, h, w] float16/float32/bfloat16
 (bfloat16 is kept as its uint16 bit pattern, numpy having no bfloat16), ``written`` [N] bool.
+``features`` holds the outputs of L encoder blocks (``encoder.layers``; without it, the last block alone),
+block-major on the channel axis: byte for byte the C-order layout of ``[N, V, L, C, h, w]``, in the same
+one-chunk-per-sample chunks, so a one-layer store is the format it always was.
 Every array is chunked (Zarr: sharded) in blocks of ``shard_size`` samples, so writers of disjoint
 blocks never touch the same file. All attributes are one JSON document under ``featcache``.
 
@@ -693,6 +696,52 @@ class FeatureStore:
         return int(self.meta["preprocessing"]["size"])
 
     @property
+    def patch_size(self) -> int:
+        """Pixels per feature-grid cell: the encoder's patch size."""
+        return self.image_size // int(self.meta["grid"][0])
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The encoder blocks (1-based, ascending) whose outputs the features hold, side by side on channels."""
+        encoder = self.meta["encoder"]
+        if encoder.get("layers"):
+            return tuple(int(k) for k in encoder["layers"])
+        config = encoder["config"]
+        return (int(config["depth"] if "depth" in config else config["num_layers"]),)
+
+    @property
+    def depth(self) -> int:
+        config = self.meta["encoder"]["config"]
+        return int(config["depth"] if "depth" in config else config["num_layers"])
+
+    @property
+    def layer_width(self) -> int:
+        """Channels C of one block's features."""
+        return int(self.meta["width"]) // len(self.layers)
+
+    def layer_positions(self, layers: Sequence[int] | None = None) -> tuple[int, ...]:
+        """Positions in `layers` of the blocks ``layers`` (1-based, or -1 for the model's last, ...; None: all
+        stored), in ascending block order; refuses a block the store does not hold, in one line."""
+        if layers is None:
+            return tuple(range(len(self.layers)))
+        wanted = sorted({k if k > 0 else self.depth + 1 + k for k in layers})
+        missing = [k for k in wanted if k not in self.layers]
+        if missing or not wanted:
+            raise OptionError(
+                f"--layers {','.join(map(str, layers))}: {self.path} holds the outputs of block"
+                f"{'s' if len(self.layers) > 1 else ''} {', '.join(map(str, self.layers))} of {self.depth}, not "
+                f"{', '.join(map(str, missing)) or 'none'}; pick among those, or extract a store with "
+                f"`featcache extract ... --layers {','.join(map(str, wanted))}`"
+            )
+        return tuple(self.layers.index(k) for k in wanted)
+
+    def feature_width(self, layers: Sequence[int] | None = None) -> int:
+        """Channels of `features` read with ``layers``: the decoder's input width."""
+        if layers is None:
+            return int(self.meta["width"])
+        return self.layer_width * len(self.layer_positions(layers))
+
+    @property
     def ids(self) -> list[str]:
         if self._ids is None:
             self._ids = self._checked("ids", 0, self.n, lambda: self.backend.read_strings("ids"))
@@ -842,10 +891,23 @@ class FeatureStore:
         return out
 
     def features(self, indices, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 identity_only: bool = False) -> torch.Tensor:
-        """Features ``[n, V, C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``);
-        ``[n, 1, C, h, w]`` with ``identity_only``."""
-        raw = torch.from_numpy(self.read("features", indices, (slice(0, 1),) if identity_only else ()))
+                 identity_only: bool = False, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Features ``[n, V, L*C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``);
+        ``[n, 1, L*C, h, w]`` with ``identity_only``. ``layers`` (`layer_positions`; None: every stored block)
+        picks the blocks read, concatenated on channels in block order."""
+        views = slice(0, 1) if identity_only else slice(None)
+        positions = self.layer_positions(layers) if layers is not None else ()
+        c, every = (self.layer_width, positions == tuple(range(len(self.layers)))) if positions else (0, True)
+        contiguous = every or positions == tuple(range(positions[0], positions[-1] + 1))
+        if every:
+            inner: tuple = (views,) if identity_only else ()
+        elif contiguous:  # one channel range: only it is copied out of the chunks
+            inner = (views, slice(positions[0] * c, (positions[-1] + 1) * c))
+        else:
+            inner = (views,)
+        raw = torch.from_numpy(self.read("features", indices, inner))
+        if not contiguous:
+            raw = raw[:, :, [p * c + i for p in positions for i in range(c)]]
         if self.meta["dtype"] == "bfloat16":
             raw = raw.view(torch.bfloat16)
         return raw.to(device=device, dtype=dtype or raw.dtype)
@@ -926,7 +988,8 @@ def describe_encoder(prov: dict) -> str:
     """``vit_b_16 (imagenet, weights 1a2b3c4d…)``: enough to tell two encoders apart in a message."""
     source = prov.get("source", {})
     kind = source.get("kind", "?")
-    where = f"random seed {source.get('seed')}" if kind == "random" else source.get("file", kind)
+    where = f"random seed {source.get('seed')}" if kind == "random" else source.get("file", "its pretrained weights"
+                                                                                   if kind == "timm" else kind)
     return f"{prov['arch']} ({kind}: {where}, weights {prov['weights_sha256'][:10]}…)"
 
 

@@ -21,7 +21,7 @@ from featcache.data import SplitConfig, find_samples, load_mask_full
 from featcache.errors import FeatcacheError, OptionError, check_choice
 from featcache.loop import FitResult, RunInputs, fit, fit_group, predict_logits
 from featcache.metrics import METRICS, confusion, mean_scores, scores
-from featcache.models import DECODERS, Encoder, build_decoder, stack_states
+from featcache.models import DECODERS, AnyEncoder, build_decoder, stack_states
 from featcache.modes import MODES
 from featcache.progress import EpochCallback
 from featcache.protocol import Plan, plan_run, subset
@@ -51,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     eval_size: str = "224"
     eval_batch_size: int = 64
+    layers: tuple[int, ...] | None = None  # the stored blocks read (FeatureStore.layer_positions); None: all
 
     def validate(self) -> None:
         """Refuse option values that can never be valid (a usage error)."""
@@ -71,6 +72,8 @@ class TrainConfig:
 
 def check_store_run(store: FeatureStore, cfg: TrainConfig) -> None:
     """Refuse, before any work, a C run the store cannot give."""
+    if cfg.layers is not None:
+        store.layer_positions(cfg.layers)
     if cfg.augment == "exact" and not store.has_flip_views:
         raise FeatcacheError(
             f"{store.path} has no flip views, which --augment exact needs; extract it with --views flips "
@@ -115,10 +118,11 @@ def refuse_empty_masks(store: FeatureStore, masks: torch.Tensor, cfg: TrainConfi
         )
 
 
-def seeded_decoder(cfg: TrainConfig, width: int) -> nn.Module:
-    """The decoder of ``cfg`` initialised from its seed (the same weights whichever mode trains it)."""
+def seeded_decoder(cfg: TrainConfig, width: int, patch_size: int = 16) -> nn.Module:
+    """The decoder of ``cfg`` for features of ``width`` channels on a grid of ``patch_size`` pixels per cell,
+    initialised from its seed (the same weights whichever mode trains it)."""
     with seeded(cfg.seed):
-        return build_decoder(cfg.decoder, width)
+        return build_decoder(cfg.decoder, width, patch_size=patch_size)
 
 
 @dataclass
@@ -156,9 +160,9 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     train_masks = store.masks(train_union)
     for c, p in zip(cfgs, train_pos, strict=True):
         refuse_empty_masks(store, train_masks[p], c)
-    train_feats = store.features(train_union, identity_only=cfg.augment != "exact")
-    val_feats = store.features(val_union, identity_only=True)
-    test_feats = store.features(rows[0].test_rows, identity_only=True)
+    train_feats = store.features(train_union, identity_only=cfg.augment != "exact", layers=cfg.layers)
+    val_feats = store.features(val_union, identity_only=True, layers=cfg.layers)
+    test_feats = store.features(rows[0].test_rows, identity_only=True, layers=cfg.layers)
     if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
         raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
     train_feats, val_feats = train_feats.to(device), val_feats.to(device)
@@ -170,9 +174,9 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
         for c, tp, vp in zip(cfgs, train_pos, val_pos, strict=True)
     ]
     test_source = StoreFeatures(test_feats.to(device), "none")
-    width, k_runs = store.meta["width"], len(cfgs)
-    decoder = build_decoder(cfg.decoder, width, k_runs)
-    decoder.load_state_dict(stack_states([seeded_decoder(c, width).state_dict() for c in cfgs]))
+    width, k_runs = store.feature_width(cfg.layers), len(cfgs)
+    decoder = build_decoder(cfg.decoder, width, k_runs, store.patch_size)
+    decoder.load_state_dict(stack_states([seeded_decoder(c, width, store.patch_size).state_dict() for c in cfgs]))
     decoder.to(device)
     fits = fit_group(decoder, runs, plan, cfg, device, progress, checkpointer)
     decoder.load_state_dict(stack_states([f.best.weights["decoder"] for f in fits]))
@@ -191,7 +195,7 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     return outputs
 
 
-def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: Plan, encoders: dict[str, Encoder],
+def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: Plan, encoders: dict[str, AnyEncoder],
                        device: torch.device, progress: EpochCallback | None = None) -> RunOutput:
     """One run of an encoder mode (E, Es, F, FI): the encoder ``encoders[MODES[mode].encoder]`` (``ssl`` or
     ``init``; a copy is trained, the one given is left as it was) runs on the store's images at every step."""
@@ -202,7 +206,7 @@ def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: P
     encoder = copy.deepcopy(encoders[spec.encoder]).to(device)
     images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
     sources = {k: EncoderFeatures(encoder, images[k], spec.trainable and k == "train") for k in images}
-    decoder = seeded_decoder(cfg, encoder.width).to(device)
+    decoder = seeded_decoder(cfg, encoder.width, encoder.patch_size).to(device)
     run = RunInputs(cfg.seed, sources["train"], train_masks.to(device), sources["val"],
                     store.masks(rows.val_rows, device))
     fitted = fit(decoder, run, plan, cfg, device, progress)
@@ -214,7 +218,7 @@ def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: P
     return RunOutput(results_dict(mode, cfg, rows, fitted, test, device, plan), None, logits)
 
 
-def train_mode(store: FeatureStore, mode: str, cfgs: list[TrainConfig], plan: Plan, encoders: dict[str, Encoder],
+def train_mode(store: FeatureStore, mode: str, cfgs: list[TrainConfig], plan: Plan, encoders: dict[str, AnyEncoder],
                device: torch.device, progress: EpochCallback | None = None,
                checkpointer: Checkpointer | None = None) -> list[RunOutput]:
     """The runs of one mode and size, one per config: grouped from the store, or one encoder run each."""
@@ -292,7 +296,9 @@ def decoder_checkpoint(store: FeatureStore, cfg: TrainConfig, fit_result: FitRes
     return {
         "format": DECODER_CHECKPOINT_FORMAT,
         "decoder": cfg.decoder,
-        "in_channels": int(meta["width"]),
+        "in_channels": store.feature_width(cfg.layers),
+        "layers": [store.layers[p] for p in store.layer_positions(cfg.layers)],
+        "patch_size": store.patch_size,
         "state_dict": fit_result.best.weights["decoder"],
         "encoder_state_dict": fit_result.best.weights["encoder"],
         "store": {

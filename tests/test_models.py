@@ -44,7 +44,8 @@ def test_encoder_equals_torchvision_forward(arch):
     load_encoder_weights(encoder, tv.state_dict(), "twin")
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        feats, cls = encoder(images, return_cls=True)
+        feats = encoder(images)
+        cls = encoder.forward_tokens(images)[0][:, 0]
         normalised = (images - encoder.mean) / encoder.std
         tokens = tv._process_input(normalised)
         tokens = tv.encoder(torch.cat([tv.class_token.expand(2, -1, -1), tokens], dim=1))
