@@ -48,22 +48,28 @@ from featcache.data import Sample, SampleDataset, find_samples
 from featcache.errors import FeatcacheError
 from featcache.extract import ExtractConfig, encode_views, extract
 from featcache.models import build_encoder, encoder_choice, parse_layers
-from featcache.timm_encoder import parse_model_kwargs
 from featcache.runtime import resolve_device
 from featcache.store import VIEWS
+from featcache.timm_encoder import parse_model_kwargs
 
 console = Console()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", nargs="?", type=Path, metavar="DATA",
-                   help="dataset folder (any layout featcache reads); default: a synthetic 64/16/16 set in a temp dir")
+    p.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        metavar="DATA",
+        help="dataset folder (any layout featcache reads); default: a synthetic 64/16/16 set in a temp dir",
+    )
     p.add_argument("--arch", default="vit_b_16")
     p.add_argument("--encoder", default="random", help="random | imagenet | weights file | timm:NAME (default random)")
     p.add_argument("--encoder-weights", help="with timm:NAME: random | FILE (default: timm's pretrained weights)")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help=("with timm:NAME: "
-        "create_model options"))
+    p.add_argument(
+        "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help=("with timm:NAME: create_model options")
+    )
     p.add_argument("--layers", default="-1", help="encoder blocks, e.g. -1 (default) or 3,6,9,12")
     p.add_argument("--views", default="identity", choices=sorted(VIEWS))
     p.add_argument("--image-size", type=int, default=224)
@@ -106,8 +112,13 @@ def subset_folder(samples: list[Sample], root: Path) -> Path:
 
 
 def row(stage: str, images: int, seconds: float, threads: int) -> dict:
-    return {"stage": stage, "images": images, "seconds": seconds,
-            "images_per_second": images / seconds if seconds else 0.0, "threads": threads}
+    return {
+        "stage": stage,
+        "images": images,
+        "seconds": seconds,
+        "images_per_second": images / seconds if seconds else 0.0,
+        "threads": threads,
+    }
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict:
@@ -125,12 +136,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     rows = []
 
     # 1. decode + resize
-    loader = DataLoader(SampleDataset(bench, args.image_size), batch_size=args.batch_size,
-                        num_workers=args.workers, shuffle=False)
+    loader = DataLoader(
+        SampleDataset(bench, args.image_size), batch_size=args.batch_size, num_workers=args.workers, shuffle=False
+    )
     t0 = time.perf_counter()
     batches = [b["image"] for b in loader]
-    rows.append(row("1 decode+resize", len(bench), time.perf_counter() - t0,
-                    torch.get_num_threads()))
+    rows.append(row("1 decode+resize", len(bench), time.perf_counter() - t0, torch.get_num_threads()))
     if device.type == "cuda":
         batches = [b.pin_memory() for b in batches]
 
@@ -146,17 +157,33 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     for b in batches:
         encode_views(encoder, b, views, device)
     sync(device)
-    rows.append(row(f"2 encoder alone, {len(views)} view{'s' if len(views) > 1 else ''}", len(bench),
-                    time.perf_counter() - t0, torch.get_num_threads()))
+    rows.append(
+        row(
+            f"2 encoder alone, {len(views)} view{'s' if len(views) > 1 else ''}",
+            len(bench),
+            time.perf_counter() - t0,
+            torch.get_num_threads(),
+        )
+    )
     del encoder
 
     # 3. whole extract into a temporary store
     extract_samples = samples[: args.extract_limit] if args.extract_limit else samples
     extract_data = subset_folder(extract_samples, tmp / "subset") if args.extract_limit else data
-    cfg = ExtractConfig(data=extract_data, out=str(tmp / f"store.{args.store_format}"), encoder=args.encoder,
-                        arch=args.arch, encoder_weights=args.encoder_weights, model_kwargs=kwargs, layers=layers,
-                        image_size=args.image_size, views=args.views,
-                        batch_size=args.batch_size, workers=args.workers, device=args.device)
+    cfg = ExtractConfig(
+        data=extract_data,
+        out=str(tmp / f"store.{args.store_format}"),
+        encoder=args.encoder,
+        arch=args.arch,
+        encoder_weights=args.encoder_weights,
+        model_kwargs=kwargs,
+        layers=layers,
+        image_size=args.image_size,
+        views=args.views,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
     t0 = time.perf_counter()
     report = extract(cfg, progress=False)
     sync(device)
@@ -165,8 +192,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     rows.append(row("3 extract, loop", report.computed, report.seconds, torch.get_num_threads()))
 
     return {
-        "machine": machine(device), "device": str(device), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "threads_at_start": threads_start,
+        "machine": machine(device),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads_at_start": threads_start,
         "interop_threads": torch.get_num_interop_threads(),
         "data": "synthetic (featcache.synth, 64/16/16, varied sizes)" if args.data is None else str(args.data),
         "samples_in_data": len(samples),
@@ -180,23 +210,33 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
 def show(result: dict) -> None:
     o = result["options"]
     console.print(f"machine: {result['machine']}, device {result['device']}, {result['cpu_count']} CPUs")
-    console.print(f"torch {result['torch']}, threads at start {result['threads_at_start']}, "
-                  f"interop threads {result['interop_threads']}")
+    console.print(
+        f"torch {result['torch']}, threads at start {result['threads_at_start']}, "
+        f"interop threads {result['interop_threads']}"
+    )
     console.print(f"data: {result['data']} ({result['samples_in_data']} samples)")
     console.print(f"arch {o['arch']}, encoder {o['encoder']}, views {o['views']}, {o['image_size']} px")
     console.print(f"batch {o['batch_size']}, workers {o['workers']}, store {o['store_format']}")
     table = Table(title="images/s per stage")
-    for name, justify in (("stage", "left"), ("images", "right"), ("seconds", "right"),
-                          ("images/s", "right"), ("torch threads", "right")):
+    for name, justify in (
+        ("stage", "left"),
+        ("images", "right"),
+        ("seconds", "right"),
+        ("images/s", "right"),
+        ("torch threads", "right"),
+    ):
         table.add_column(name, justify=justify)
     for r in result["stages"]:
-        table.add_row(r["stage"], str(r["images"]), f"{r['seconds']:.2f}", f"{r['images_per_second']:.2f}",
-                      str(r["threads"]))
+        table.add_row(
+            r["stage"], str(r["images"]), f"{r['seconds']:.2f}", f"{r['images_per_second']:.2f}", str(r["threads"])
+        )
     console.print(table)
     console.print("3 wall: the whole extract() call; 3 loop: extract's own timer")
     console.print("(3 loop leaves out indexing, encoder build, store creation)")
-    console.print(f"ratio whole/encoder-alone (images/s): {result['ratio_whole_over_encoder']:.2f} (loop), "
-                  f"{result['ratio_whole_wall_over_encoder']:.2f} (wall)")
+    console.print(
+        f"ratio whole/encoder-alone (images/s): {result['ratio_whole_over_encoder']:.2f} (loop), "
+        f"{result['ratio_whole_wall_over_encoder']:.2f} (wall)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from featcache.models import build_encoder
-from featcache.runtime import resolve_device
 from featcache.loop import RunInputs, fit
+from featcache.models import build_encoder
 from featcache.modes import MODES
 from featcache.protocol import Plan
+from featcache.runtime import resolve_device
 from featcache.sources import EncoderFeatures, StoreFeatures
 from featcache.train import TrainConfig, seeded_decoder
 
@@ -33,8 +33,14 @@ from featcache.train import TrainConfig, seeded_decoder
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{model}, {torch.get_num_threads()} threads"
 
 
@@ -51,7 +57,7 @@ def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, 
     plan = Plan(size=n, epochs=1, batch_size=batch, val_size=1)
     if MODES[mode].reads_store:
         with torch.no_grad():
-            feats = torch.stack([encoder(images[i:i + 1].float() / 255)[0] for i in range(n)])
+            feats = torch.stack([encoder(images[i : i + 1].float() / 255)[0] for i in range(n)])
         source = StoreFeatures(feats[:, None].repeat(1, 4, 1, 1, 1), "exact")
         val = StoreFeatures(feats[:1, None], "none")
     else:
@@ -76,20 +82,33 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     console = Console()
-    console.print(f"bench_step: {machine(device)}; torch {torch.__version__}; batch {args.batch_size}, "
-                  f"{args.steps} steps counted after a warm-up epoch, {args.image_size} px; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    console.print(
+        f"bench_step: {machine(device)}; torch {torch.__version__}; batch {args.batch_size}, "
+        f"{args.steps} steps counted after a warm-up epoch, {args.image_size} px; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    )
     table = Table(title="training seconds per sample")
     for col in ("arch", "E", "F", "C", "E/C", "F/C", "E/F"):
         table.add_column(col, justify="right")
     rows = []
     for arch in args.archs.split(","):
-        t = {m: seconds_per_sample(m, arch, args.batch_size, args.steps, args.image_size, device) for m in ("E", "F", "C")}
+        t = {
+            m: seconds_per_sample(m, arch, args.batch_size, args.steps, args.image_size, device)
+            for m in ("E", "F", "C")
+        }
         rows.append({"arch": arch, **t, "E/C": t["E"] / t["C"], "F/C": t["F"] / t["C"], "E/F": t["E"] / t["F"]})
-        table.add_row(arch, *(f"{t[m]:.4f}" for m in ("E", "F", "C")),
-                      f"{t['E'] / t['C']:.1f}x", f"{t['F'] / t['C']:.1f}x", f"{t['E'] / t['F']:.1f}x")
+        table.add_row(
+            arch,
+            *(f"{t[m]:.4f}" for m in ("E", "F", "C")),
+            f"{t['E'] / t['C']:.1f}x",
+            f"{t['F'] / t['C']:.1f}x",
+            f"{t['E'] / t['F']:.1f}x",
+        )
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(device), "batch_size": args.batch_size, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": machine(device), "batch_size": args.batch_size, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -40,21 +40,26 @@ from featcache.store import FeatureStore
 from featcache.train import TrainConfig, train_mode
 
 
-def timed_sweep(store: str, size: int, seeds: list[int], epochs: int | None, out: Path, device: torch.device,
-                grouped: bool) -> dict:
+def timed_sweep(
+    store: str, size: int, seeds: list[int], epochs: int | None, out: Path, device: torch.device, grouped: bool
+) -> dict:
     """Wall seconds of one `train_decoder` call, and the training seconds its runs report (the whole group's once)."""
     synchronize(device)
     started = time.perf_counter()
-    sweep = train_decoder(store, TrainConfig(size=size, epochs=epochs), seeds, out, str(device), progress=False,
-                          grouped=grouped)
+    sweep = train_decoder(
+        store, TrainConfig(size=size, epochs=epochs), seeds, out, str(device), progress=False, grouped=grouped
+    )
     synchronize(device)
     wall = time.perf_counter() - started
     if grouped and len(seeds) > 1:
         train = sweep.results[0]["group"]["train_seconds"]
     else:
         train = sum(r["train_seconds"] for r in sweep.results)
-    return {"wall_seconds": round(wall, 3), "train_seconds": round(train, 3),
-            "test_iou": [round(r["test"]["iou"], 4) for r in sweep.results]}
+    return {
+        "wall_seconds": round(wall, 3),
+        "train_seconds": round(train, 3),
+        "test_iou": [round(r["test"]["iou"], 4) for r in sweep.results],
+    }
 
 
 def main() -> None:
@@ -77,13 +82,28 @@ def main() -> None:
         n_train = len(store.indices("train"))
         encoder_prov = store.meta["encoder"]
     sizes = [s for s in parse_list(args.sizes, "--sizes") if s <= n_train]
-    sequential = [] if args.no_sequential else [
-        s for s in (parse_list(args.sequential_sizes, "--sequential-sizes") if args.sequential_sizes else sizes) if s in sizes]
+    sequential = (
+        []
+        if args.no_sequential
+        else [
+            s
+            for s in (parse_list(args.sequential_sizes, "--sequential-sizes") if args.sequential_sizes else sizes)
+            if s in sizes
+        ]
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     epochs = "protocol" if args.epochs is None else args.epochs
     console.print(f"bench_sweep: {name}; store {args.store} ({encoder_prov['arch']}); seeds {seeds}; epochs {epochs}")
-    figures: dict = {"device": name, "store": args.store, "arch": encoder_prov["arch"], "seeds": seeds, "epochs": epochs,
-                     "grouped": {}, "sequential": {}, "ratio": None}
+    figures: dict = {
+        "device": name,
+        "store": args.store,
+        "arch": encoder_prov["arch"],
+        "seeds": seeds,
+        "epochs": epochs,
+        "grouped": {},
+        "sequential": {},
+        "ratio": None,
+    }
 
     def save() -> None:
         if args.json:
@@ -96,8 +116,13 @@ def main() -> None:
         for size in sizes:
             run_way(figures, "grouped", size, args, seeds, Path(tmp), device, console)
             save()
-        figures["ratio"] = f_vs_c(args.store, encoder_prov, TrainConfig(size=min(args.ratio_size, n_train),
-                                                                         epochs=args.ratio_epochs, seed=seeds[0]), device, console)
+        figures["ratio"] = f_vs_c(
+            args.store,
+            encoder_prov,
+            TrainConfig(size=min(args.ratio_size, n_train), epochs=args.ratio_epochs, seed=seeds[0]),
+            device,
+            console,
+        )
         save()
         for size in sequential:
             run_way(figures, "sequential", size, args, seeds, Path(tmp), device, console)
@@ -106,10 +131,15 @@ def main() -> None:
     save()
 
 
-def run_way(figures: dict, way: str, size: int, args, seeds: list[int], tmp: Path, device: torch.device, console: Console) -> None:
+def run_way(
+    figures: dict, way: str, size: int, args, seeds: list[int], tmp: Path, device: torch.device, console: Console
+) -> None:
     row = timed_sweep(args.store, size, seeds, args.epochs, tmp / f"{way}-n{size}", device, way == "grouped")
     figures[way][size] = row
-    console.print(f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, {row['train_seconds']:.1f} s training")
+    console.print(
+        f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, {row['train_seconds']:.1f} "
+        "s training"
+    )
 
 
 def f_vs_c(store_path: str, encoder_prov: dict, cfg: TrainConfig, device: torch.device, console: Console) -> dict:
@@ -121,7 +151,9 @@ def f_vs_c(store_path: str, encoder_prov: dict, cfg: TrainConfig, device: torch.
         for mode in ("F", "C"):
             warm_up = dataclasses.replace(cfg, epochs=1)
             train_mode(store, mode, [warm_up], warm_up.plan(store), encoders, device)
-            timings[mode] = train_mode(store, mode, [cfg], cfg.plan(store), encoders, device)[0].results["train_seconds"]
+            timings[mode] = train_mode(store, mode, [cfg], cfg.plan(store), encoders, device)[0].results[
+                "train_seconds"
+            ]
     table = Table(title=f"F vs C, size {cfg.size}, {cfg.epochs} epochs, seed {cfg.seed} (measured here)")
     for col in ("F train s", "C train s", "F/C"):
         table.add_column(col, justify="right")
@@ -142,20 +174,33 @@ def sweep_table(figures: dict, sizes: list[int], sequential: list[int]) -> Table
         g, s = figures["grouped"][size], figures["sequential"].get(size)
         cells = [str(size), f"{g['wall_seconds']:.1f}", f"{g['train_seconds']:.1f}"]
         if sequential:
-            cells += [f"{s['wall_seconds']:.1f}", f"{s['train_seconds']:.1f}",
-                      f"{s['train_seconds'] / g['train_seconds']:.1f}x"] if s else ["–"] * 3
+            cells += (
+                [
+                    f"{s['wall_seconds']:.1f}",
+                    f"{s['train_seconds']:.1f}",
+                    f"{s['train_seconds'] / g['train_seconds']:.1f}x",
+                ]
+                if s
+                else ["–"] * 3
+            )
         table.add_row(*cells, str(STUDY_SECONDS["F"].get(size, "–")))
-    total = {way: {k: sum(row[k] for row in figures[way].values()) for k in ("wall_seconds", "train_seconds")}
-             for way in ("grouped", "sequential")}
+    total = {
+        way: {k: sum(row[k] for row in figures[way].values()) for k in ("wall_seconds", "train_seconds")}
+        for way in ("grouped", "sequential")
+    }
     figures["grouped_total"] = total["grouped"]
     cells = ["all", f"{total['grouped']['wall_seconds']:.1f}", f"{total['grouped']['train_seconds']:.1f}"]
     if sequential:
         shared = {way: sum(figures[way][s]["train_seconds"] for s in sequential) for way in ("grouped", "sequential")}
         figures["sequential_over_grouped_train"] = round(shared["sequential"] / shared["grouped"], 3)
-        cells += [f"{total['sequential']['wall_seconds']:.1f}", f"{total['sequential']['train_seconds']:.1f}",
-                  f"{figures['sequential_over_grouped_train']:.1f}x (sizes {','.join(map(str, sequential))})"]
+        cells += [
+            f"{total['sequential']['wall_seconds']:.1f}",
+            f"{total['sequential']['train_seconds']:.1f}",
+            f"{figures['sequential_over_grouped_train']:.1f}x (sizes {','.join(map(str, sequential))})",
+        ]
     table.add_row(*cells, f"{sum(STUDY_SECONDS['F'][s] for s in sizes if s in STUDY_SECONDS['F']):.1f}")
     return table
+
 
 if __name__ == "__main__":
     main()

@@ -17,14 +17,33 @@ from pathlib import Path
 
 from rich.console import Console
 
-from featcache.report import compare_table
 from featcache.demo import DemoConfig, run_demo
+from featcache.report import compare_table
 
 SCALES = {
-    "cpu": dict(arch="vit_mini", image_size=64, init="random", pretrain_epochs=10, pretrain_lr=1e-3, sizes=(160, 80, 40, 20, 10),
-                seeds=(0, 1, 2), epochs=40, lr=0.05),
-    "gpu": dict(arch="vit_b_16", image_size=224, init="imagenet", pretrain_epochs=32, pretrain_lr=2e-5, pretrain_batch=40,
-                sizes=(2000, 160, 80, 40, 20, 10), seeds=(0, 1, 2, 3, 4), epochs=None, lr=2e-4),
+    "cpu": dict(
+        arch="vit_mini",
+        image_size=64,
+        init="random",
+        pretrain_epochs=10,
+        pretrain_lr=1e-3,
+        sizes=(160, 80, 40, 20, 10),
+        seeds=(0, 1, 2),
+        epochs=40,
+        lr=0.05,
+    ),
+    "gpu": dict(
+        arch="vit_b_16",
+        image_size=224,
+        init="imagenet",
+        pretrain_epochs=32,
+        pretrain_lr=2e-5,
+        pretrain_batch=40,
+        sizes=(2000, 160, 80, 40, 20, 10),
+        seeds=(0, 1, 2, 3, 4),
+        epochs=None,
+        lr=2e-4,
+    ),
 }
 
 
@@ -40,7 +59,9 @@ def main() -> None:
     console = Console()
     console.print(compare_table(result.comparison.results))
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
-    console.print(f"real_isic ({args.scale}) finished in {result.seconds:.0f} s ({steps}); settings: {cfg.shortenings()}")
+    console.print(
+        f"real_isic ({args.scale}) finished in {result.seconds:.0f} s ({steps}); settings: {cfg.shortenings()}"
+    )
     console.print(f"report: {result.comparison.report}")
 
 

@@ -8,7 +8,6 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -36,7 +35,9 @@ state = GlobalOptions()
 
 @app.callback()
 def _global(
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N; commands with their own --device override it."),
+    device: str = typer.Option(
+        "auto", help="auto | cpu | cuda | cuda:N; commands with their own --device override it."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:
     state.debug = debug
@@ -50,7 +51,9 @@ def synth(
     n_train: int = typer.Option(40, min=1),
     n_val: int = typer.Option(10, min=1),
     n_test: int = typer.Option(10, min=1),
-    image_size: Optional[str] = typer.Option(None, help="HxW for every image (e.g. 48x64); default: varied ISIC-like sizes."),
+    image_size: str | None = typer.Option(
+        None, help="HxW for every image (e.g. 48x64); default: varied ISIC-like sizes."
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Write procedural dermoscopy-like images and masks in the ISIC 2017 layout."""
@@ -70,21 +73,30 @@ def synth(
 @app.command()
 def evaluate(
     pred_dir: Path = typer.Argument(
-        ..., help="Predicted masks: names holding the ISIC id, or <stem>_segmentation.png / <stem>.png (as predict writes)."
+        ...,
+        help="Predicted masks: names holding the ISIC id, or <stem>_segmentation.png / <stem>.png (as predict writes).",
     ),
     truth_dir: Path = typer.Argument(
-        ..., help="Truth masks: ISIC_<id>_segmentation.png, or a plain masks/ folder (<stem>.png or <stem>_segmentation.png)."
+        ...,
+        help="Truth masks: ISIC_<id>_segmentation.png, or a plain masks/ folder (<stem>.png or "
+        "<stem>_segmentation.png).",
     ),
     convention: str = typer.Option("study", help="study (eps in denominators) | isic (official scorer)."),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write {mean, per_image} here."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image CSV (default: beside --json, else pred_dir/per_image.csv)."),
-    predicted_only: bool = typer.Option(False, "--predicted-only", help="Score the predicted images alone (the truth folder may hold more)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write {mean, per_image} here."),
+    csv_out: Path | None = typer.Option(
+        None, "--csv", help="Per-image CSV (default: beside --json, else pred_dir/per_image.csv)."
+    ),
+    predicted_only: bool = typer.Option(
+        False, "--predicted-only", help="Score the predicted images alone (the truth folder may hold more)."
+    ),
 ) -> None:
     """Score predicted masks against ISIC truth masks."""
     from featcache.metrics import evaluate_dirs
 
-    result = evaluate_dirs(pred_dir, truth_dir, convention=convention, threshold=threshold, predicted_only=predicted_only)
+    result = evaluate_dirs(
+        pred_dir, truth_dir, convention=convention, threshold=threshold, predicted_only=predicted_only
+    )
     table = Table(title=f"{len(result.per_image)} images, {convention} convention")
     table.add_column("metric")
     table.add_column("mean", justify="right")
@@ -103,12 +115,23 @@ def pretrain(
     data: Path = typer.Argument(..., help="Dataset folder (its training split trains, its validation split selects)."),
     out: Path = typer.Option(..., "--out", help="ENCODER.pt (figures and history are written beside it)."),
     arch: str = typer.Option("vit_b_16", help="vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro."),
-    init: str = typer.Option("imagenet", help=("imagenet | random | a torchvision state dict | a featcache encoder "
-        "checkpoint | timm:NAME (any timm model).")),
-    encoder_weights: Optional[str] = typer.Option(None, help=("With --init timm:NAME: random | FILE (safetensors or "
-        "a state dict); default: timm's pretrained weights (its cache, else downloaded).")),
-    model_kwargs: list[str] = typer.Option([], help=("With --init timm:NAME: a timm.create_model option KEY=VALUE "
-        "(repeatable), e.g. depth=6.")),
+    init: str = typer.Option(
+        "imagenet",
+        help=(
+            "imagenet | random | a torchvision state dict | a featcache encoder "
+            "checkpoint | timm:NAME (any timm model)."
+        ),
+    ),
+    encoder_weights: str | None = typer.Option(
+        None,
+        help=(
+            "With --init timm:NAME: random | FILE (safetensors or "
+            "a state dict); default: timm's pretrained weights (its cache, else downloaded)."
+        ),
+    ),
+    model_kwargs: list[str] = typer.Option(
+        [], help=("With --init timm:NAME: a timm.create_model option KEY=VALUE (repeatable), e.g. depth=6.")
+    ),
     seed: int = typer.Option(0, help="Seed of the random init, batch order and noise."),
     epochs: int = typer.Option(32),
     batch_size: int = typer.Option(40),
@@ -116,19 +139,35 @@ def pretrain(
     noise_std: float = typer.Option(0.1, help="Gaussian noise std, pixel range [0, 1]."),
     image_size: int = typer.Option(224, help="Training resolution (a multiple of 16)."),
     workers: int = typer.Option(0, help="DataLoader workers for the one-off image loading."),
-    checkpoint_seconds: float = typer.Option(60.0, help="Least seconds between two resume-state writes (0: every epoch)."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    checkpoint_seconds: float = typer.Option(
+        60.0, help="Least seconds between two resume-state writes (0: every epoch)."
+    ),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Self-supervised denoising pretraining of the encoder (the study's VE + RD)."""
-    from featcache.pretrain import PretrainConfig, pretrain as run_pretrain
+    from featcache.pretrain import PretrainConfig
+    from featcache.pretrain import pretrain as run_pretrain
     from featcache.timm_encoder import parse_model_kwargs
 
-    report = run_pretrain(PretrainConfig(
-        data=data, out=out, arch=arch, init=init, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-        noise_std=noise_std, image_size=image_size, workers=workers, device=device or state.device,
-        checkpoint_seconds=checkpoint_seconds, init_weights=encoder_weights,
-        model_kwargs=parse_model_kwargs(model_kwargs),
-    ))
+    report = run_pretrain(
+        PretrainConfig(
+            data=data,
+            out=out,
+            arch=arch,
+            init=init,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            noise_std=noise_std,
+            image_size=image_size,
+            workers=workers,
+            device=device or state.device,
+            checkpoint_seconds=checkpoint_seconds,
+            init_weights=encoder_weights,
+            model_kwargs=parse_model_kwargs(model_kwargs),
+        )
+    )
     out_console.print(
         f"wrote {report.out}: best epoch {report.best_epoch} (validation MSE {report.best_val_loss:.5f}), "
         f"{report.seconds:.1f} s of training; figures {', '.join(str(f) for f in report.figures)}"
@@ -139,47 +178,86 @@ def pretrain(
 def extract(
     data: Path = typer.Argument(..., help="Dataset folder (ISIC 2017/2018 layout or images/ + masks/)."),
     out: str = typer.Option(..., "--out", help="STORE.zarr (Zarr v3, also an fsspec URL) or STORE.h5 (HDF5)."),
-    encoder: str = typer.Option("imagenet", help=("imagenet | random | a torchvision state dict | a featcache "
-        "encoder checkpoint | timm:NAME (any timm model, e.g. timm:vit_base_patch14_dinov2.lvd142m).")),
-    arch: str = typer.Option("vit_b_16", help=("vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro (a "
-        "checkpoint or timm:NAME brings its own).")),
-    encoder_weights: Optional[str] = typer.Option(None, help=("With --encoder timm:NAME: random | FILE (safetensors "
-        "or a state dict); default: timm's pretrained weights (its cache, else downloaded).")),
-    model_kwargs: list[str] = typer.Option([], help=("With --encoder timm:NAME: a timm.create_model option "
-        "KEY=VALUE (repeatable), e.g. depth=6.")),
-    layers: str = typer.Option("-1", help=("Encoder blocks stored, e.g. 3,6,9,12 or -4,-3,-2,-1 (1-based; -1: the "
-        "last, the final normed output).")),
+    encoder: str = typer.Option(
+        "imagenet",
+        help=(
+            "imagenet | random | a torchvision state dict | a featcache "
+            "encoder checkpoint | timm:NAME (any timm model, e.g. timm:vit_base_patch14_dinov2.lvd142m)."
+        ),
+    ),
+    arch: str = typer.Option(
+        "vit_b_16",
+        help=("vit_b_16 | vit_s_16 | vit_ti_16 | vit_mini | vit_micro (a checkpoint or timm:NAME brings its own)."),
+    ),
+    encoder_weights: str | None = typer.Option(
+        None,
+        help=(
+            "With --encoder timm:NAME: random | FILE (safetensors "
+            "or a state dict); default: timm's pretrained weights (its cache, else downloaded)."
+        ),
+    ),
+    model_kwargs: list[str] = typer.Option(
+        [], help=("With --encoder timm:NAME: a timm.create_model option KEY=VALUE (repeatable), e.g. depth=6.")
+    ),
+    layers: str = typer.Option(
+        "-1",
+        help=("Encoder blocks stored, e.g. 3,6,9,12 or -4,-3,-2,-1 (1-based; -1: the last, the final normed output)."),
+    ),
     seed: int = typer.Option(0, help="Seed of random weights."),
-    image_size: int = typer.Option(224, help=("Images are resized to SxS (a multiple of the patch size: 16, or 14 "
-        "for DINOv2).")),
+    image_size: int = typer.Option(
+        224, help=("Images are resized to SxS (a multiple of the patch size: 16, or 14 for DINOv2).")
+    ),
     views: str = typer.Option("identity", help="identity | flips (identity, h, v, hv: exact flip augmentation)."),
     dtype: str = typer.Option("float16", help="float16 | float32 | bfloat16."),
     batch_size: int = typer.Option(32, help="Images per encoder batch (each with all its views)."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader workers decoding JPEGs (default: cores, at most 8)."),
+    workers: int | None = typer.Option(None, help="DataLoader workers decoding JPEGs (default: cores, at most 8)."),
     shard_size: int = typer.Option(32, help="Samples per shard (Zarr) / write block."),
-    compressor: str = typer.Option("auto", help="Zarr: lz4 (auto) | zstd | gzip | none; HDF5: none (auto) | gzip | lzf."),
+    compressor: str = typer.Option(
+        "auto", help="Zarr: lz4 (auto) | zstd | gzip | none; HDF5: none (auto) | gzip | lzf."
+    ),
     val_fraction: float = typer.Option(0.15, help="Validation fraction drawn from training when the layout has none."),
     test_fraction: float = typer.Option(0.15, help="Test fraction drawn from training when the layout has none."),
     split_seed: int = typer.Option(0, help="Seed of that draw."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store of other provenance."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images/masks (recorded in the store)."),
-    skip_unpaired: bool = typer.Option(False, "--skip-unpaired", help="Leave out images without masks and masks without images (recorded)."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse masks that are not 0/255 gray images instead of binarising them."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Leave out unreadable images/masks (recorded in the store)."
+    ),
+    skip_unpaired: bool = typer.Option(
+        False, "--skip-unpaired", help="Leave out images without masks and masks without images (recorded)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse masks that are not 0/255 gray images instead of binarising them."
+    ),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Compute the encoder's features of every sample once and write them to a store (resumable)."""
     from featcache.data import SplitConfig
-    from featcache.extract import ExtractConfig, extract as run_extract
+    from featcache.extract import ExtractConfig
+    from featcache.extract import extract as run_extract
     from featcache.models import parse_layers
     from featcache.timm_encoder import parse_model_kwargs
 
     cfg = ExtractConfig(
-        data=data, out=out, encoder=encoder, arch=arch, encoder_weights=encoder_weights,
-        model_kwargs=parse_model_kwargs(model_kwargs), layers=parse_layers(layers), seed=seed, image_size=image_size,
+        data=data,
+        out=out,
+        encoder=encoder,
+        arch=arch,
+        encoder_weights=encoder_weights,
+        model_kwargs=parse_model_kwargs(model_kwargs),
+        layers=parse_layers(layers),
+        seed=seed,
+        image_size=image_size,
         views=views,
-        dtype=dtype, batch_size=batch_size, shard_size=shard_size, compressor=compressor, overwrite=overwrite,
-        device=device or state.device, split=SplitConfig(val_fraction, test_fraction, split_seed),
-        skip_bad=skip_bad, skip_unpaired=skip_unpaired, strict=strict,
+        dtype=dtype,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        compressor=compressor,
+        overwrite=overwrite,
+        device=device or state.device,
+        split=SplitConfig(val_fraction, test_fraction, split_seed),
+        skip_bad=skip_bad,
+        skip_unpaired=skip_unpaired,
+        strict=strict,
     )
     if workers is not None:
         cfg.workers = workers
@@ -214,19 +292,33 @@ def info(
     table.add_row("splits", ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     table.add_row("encoder", summary["encoder_summary"])
     blocks = ", ".join(map(str, summary["layers"]))
-    table.add_row("layers", f"block{'s' if len(summary['layers']) > 1 else ''} {blocks} "
-                  f"of {summary['depth']} (concatenated on channels); patch {summary['patch_size']} px, "
-                  f"grid {'x'.join(map(str, summary['grid']))}")
-    table.add_row("features", f"{summary['shapes']['features']} {summary['dtype']}, views {', '.join(summary['views'])}")
+    table.add_row(
+        "layers",
+        f"block{'s' if len(summary['layers']) > 1 else ''} {blocks} "
+        f"of {summary['depth']} (concatenated on channels); patch {summary['patch_size']} px, "
+        f"grid {'x'.join(map(str, summary['grid']))}",
+    )
+    table.add_row(
+        "features", f"{summary['shapes']['features']} {summary['dtype']}, views {', '.join(summary['views'])}"
+    )
     table.add_row("images / masks", f"{summary['shapes']['images']} / {summary['shapes']['masks']}")
     table.add_row("on disk", f"{summary['bytes_on_disk'] / 2**20:.1f} MiB ({summary['backend']})")
     checksum = summary["checksum"]
-    table.add_row("checksums", f"{checksum} on every chunk (`featcache verify` reads them all)" if checksum else
-                  f"none (store format {summary['format_version']}: extract again for checksums)")
-    table.add_row("dataset", f"{summary['dataset']['root']} ({summary['dataset']['layout']}) {summary['dataset']['split_note']}")
+    table.add_row(
+        "checksums",
+        f"{checksum} on every chunk (`featcache verify` reads them all)"
+        if checksum
+        else f"none (store format {summary['format_version']}: extract again for checksums)",
+    )
+    table.add_row(
+        "dataset", f"{summary['dataset']['root']} ({summary['dataset']['layout']}) {summary['dataset']['split_note']}"
+    )
     extraction = summary["extraction"] or {}
     if extraction:
-        table.add_row("extraction", f"{extraction['seconds']} s on {extraction['device']} ({extraction['images_per_second']} images/s)")
+        table.add_row(
+            "extraction",
+            f"{extraction['seconds']} s on {extraction['device']} ({extraction['images_per_second']} images/s)",
+        )
     left_out = summary["skipped_bad"] + summary["dataset"].get("skipped", [])
     if left_out:
         table.add_row("left out", f"{len(left_out)} unreadable or unpaired files: {', '.join(left_out[:5])}")
@@ -250,8 +342,11 @@ def verify(
     from featcache.verify import verify_store
 
     report = verify_store(store, repair=repair)
-    kind = ("checksums checked" if report.checksummed
-            else "no checksums in this format-1 store: only missing and undecodable chunks are seen")
+    kind = (
+        "checksums checked"
+        if report.checksummed
+        else "no checksums in this format-1 store: only missing and undecodable chunks are seen"
+    )
     if report.clean:
         out_console.print(f"{store}: every chunk of {report.n} samples read, no damage ({kind})")
         return
@@ -274,33 +369,67 @@ def train_decoder(
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4: one run (subset, init, order) each."),
     augment: str = typer.Option("exact", help="exact (stored flip views) | feature-flip (approximate) | none."),
     decoder: str = typer.Option("sd", help="sd (the study's decoder) | linear (a per-patch linear probe)."),
-    epochs: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
-    batch_size: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
-    val_size: Optional[int] = typer.Option(None, help="Default: the study's protocol for --size."),
+    epochs: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
+    batch_size: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
+    val_size: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
     lr: float = typer.Option(2e-4, help="SGD learning rate (momentum 0.9, weight decay 1e-4)."),
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
-    out: Optional[Path] = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
-    encoder: Optional[str] = typer.Option(None, help=("If given, the encoder you expect the store to hold (imagenet "
-        "| random | FILE | timm:NAME); refused if it differs.")),
-    layers: Optional[str] = typer.Option(None, help=("The stored blocks the decoder reads, e.g. -1 or 9,12 "
-        "(concatenated on channels); default: every stored block.")),
-    checkpoint_seconds: float = typer.Option(60.0, help="Least seconds between two resume-state writes (0: every epoch)."),
-    grouped: Optional[bool] = typer.Option(None, "--grouped/--sequential", help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, sequential on the CPU, where it measured slower."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    out: Path | None = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
+    encoder: str | None = typer.Option(
+        None,
+        help=(
+            "If given, the encoder you expect the store to hold (imagenet "
+            "| random | FILE | timm:NAME); refused if it differs."
+        ),
+    ),
+    layers: str | None = typer.Option(
+        None,
+        help=(
+            "The stored blocks the decoder reads, e.g. -1 or 9,12 "
+            "(concatenated on channels); default: every stored block."
+        ),
+    ),
+    checkpoint_seconds: float = typer.Option(
+        60.0, help="Least seconds between two resume-state writes (0: every epoch)."
+    ),
+    grouped: bool | None = typer.Option(
+        None,
+        "--grouped/--sequential",
+        help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, "
+        "sequential on the CPU, where it measured slower.",
+    ),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train a decoder straight from the store, once per seed, and summarise over seeds."""
-    from featcache.experiment import parse_seeds, train_decoder as run_train
+    from featcache.experiment import parse_seeds
+    from featcache.experiment import train_decoder as run_train
+    from featcache.models import parse_layers
     from featcache.train import TrainConfig
 
-    from featcache.models import parse_layers
-
-    cfg = TrainConfig(size=size, augment=augment, decoder=decoder, epochs=epochs, batch_size=batch_size,
-                      val_size=val_size, lr=lr, eval_size=eval_size, layers=parse_layers(layers) if layers else None)
+    cfg = TrainConfig(
+        size=size,
+        augment=augment,
+        decoder=decoder,
+        epochs=epochs,
+        batch_size=batch_size,
+        val_size=val_size,
+        lr=lr,
+        eval_size=eval_size,
+        layers=parse_layers(layers) if layers else None,
+    )
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
     from featcache.report import seeds_table
 
-    sweep = run_train(store, cfg, parse_seeds(seeds), run_out, device or state.device, encoder=encoder, grouped=grouped,
-                      checkpoint_seconds=checkpoint_seconds)
+    sweep = run_train(
+        store,
+        cfg,
+        parse_seeds(seeds),
+        run_out,
+        device or state.device,
+        encoder=encoder,
+        grouped=grouped,
+        checkpoint_seconds=checkpoint_seconds,
+    )
     if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
         return
     title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
@@ -310,21 +439,28 @@ def train_decoder(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A train-decoder output (a seed-K folder, or the sweep folder: best seed by validation loss)."),
+    run_dir: Path = typer.Argument(
+        ..., help="A train-decoder output (a seed-K folder, or the sweep folder: best seed by validation loss)."
+    ),
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/)."),
-    truth: Optional[Path] = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
-    overlays: str = typer.Option("preview", help="overlays/<stem>_overlay.jpg with a long side of at most 1024 px "
-                                 "(preview) | overlays/<stem>_overlay.png at the image's size (full) | none."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
-    encoder: Optional[str] = typer.Option(None, help=("The encoder's weights file if it moved since extraction, or "
-        "timm:NAME (checked by hash).")),
+    truth: Path | None = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
+    overlays: str = typer.Option(
+        "preview",
+        help="overlays/<stem>_overlay.jpg with a long side of at most 1024 px "
+        "(preview) | overlays/<stem>_overlay.png at the image's size (full) | none.",
+    ),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
+    encoder: str | None = typer.Option(
+        None, help=("The encoder's weights file if it moved since extraction, or timm:NAME (checked by hash).")
+    ),
 ) -> None:
     """Predict masks at each image's own resolution, with overlays (truth red, prediction green)."""
     from featcache.predict import predict as run_predict
 
-    predictions = run_predict(run_dir, images, out, truth, device or state.device, encoder_weights=encoder,
-                              overlays=overlays)
+    predictions = run_predict(
+        run_dir, images, out, truth, device or state.device, encoder_weights=encoder, overlays=overlays
+    )
     table = Table(title=f"{len(predictions)} masks in {out}")
     table.add_column("image")
     table.add_column("lesion %", justify="right")
@@ -336,31 +472,56 @@ def predict(
 @app.command("compare-e2e")
 def compare_e2e(
     store: str = typer.Argument(..., help="A complete store whose encoder is the self-supervised one."),
-    encoder: Optional[str] = typer.Option(None, help=("Default: the store's own encoder (from its provenance); must "
-        "match it (imagenet | random | FILE | timm:NAME).")),
-    e_init: Optional[str] = typer.Option(None, help=("imagenet | random | PATH | timm:NAME (for the store's "
-        "architecture); default: the weights the store's encoder started from.")),
-    layers: Optional[str] = typer.Option(None, help=("The stored blocks every mode reads, e.g. -1 or 9,12; default: "
-        "every stored block.")),
+    encoder: str | None = typer.Option(
+        None,
+        help=(
+            "Default: the store's own encoder (from its provenance); must "
+            "match it (imagenet | random | FILE | timm:NAME)."
+        ),
+    ),
+    e_init: str | None = typer.Option(
+        None,
+        help=(
+            "imagenet | random | PATH | timm:NAME (for the store's "
+            "architecture); default: the weights the store's encoder started from."
+        ),
+    ),
+    layers: str | None = typer.Option(
+        None, help=("The stored blocks every mode reads, e.g. -1 or 9,12; default: every stored block.")
+    ),
     sizes: str = typer.Option("2000,160,80,40,20,10", help="Training-set sizes."),
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4."),
     modes: str = typer.Option("E,Es,F,FI,C", help="Any of E, Es, F, FI, C."),
-    epochs: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
-    batch_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
-    val_size: Optional[int] = typer.Option(None, help="Default: the study's protocol per size."),
+    epochs: int | None = typer.Option(None, help="Default: the study's protocol per size."),
+    batch_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
+    val_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
     lr: float = typer.Option(2e-4, help="SGD learning rate of every mode (the study's 2e-4)."),
-    augment: str = typer.Option("exact", help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none."),
+    augment: str = typer.Option(
+        "exact",
+        help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none.",
+    ),
     out: Path = typer.Option(Path("runs/compare-e2e"), help="REPORT_DIR."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
-    from featcache.experiment import CompareConfig, compare_e2e as run_compare, parse_list, parse_seeds
+    from featcache.experiment import CompareConfig, parse_list, parse_seeds
+    from featcache.experiment import compare_e2e as run_compare
     from featcache.models import parse_layers
 
     cfg = CompareConfig(
-        store=store, out=out, encoder=encoder, e_init=e_init, sizes=parse_list(sizes, "--sizes"),
-        seeds=tuple(parse_seeds(seeds)), modes=parse_list(modes, "--modes", str), epochs=epochs,
-        batch_size=batch_size, val_size=val_size, lr=lr, augment=augment, device=device or state.device,
+        store=store,
+        out=out,
+        encoder=encoder,
+        e_init=e_init,
+        sizes=parse_list(sizes, "--sizes"),
+        seeds=tuple(parse_seeds(seeds)),
+        modes=parse_list(modes, "--modes", str),
+        epochs=epochs,
+        batch_size=batch_size,
+        val_size=val_size,
+        lr=lr,
+        augment=augment,
+        device=device or state.device,
         layers=parse_layers(layers) if layers else None,
     )
     from featcache.report import compare_table
@@ -375,8 +536,10 @@ def compare_e2e(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("featcache-demo"), help="Folder for the data, encoder, store and report."),
-    data: Optional[Path] = typer.Option(None, help="A real dataset instead of synthetic images (e.g. ISIC 2017 at 256 px)."),
-    device: Optional[str] = typer.Option(None, help="Overrides the global --device."),
+    data: Path | None = typer.Option(
+        None, help="A real dataset instead of synthetic images (e.g. ISIC 2017 at 256 px)."
+    ),
+    device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """synth -> pretrain (small ViT) -> extract (flips) -> compare-e2e (E, F, C) -> report, in minutes on a CPU."""
     from featcache.demo import DemoConfig, run_demo

@@ -173,25 +173,36 @@ def _stem_parser(extensions: frozenset[str]) -> _Parser:
     return parse
 
 
-def _isic_layout(name: str, prefix: str, image_suffix: str, mask_infix: str,
-                 mask_suffix: str, splits: dict[str, tuple[str, ...]]) -> _Layout:
+def _isic_layout(
+    name: str, prefix: str, image_suffix: str, mask_infix: str, mask_suffix: str, splits: dict[str, tuple[str, ...]]
+) -> _Layout:
     """ISIC layout: ``<prefix><split><image_suffix>`` and ``<mask_infix><split><mask_suffix>``."""
     return _Layout(
         name=name,
-        image_dirs={s: tuple(f"{prefix}{w}{image_suffix}" for w in words)
-                    for s, words in splits.items()},
-        mask_dirs={s: tuple(f"{mask_infix}{w}{mask_suffix}" for w in words)
-                   for s, words in splits.items()},
+        image_dirs={s: tuple(f"{prefix}{w}{image_suffix}" for w in words) for s, words in splits.items()},
+        mask_dirs={s: tuple(f"{mask_infix}{w}{mask_suffix}" for w in words) for s, words in splits.items()},
         image_key=_regex_parser(r"(ISIC_\d{7})\.jpg"),
         mask_key=_regex_parser(r"(ISIC_\d{7}_segmentation)\.png"),
     )
 
 
 _LAYOUTS: tuple[_Layout, ...] = (
-    _isic_layout("isic2017", "ISIC-2017_", "_Data", "ISIC-2017_", "_Part1_GroundTruth",
-                 {"train": ("Training",), "val": ("Validation",), "test": ("Test_v2", "Test")}),
-    _isic_layout("isic2018", "ISIC2018_Task1-2_", "_Input", "ISIC2018_Task1_", "_GroundTruth",
-                 {"train": ("Training",), "val": ("Validation",), "test": ("Test",)}),
+    _isic_layout(
+        "isic2017",
+        "ISIC-2017_",
+        "_Data",
+        "ISIC-2017_",
+        "_Part1_GroundTruth",
+        {"train": ("Training",), "val": ("Validation",), "test": ("Test_v2", "Test")},
+    ),
+    _isic_layout(
+        "isic2018",
+        "ISIC2018_Task1-2_",
+        "_Input",
+        "ISIC2018_Task1_",
+        "_GroundTruth",
+        {"train": ("Training",), "val": ("Validation",), "test": ("Test",)},
+    ),
     _Layout(
         name="folders",
         image_dirs={"train": ("images",)},
@@ -238,15 +249,14 @@ def _list_files(folder: Path | None, key: _Parser) -> tuple[dict[str, Path], lis
                 broken.append(path)
             continue
         if name in found:
-            raise FeatcacheError(
-                f"{path} and {found[name]} have the same name {name!r}; rename or remove one"
-            )
+            raise FeatcacheError(f"{path} and {found[name]} have the same name {name!r}; rename or remove one")
         found[name] = path
     return found, broken
 
 
-def _pair(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path,
-          skip_unpaired: bool) -> tuple[dict[str, tuple[Path, Path]], list[Path]]:
+def _pair(
+    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path, skip_unpaired: bool
+) -> tuple[dict[str, tuple[Path, Path]], list[Path]]:
     """Pair image ids with mask stems ``<id>_segmentation`` or ``<id>``.
 
     Returns id -> (image, mask) and the unpaired files. Unpaired files raise a FeatcacheError
@@ -256,8 +266,7 @@ def _pair(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask
     lone_images: list[str] = []
     claimed: set[str] = set()
     for image_id, image in sorted(images.items()):
-        stem = next((k for k in (f"{image_id}_segmentation", image_id)
-                     if k in masks and k not in claimed), None)
+        stem = next((k for k in (f"{image_id}_segmentation", image_id) if k in masks and k not in claimed), None)
         if stem is None:
             lone_images.append(image_id)
             continue
@@ -325,8 +334,7 @@ def _make_sample(image_id: str, image: Path, mask: Path, split: str) -> Sample:
     return Sample(id=image_id, image=image, mask=mask, split=split, orig_hw=image_hw)
 
 
-def _draw_splits(root: Path, train_ids: list[str], missing: list[str],
-                 config: SplitConfig) -> dict[str, str]:
+def _draw_splits(root: Path, train_ids: list[str], missing: list[str], config: SplitConfig) -> dict[str, str]:
     """Map each drawn training id to its new split ("val" or "test").
 
     The sorted ids are permuted with ``default_rng(config.seed)``; val is taken first, then test.
@@ -342,7 +350,7 @@ def _draw_splits(root: Path, train_ids: list[str], missing: list[str],
     drawn: dict[str, str] = {}
     start = 0
     for name in missing:
-        for position in order[start:start + sizes[name]]:
+        for position in order[start : start + sizes[name]]:
             drawn[train_ids[position]] = name
         start += sizes[name]
     return drawn
@@ -370,13 +378,12 @@ def _find_layout(root: Path) -> _Layout:
     for layout in _LAYOUTS:
         if _resolve_dir(root, layout.image_dirs["train"]) is not None:
             return layout
-    raise FeatcacheError(
-        f"{root}: no recognised dataset layout; expected one of {_ACCEPTED}"
-    )
+    raise FeatcacheError(f"{root}: no recognised dataset layout; expected one of {_ACCEPTED}")
 
 
-def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: bool
-                   ) -> tuple[dict[str, dict[str, tuple[Path, Path]]], list[Path]]:
+def _collect_pairs(
+    root: Path, layout: _Layout, skip_unpaired: bool, strict: bool
+) -> tuple[dict[str, dict[str, tuple[Path, Path]]], list[Path]]:
     """Per split of `layout`: id -> (image, mask); plus the files left out: unpaired (see `_pair`) and broken links.
 
     A symbolic link that leads nowhere is left out with a warning on stderr, or refused when `strict`.
@@ -392,11 +399,13 @@ def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: boo
         masks, broken_masks = _list_files(mask_dir, layout.mask_key)
         broken += broken_images + broken_masks
         if name == "train" and not images:
-            raise FeatcacheError(
-                f"{image_dir}: no images in the training folder; put the training images there"
-            )
+            raise FeatcacheError(f"{image_dir}: no images in the training folder; put the training images there")
         pairs[name], unpaired = _pair(
-            images, masks, image_dir or root / image_names[0], mask_dir or root / mask_names[0], skip_unpaired,
+            images,
+            masks,
+            image_dir or root / image_names[0],
+            mask_dir or root / mask_names[0],
+            skip_unpaired,
         )
         skipped.extend(unpaired)
     if broken:
@@ -408,18 +417,23 @@ def _collect_pairs(root: Path, layout: _Layout, skip_unpaired: bool, strict: boo
             )
         err_console.print(
             f"warning: left out {len(broken)} symbolic links that lead nowhere (a loop or a missing target): {listed}; "
-            "remove them or point them at their files", markup=False, highlight=False,
+            "remove them or point them at their files",
+            markup=False,
+            highlight=False,
         )
         skipped.extend(broken)
     if not pairs["train"]:
-        raise FeatcacheError(
-            f"{root}: no training image has a mask; add the masks to the training mask folder"
-        )
+        raise FeatcacheError(f"{root}: no training image has a mask; add the masks to the training mask folder")
     return pairs, skipped
 
 
-def find_samples(root: Path, split: SplitConfig | None = None,
-                 skip_unpaired: bool = False, skip_bad: bool = False, strict: bool = False) -> SampleIndex:
+def find_samples(
+    root: Path,
+    split: SplitConfig | None = None,
+    skip_unpaired: bool = False,
+    skip_bad: bool = False,
+    strict: bool = False,
+) -> SampleIndex:
     """Index the image/mask pairs under `root` (layouts in the module docstring).
 
     Splits the layout lacks (no folder, or no pairs in it) are drawn from the training pairs with
@@ -453,7 +467,8 @@ def find_samples(root: Path, split: SplitConfig | None = None,
     for sample in samples:
         if sample.id in seen:
             raise FeatcacheError(
-                f"{sample.image} and {seen[sample.id].image} share the id {sample.id!r} (in {seen[sample.id].split} and "
+                f"{sample.image} and {seen[sample.id].image} share the id {sample.id!r} (in "
+                f"{seen[sample.id].split} and "
                 f"{sample.split}); an image may be in one split only: remove one"
             )
         seen[sample.id] = sample

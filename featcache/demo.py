@@ -45,10 +45,11 @@ class DemoConfig:
 
     def shortenings(self) -> str:
         return (
-            f"{self.arch} at {self.image_size} px (study: vit_b_16 at 224 px); pretraining {self.pretrain_epochs} epochs "
-            f"from {self.init} weights at Adam lr {self.pretrain_lr} (study: 32 epochs from ImageNet at 2e-5); "
-            f"{self.epochs or 'the protocol’s'} epochs per run at SGD lr {self.lr} (study: 100–1200 epochs at 2e-4); sizes "
-            f"{', '.join(map(str, self.sizes))}; seeds {', '.join(map(str, self.seeds))}"
+            f"{self.arch} at {self.image_size} px (study: vit_b_16 at 224 px); "
+            f"pretraining {self.pretrain_epochs} epochs from {self.init} weights at Adam lr {self.pretrain_lr} "
+            "(study: 32 epochs from ImageNet at 2e-5); "
+            f"{self.epochs or 'the protocol’s'} epochs per run at SGD lr {self.lr} (study: 100–1200 epochs at 2e-4); "
+            f"sizes {', '.join(map(str, self.sizes))}; seeds {', '.join(map(str, self.seeds))}"
         )
 
 
@@ -75,25 +76,55 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     t = time.perf_counter()
     encoder_path = out / "encoder.pt"
-    pretrain(PretrainConfig(
-        data=data, out=encoder_path, arch=cfg.arch, init=cfg.init, epochs=cfg.pretrain_epochs,
-        batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, image_size=cfg.image_size, workers=cfg.workers, device=cfg.device, split=cfg.split,
-    ))
+    pretrain(
+        PretrainConfig(
+            data=data,
+            out=encoder_path,
+            arch=cfg.arch,
+            init=cfg.init,
+            epochs=cfg.pretrain_epochs,
+            batch_size=cfg.pretrain_batch,
+            lr=cfg.pretrain_lr,
+            image_size=cfg.image_size,
+            workers=cfg.workers,
+            device=cfg.device,
+            split=cfg.split,
+        )
+    )
     steps["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
     store = out / "store.zarr"
-    extract(ExtractConfig(
-        data=data, out=str(store), encoder=str(encoder_path), arch=cfg.arch, image_size=cfg.image_size, views="flips",
-        dtype="float16", batch_size=32, workers=cfg.workers, device=cfg.device, split=cfg.split, overwrite=True,
-    ))
+    extract(
+        ExtractConfig(
+            data=data,
+            out=str(store),
+            encoder=str(encoder_path),
+            arch=cfg.arch,
+            image_size=cfg.image_size,
+            views="flips",
+            dtype="float16",
+            batch_size=32,
+            workers=cfg.workers,
+            device=cfg.device,
+            split=cfg.split,
+            overwrite=True,
+        )
+    )
     steps["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    comparison = compare_e2e(CompareConfig(
-        store=str(store), out=out / "report", sizes=cfg.sizes, seeds=cfg.seeds, modes=cfg.modes, epochs=cfg.epochs,
-        lr=cfg.lr, device=cfg.device,
-    ))
+    comparison = compare_e2e(
+        CompareConfig(
+            store=str(store),
+            out=out / "report",
+            sizes=cfg.sizes,
+            seeds=cfg.seeds,
+            modes=cfg.modes,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            device=cfg.device,
+        )
+    )
     steps["compare-e2e"] = time.perf_counter() - t
     return DemoResult(comparison, time.perf_counter() - started, steps)
-

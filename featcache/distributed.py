@@ -37,8 +37,10 @@ class Distributed:
         device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
         if use_cuda:
             if local >= torch.cuda.device_count():
-                raise FeatcacheError(f"torchrun local rank {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
-                                     f"use --nproc-per-node {torch.cuda.device_count()} or fewer")
+                raise FeatcacheError(
+                    f"torchrun local rank {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
+                    f"use --nproc-per-node {torch.cuda.device_count()} or fewer"
+                )
             torch.cuda.set_device(device)
         if not tdist.is_initialized():
             # Ranks that finish their share early wait at the final gather for the slowest: an E run of

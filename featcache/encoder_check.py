@@ -80,6 +80,10 @@ def check_run_encoder(store_path: str, encoder: AnyEncoder, device: torch.device
                     why = f"now holds the features of {describe_encoder(store.meta['encoder'])}"
                 else:
                     return check_encoder_matches(store, encoder, device)
-    err_console.print(f"note: the run's store {store_path} {why}, so the encoder was checked by its recorded hash "
-                      "only, not against the store's features", markup=False, highlight=False)
+    err_console.print(
+        f"note: the run's store {store_path} {why}, so the encoder was checked by its recorded hash "
+        "only, not against the store's features",
+        markup=False,
+        highlight=False,
+    )
     return None

@@ -56,9 +56,17 @@ def run_dir(out: Path, seed: int) -> Path:
     return out / f"seed-{seed}"
 
 
-def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path, device: str = "auto",
-                  progress: bool = True, encoder: str | None = None, checkpoint_seconds: float = 60.0,
-                  grouped: bool | None = None) -> SeedSweep:
+def train_decoder(
+    store_path: str,
+    cfg: TrainConfig,
+    seeds: list[int],
+    out: Path,
+    device: str = "auto",
+    progress: bool = True,
+    encoder: str | None = None,
+    checkpoint_seconds: float = 60.0,
+    grouped: bool | None = None,
+) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed from the store; write every run's outputs.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's
@@ -91,8 +99,12 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
 
         def identity(seed: int) -> dict:
             # The device type too: CPU and CUDA random generators cannot take each other's state.
-            return {"config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)), "device_type": dev.type,
-                    "weights_sha256": store.meta["encoder"]["weights_sha256"], "dataset": store.meta["dataset"]["fingerprint"]}
+            return {
+                "config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
+                "device_type": dev.type,
+                "weights_sha256": store.meta["encoder"]["weights_sha256"],
+                "dataset": store.meta["dataset"]["fingerprint"],
+            }
 
         for seed in seeds:
             done = finished_run(run_dir(out, seed), identity(seed))
@@ -100,23 +112,29 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
                 err_console.print(f"{run_dir(out, seed)}: already finished, kept")
                 finished[seed] = done
         # torchrun: each rank takes its share of the seeds first, then groups them.
-        pending = [s for s in seeds if s not in finished][dist.rank::dist.world_size]
+        pending = [s for s in seeds if s not in finished][dist.rank :: dist.world_size]
         groups = [pending] if grouped and pending else [[s] for s in pending]
         with progress_bar("epochs", disable=not progress or not dist.is_main) as bar:
             for group in groups:
                 names = "-".join(map(str, group))
-                checkpointer = Checkpointer(out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds)
+                checkpointer = Checkpointer(
+                    out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds
+                )
                 cfgs = [dataclasses.replace(cfg, seed=s) for s in group]
                 label = f"C size {cfg.size} seed{'s' if len(group) > 1 else ''} {names}"
                 runs = train_mode(store, "C", cfgs, plan, {}, dev, epoch_row(bar, label, plan.epochs), checkpointer)
-                for seed, run in zip(group, runs):
+                for seed, run in zip(group, runs, strict=True):
                     run.results["store_identity"] = identity(seed)
                     write_run(run_dir(out, seed), run.results, run.checkpoint)
                     finished[seed] = run.results
                     if progress:  # a line per run that stays in logs, where the bar leaves nothing
                         r = run.results
-                        err_console.print(f"C size {cfg.size} seed {seed}: test IoU {r['test']['iou']:.4f}, best epoch {r['best_epoch']}, "
-                                          f"{r['train_seconds']:.1f} s -> {run_dir(out, seed)}", highlight=False)
+                        err_console.print(
+                            f"C size {cfg.size} seed {seed}: test IoU {r['test']['iou']:.4f}, best epoch "
+                            f"{r['best_epoch']}, "
+                            f"{r['train_seconds']:.1f} s -> {run_dir(out, seed)}",
+                            highlight=False,
+                        )
                 checkpointer.done()
     gathered = dist.gather_objects(finished)
     dist.close()
@@ -125,8 +143,14 @@ def train_decoder(store_path: str, cfg: TrainConfig, seeds: list[int], out: Path
     for part in gathered:
         finished.update(part)
     results = [finished[s] for s in seeds]
-    summary = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder,
-               "store": str(store_path), **aggregate(results)}
+    summary = {
+        "mode": "C",
+        "size": cfg.size,
+        "augment": cfg.augment,
+        "decoder": cfg.decoder,
+        "store": str(store_path),
+        **aggregate(results),
+    }
     write_json(out / "summary.json", summary)
     write_runs_csv(results, out / "summary.csv")
     return SeedSweep(out, results, summary)
@@ -139,7 +163,9 @@ def finished_run(directory: Path, identity: dict) -> dict | None:
         return None
     results = json.loads(path.read_text())
     if results.get("store_identity") != identity:
-        raise FeatcacheError(f"{directory} holds a finished run of another configuration; choose another --out or delete it")
+        raise FeatcacheError(
+            f"{directory} holds a finished run of another configuration; choose another --out or delete it"
+        )
     return results
 
 
@@ -148,8 +174,12 @@ def write_run(directory: Path, result: dict, checkpoint: dict | None) -> None:
     write_json(directory / "results.json", result)
     if checkpoint is not None:
         torch_save(checkpoint, directory / "decoder.pt")
-    plot_loss_curve(result["history"], result["best_epoch"], directory / "loss_curve.png",
-                    f"{result['mode']} · {result['size']} images · seed {result['seed']}")
+    plot_loss_curve(
+        result["history"],
+        result["best_epoch"],
+        directory / "loss_curve.png",
+        f"{result['mode']} · {result['size']} images · seed {result['seed']}",
+    )
 
 
 CASE_IMAGES = 3
@@ -245,18 +275,29 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
         # Every size's plan first: a size or --val-size the store cannot give is refused before any run.
         plans = {}
         for size in cfg.sizes:
-            plans[size] = TrainConfig(size=size, augment=cfg.augment, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                      val_size=cfg.val_size, lr=cfg.lr).plan(store)
+            plans[size] = TrainConfig(
+                size=size,
+                augment=cfg.augment,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                val_size=cfg.val_size,
+                lr=cfg.lr,
+            ).plan(store)
             if plans[size].note:
                 err_console.print(f"size {size}: {plans[size].note}")
         if any(MODES[m].reads_store for m in cfg.modes):
             check_store_run(store, TrainConfig(size=cfg.sizes[0], augment=cfg.augment))
         # On CUDA the store runs of one size train their seeds as one grouped network; the rest run one by one.
         grouped = {m: MODES[m].reads_store and device.type == "cuda" for m in cfg.modes}
-        batches = [(m, s, list(cfg.seeds) if grouped[m] else [k]) for s in cfg.sizes for k in cfg.seeds
-                   for m in cfg.modes if not grouped[m] or k == cfg.seeds[0]]
+        batches = [
+            (m, s, list(cfg.seeds) if grouped[m] else [k])
+            for s in cfg.sizes
+            for k in cfg.seeds
+            for m in cfg.modes
+            if not grouped[m] or k == cfg.seeds[0]
+        ]
         # Under torchrun each rank takes every K-th batch of runs; runs are independent and seeded.
-        batches = batches[dist.rank::dist.world_size]
+        batches = batches[dist.rank :: dist.world_size]
         n_test = len(store.indices("test"))
         case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
         cases: dict[tuple[str, int], torch.Tensor] = {}
@@ -265,10 +306,19 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             for mode, size, seeds in batches:
                 plan = plans[size]
                 augment = cfg.augment if MODES[mode].reads_store else _image_augment(cfg.augment)
-                run_cfgs = [TrainConfig(size=size, seed=seed, augment=augment, epochs=cfg.epochs,
-                                        batch_size=cfg.batch_size, lr=cfg.lr, val_size=plan.val_size,
-                                        layers=cfg.layers)
-                            for seed in seeds]
+                run_cfgs = [
+                    TrainConfig(
+                        size=size,
+                        seed=seed,
+                        augment=augment,
+                        epochs=cfg.epochs,
+                        batch_size=cfg.batch_size,
+                        lr=cfg.lr,
+                        val_size=plan.val_size,
+                        layers=cfg.layers,
+                    )
+                    for seed in seeds
+                ]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
                 runs = train_mode(store, mode, run_cfgs, plan, encoders, device, epoch_row(bar, label, plan.epochs))
                 for seed, run in zip(seeds, runs, strict=True):
@@ -281,8 +331,10 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
         dist.close()
         if not dist.is_main:
             return Comparison(cfg.out, results, None)
-        results = sorted((r for part, _ in gathered for r in part),
-                         key=lambda r: (cfg.sizes.index(r["size"]), r["seed"], cfg.modes.index(r["mode"])))
+        results = sorted(
+            (r for part, _ in gathered for r in part),
+            key=lambda r: (cfg.sizes.index(r["size"]), r["seed"], cfg.modes.index(r["mode"])),
+        )
         cases = {key: value for _, part in gathered for key, value in part.items()}
         extraction = store.meta.get("extraction") or {}
         context = {
@@ -306,8 +358,12 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             "lr": cfg.lr,
         }
         test_rows = store.indices("test")[case_rows.numpy()]
-        case_data = {"ids": [store.ids[i] for i in test_rows], "images": store.images(test_rows),
-                     "masks": store.masks(test_rows), "predictions": cases}
+        case_data = {
+            "ids": [store.ids[i] for i in test_rows],
+            "images": store.images(test_rows),
+            "masks": store.masks(test_rows),
+            "predictions": cases,
+        }
         report = write_report(results, context, cfg.out, case_data)
     return Comparison(cfg.out, results, report)
 

@@ -12,10 +12,10 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from featcache.data import SampleDataset, SampleIndex, SplitConfig, find_samples
 from featcache.distributed import Distributed
 from featcache.errors import BadFileError, FeatcacheError, OptionError, check_at_least, check_choice
 from featcache.lock import WriterLock
-from featcache.progress import progress_bar
 from featcache.models import AnyEncoder, Encoder, build_encoder, encoder_choice, encoder_provenance
+from featcache.progress import progress_bar
 from featcache.runtime import autocast, compute_precision, err_console, resolve_device, synchronize
 from featcache.store import (
     FEATURE_DTYPES,
@@ -98,16 +98,20 @@ class ExtractReport:
     rank: int = 0
 
 
-def store_provenance(encoder: AnyEncoder, index: SampleIndex, image_size: int, views: str, dtype: str,
-                     device: torch.device) -> dict:
+def store_provenance(
+    encoder: AnyEncoder, index: SampleIndex, image_size: int, views: str, dtype: str, device: torch.device
+) -> dict:
     """The attributes that identify what a store holds (compared before resuming into it).
 
     ``compute`` is the encoder's precision on ``device``: a store is not resumed on a device that
     computes in another, so one store never mixes bf16 and float32 features.
     """
     dataset = index.to_dict()
-    normalisation = ("ImageNet mean/std inside the encoder" if isinstance(encoder, Encoder)
-                     else "the model's pretrained_cfg mean/std inside the encoder (see encoder.normalisation)")
+    normalisation = (
+        "ImageNet mean/std inside the encoder"
+        if isinstance(encoder, Encoder)
+        else "the model's pretrained_cfg mean/std inside the encoder (see encoder.normalisation)"
+    )
     return {
         "encoder": encoder_provenance(encoder),
         "preprocessing": {
@@ -133,8 +137,9 @@ def view_batch(images: torch.Tensor, view_names: tuple[str, ...]) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_views(encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...],
-                 device: torch.device) -> torch.Tensor:
+def encode_views(
+    encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...], device: torch.device
+) -> torch.Tensor:
     """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, L*C, S/p, S/p]`` float32, on ``device``."""
     x = images_u8.to(device, non_blocking=True).float().div_(255)
     x = view_batch(x, view_names)
@@ -231,8 +236,9 @@ _START_FIX = "free some space or choose another --out"
 _RESUME_FIX = "free some space, then run the same command again: the blocks already written are kept"
 
 
-def _open_or_create(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder,
-                    dist: Distributed) -> tuple[FeatureStore, bool]:
+def _open_or_create(
+    cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEncoder, dist: Distributed
+) -> tuple[FeatureStore, bool]:
     """Rank 0 decides between resume, refusal, overwrite and creation; other ranks open after it.
 
     A refusal on rank 0 reaches every rank (broadcast), so none waits for a store that never comes.
@@ -265,7 +271,9 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEnco
         try:
             store = FeatureStore.open(cfg.out, writable=True, allow_incomplete=True)
         except NotAStoreError as exc:
-            raise NotAStoreError(f"{cfg.out} is there and is not a featcache store; choose another --out or move it away") from exc
+            raise NotAStoreError(
+                f"{cfg.out} is there and is not a featcache store; choose another --out or move it away"
+            ) from exc
         differences = describe_differences(store.meta, prov)
         if differences:
             store.close()
@@ -275,13 +283,20 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEnco
             )
         damaged = store.damaged_blocks()
         if damaged:
-            err_console.print(f"{cfg.out}: {len(damaged)} written blocks lost chunks (rows from {damaged[0]}); "
-                              "computing them again", markup=False, highlight=False)
+            err_console.print(
+                f"{cfg.out}: {len(damaged)} written blocks lost chunks (rows from {damaged[0]}); computing them again",
+                markup=False,
+                highlight=False,
+            )
             store.update_meta(complete=False)  # set again only once they are rewritten
         left = int((~store.written()).sum()) + sum(min(store.shard_size, store.n - a) for a in damaged)
         try:
-            check_room(cfg.out, room_needed(kind, _store_row_bytes(store), left, store.shard_size, new_store=False),
-                       f"the {left} samples left", _RESUME_FIX)
+            check_room(
+                cfg.out,
+                room_needed(kind, _store_row_bytes(store), left, store.shard_size, new_store=False),
+                f"the {left} samples left",
+                _RESUME_FIX,
+            )
         except FeatcacheError:
             store.close()
             raise
@@ -290,8 +305,15 @@ def _decide(cfg: ExtractConfig, prov: dict, index: SampleIndex, encoder: AnyEnco
     store = None
     try:
         store = FeatureStore.create(
-            cfg.out, prov, [s.id for s in samples], [s.split for s in samples],
-            np.array([s.orig_hw for s in samples]), encoder.width, grid, cfg.shard_size, cfg.compressor,
+            cfg.out,
+            prov,
+            [s.id for s in samples],
+            [s.split for s in samples],
+            np.array([s.orig_hw for s in samples]),
+            encoder.width,
+            grid,
+            cfg.shard_size,
+            cfg.compressor,
         )
         _raise_if_write_failed(store)
     except OSError as exc:
@@ -312,7 +334,9 @@ def _remove_if_ours(path: str) -> None:
     except (DamagedStoreError, MalformedStoreError):
         pass  # ours, though unreadable or malformed: replacing it is what --overwrite is for
     except FeatcacheError as exc:
-        raise FeatcacheError(f"{path} exists and is not a featcache store; --overwrite only replaces stores: move it away") from exc
+        raise FeatcacheError(
+            f"{path} exists and is not a featcache store; --overwrite only replaces stores: move it away"
+        ) from exc
     remove_store(path)
 
 
@@ -323,7 +347,9 @@ def _lock_path(out: str) -> Path | None:
     return path.with_name(path.name + ".lock")
 
 
-def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, int], None] | None = None) -> ExtractReport:
+def extract(
+    cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, int], None] | None = None
+) -> ExtractReport:
     """Compute and store the features of every sample of ``cfg.data``; resumes an interrupted store.
 
     ``on_block(start, stop)`` is called after each block is written (for progress hooks and tests).
@@ -334,20 +360,27 @@ def extract(cfg: ExtractConfig, progress: bool = True, on_block: Callable[[int, 
     if dist.world_size > 1 and backend_kind(cfg.out) == "hdf5":
         raise FeatcacheError("several ranks cannot write one HDF5 file; use a .zarr store with torchrun")
     try:
-        index = find_samples(cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad, strict=cfg.strict)
+        index = find_samples(
+            cfg.data, cfg.split, skip_unpaired=cfg.skip_unpaired, skip_bad=cfg.skip_bad, strict=cfg.strict
+        )
     except BadFileError as exc:
         raise BadFileError(f"{exc}, or pass --skip-bad to leave it out") from exc
     if index.split_note and dist.is_main:
         err_console.print(f"{cfg.data}: {index.split_note}")
     if index.skipped and dist.is_main:
-        err_console.print(f"{cfg.data}: left out {len(index.skipped)} unpaired or unreadable files (recorded in the store): {', '.join(index.skipped[:5])}")
+        err_console.print(
+            f"{cfg.data}: left out {len(index.skipped)} unpaired or unreadable files (recorded in the store): "
+            f"{', '.join(index.skipped[:5])}"
+        )
     arch, weights = encoder_choice(cfg.encoder, cfg.arch, cfg.encoder_weights, cfg.model_kwargs)
     encoder = build_encoder(arch, weights, seed=cfg.seed, layers=cfg.layers, model_kwargs=cfg.model_kwargs)
     encoder = encoder.to(device).eval()
     if cfg.image_size % encoder.patch_size:
         p = encoder.patch_size
-        raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {p} (the patch size of "
-                          f"{encoder.arch}); use {max(p, cfg.image_size // p * p)} or {(cfg.image_size // p + 1) * p}")
+        raise OptionError(
+            f"--image-size {cfg.image_size} must be a multiple of {p} (the patch size of "
+            f"{encoder.arch}); use {max(p, cfg.image_size // p * p)} or {(cfg.image_size // p + 1) * p}"
+        )
     prov = store_provenance(encoder, index, cfg.image_size, cfg.views, cfg.dtype, device)
     lock_path = _lock_path(cfg.out)
     lock = WriterLock(lock_path, cfg.out) if lock_path is not None and dist.is_main else None
@@ -392,15 +425,28 @@ def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> 
     room = room_needed(store.meta["backend"], _store_row_bytes(store), n, store.shard_size, new_store=False)
     check_room(str(store.path), room, f"samples {start} to {start + n - 1}", _RESUME_FIX)
     with explain_write_errors(store):
-        store.write_block(start, np.concatenate(rows["images"]), np.concatenate(rows["masks"]),
-                          torch.cat(rows["features"]), skipped=rows["bad"])
+        store.write_block(
+            start,
+            np.concatenate(rows["images"]),
+            np.concatenate(rows["masks"]),
+            torch.cat(rows["features"]),
+            skipped=rows["bad"],
+        )
 
 
-def _fill(store: FeatureStore, index: SampleIndex, encoder: AnyEncoder, cfg: ExtractConfig, device: torch.device,
-          dist: Distributed, progress: bool, on_block: Callable[[int, int], None] | None) -> ExtractReport:
+def _fill(
+    store: FeatureStore,
+    index: SampleIndex,
+    encoder: AnyEncoder,
+    cfg: ExtractConfig,
+    device: torch.device,
+    dist: Distributed,
+    progress: bool,
+    on_block: Callable[[int, int], None] | None,
+) -> ExtractReport:
     written = store.written()
     for start in store.damaged_blocks():  # blocks whose chunks went missing are computed again, whole
-        written[start:start + store.shard_size] = False
+        written[start : start + store.shard_size] = False
     mine = [b for i, b in enumerate(store.blocks()) if i % dist.world_size == dist.rank]
     pending = [(a, b) for a, b in mine if not written[a:b].all()]
     # Batches never span blocks, so a resumed run computes bit-identical features.
@@ -423,8 +469,9 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: AnyEncoder, cfg: Ext
     with progress_bar("images", disable=not progress or not dist.is_main, remaining=True) as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         for batch in loader:
-            for i, error, problem, note in zip(batch["index"].tolist(), batch["error"], batch["mask_problem"],
-                                               batch["mask_note"]):
+            for i, error, problem, note in zip(
+                batch["index"].tolist(), batch["error"], batch["mask_problem"], batch["mask_note"], strict=True
+            ):
                 if error and not cfg.skip_bad:
                     raise BadFileError(f"{error}, or pass --skip-bad to leave it out")
                 if error:
@@ -433,7 +480,8 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: AnyEncoder, cfg: Ext
                 if problem:
                     if cfg.strict:
                         raise FeatcacheError(
-                            f"mask {index.samples[i].mask} has {problem}; save it as a 0/255 gray PNG, or drop --strict to binarise it at the middle of its range"
+                            f"mask {index.samples[i].mask} has {problem}; save it as a 0/255 gray PNG, or drop "
+                            "--strict to binarise it at the middle of its range"
                         )
                     mask_problems.append(f"{index.samples[i].mask.name} ({problem})")
                 if note:
@@ -458,23 +506,31 @@ def _fill(store: FeatureStore, index: SampleIndex, encoder: AnyEncoder, cfg: Ext
             f"warning: {len(mask_problems)} masks were not 0/255 gray images and were binarised at the middle of "
             f"their range (> 127 for 8 bits) "
             f"(e.g. {', '.join(mask_problems[:3])}); --strict refuses them",
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
     if mask_notes:
-        err_console.print(f"note: {len(mask_notes)} masks were read as stored (e.g. {', '.join(mask_notes[:3])})",
-                          markup=False, highlight=False)
+        err_console.print(
+            f"note: {len(mask_notes)} masks were read as stored (e.g. {', '.join(mask_notes[:3])})",
+            markup=False,
+            highlight=False,
+        )
     counts = dist.gather_objects(computed)
     if dist.is_main and not store.meta.get("complete"):
         # A resumed run timed only part of the work: the total is scaled from what was measured.
         total = sum(counts)
         with explain_write_errors(store):
-            store.mark_complete(extraction={
-                "measured_seconds": round(seconds, 3),
-                "measured_images": total,
-                "seconds": round(seconds * store.n / total, 3) if total else None,
-                "images_per_second": round(total / seconds, 3) if seconds and total else None,
-                "device": str(device),
-                "world_size": dist.world_size,
-                "batch_size": cfg.batch_size,
-            })
-    return ExtractReport(str(cfg.out), store.n, computed, seconds, computed / seconds if seconds else 0.0, False, dist.rank)
+            store.mark_complete(
+                extraction={
+                    "measured_seconds": round(seconds, 3),
+                    "measured_images": total,
+                    "seconds": round(seconds * store.n / total, 3) if total else None,
+                    "images_per_second": round(total / seconds, 3) if seconds and total else None,
+                    "device": str(device),
+                    "world_size": dist.world_size,
+                    "batch_size": cfg.batch_size,
+                }
+            )
+    return ExtractReport(
+        str(cfg.out), store.n, computed, seconds, computed / seconds if seconds else 0.0, False, dist.rank
+    )

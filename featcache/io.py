@@ -6,10 +6,10 @@ import json
 import os
 import pickle
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import torch
 
@@ -53,11 +53,15 @@ def cannot_write(path: Path, exc: OSError) -> FeatcacheError:
     """The one-line error for an output file that could not be created or replaced."""
     reason = exc.strerror or str(exc)
     if isinstance(exc, (FileExistsError, IsADirectoryError, NotADirectoryError)):
-        return FeatcacheError(f"cannot write {path} ({reason}): a file or folder is in the way; "
-                              "move it away or write the output somewhere else")
+        return FeatcacheError(
+            f"cannot write {path} ({reason}): a file or folder is in the way; "
+            "move it away or write the output somewhere else"
+        )
     folder = _existing_ancestor(Path(path).parent)
-    return FeatcacheError(f"cannot write {path} ({reason}); make {folder} writable (or free space on its disk), "
-                          "or write the output somewhere else")
+    return FeatcacheError(
+        f"cannot write {path} ({reason}); make {folder} writable (or free space on its disk), "
+        "or write the output somewhere else"
+    )
 
 
 @contextmanager
@@ -122,4 +126,6 @@ def safe_torch_load(path: Path) -> Any:
             "which would run code to unpickle; only load checkpoints written by featcache or torchvision"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
-        raise FeatcacheError(f"{path} is not a readable torch checkpoint ({exc.__class__.__name__}); write it again") from exc
+        raise FeatcacheError(
+            f"{path} is not a readable torch checkpoint ({exc.__class__.__name__}); write it again"
+        ) from exc

@@ -45,10 +45,14 @@ class WriterLock:
         """The one line for a lock that cannot be created: the store's folder is read-only, or a file is in the way."""
         folder = next(p for p in self.path.parents if p.exists())  # the last parent, "." or "/", always does
         if not folder.is_dir():
-            return FeatcacheError(f"cannot create {self.what}: {folder} is a file, not a folder; "
-                                  "choose another --out or move the file away")
-        return FeatcacheError(f"cannot create {self.what} in {folder} ({exc.strerror or exc}); "
-                              "make that folder writable or choose another --out")
+            return FeatcacheError(
+                f"cannot create {self.what}: {folder} is a file, not a folder; "
+                "choose another --out or move the file away"
+            )
+        return FeatcacheError(
+            f"cannot create {self.what} in {folder} ({exc.strerror or exc}); "
+            "make that folder writable or choose another --out"
+        )
 
     def acquire(self) -> None:
         try:
@@ -62,7 +66,9 @@ class WriterLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
-                    err_console.print(f"recovered a stale lock on {self.what} left by pid {owner['pid']} (no longer running)")
+                    err_console.print(
+                        f"recovered a stale lock on {self.what} left by pid {owner['pid']} (no longer running)"
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
                 raise FeatcacheError(

@@ -29,6 +29,7 @@ from featcache.sources import FeatureSource, flip_per_sample, stacked
 if TYPE_CHECKING:
     from featcache.train import TrainConfig
 
+
 @dataclass
 class BestEpoch:
     """The epoch with the lowest validation loss so far (0 before any) and the weights kept from it."""
@@ -76,8 +77,13 @@ class EpochTask(Protocol):
         ...
 
 
-def run_epochs(task: EpochTask, epochs: int, device: torch.device, checkpointer: Checkpointer | None = None,
-               progress: EpochCallback | None = None) -> LoopResult:
+def run_epochs(
+    task: EpochTask,
+    epochs: int,
+    device: torch.device,
+    checkpointer: Checkpointer | None = None,
+    progress: EpochCallback | None = None,
+) -> LoopResult:
     """Train ``task`` for ``epochs`` epochs, validating after each, and keep each run's best epoch.
 
     ``train_seconds`` covers the training steps only and ``total_seconds`` adds validation, both
@@ -119,11 +125,16 @@ def run_epochs(task: EpochTask, epochs: int, device: torch.device, checkpointer:
             history["train_loss"].append(losses[0][k])
             history["val_loss"].append(losses[1][k])
         if checkpointer is not None and checkpointer.due(epoch, epochs):
-            checkpointer.save({
-                "epoch": epoch, "task": task.state_dict(), "histories": histories,
-                "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": b.weights} for b in bests],
-                "train_seconds": train_seconds, "total_seconds": total_seconds,
-            })
+            checkpointer.save(
+                {
+                    "epoch": epoch,
+                    "task": task.state_dict(),
+                    "histories": histories,
+                    "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": b.weights} for b in bests],
+                    "train_seconds": train_seconds,
+                    "total_seconds": total_seconds,
+                }
+            )
         if progress is not None:
             progress(epoch, epochs, sum(losses[0]) / task.runs, sum(losses[1]) / task.runs, bests[0].epoch)
     return LoopResult(bests, histories, train_seconds, total_seconds)
@@ -154,8 +165,9 @@ class FitResult:
 
 
 @torch.no_grad()
-def eval_losses(decoder: nn.Module, sources: list[FeatureSource], masks: list[torch.Tensor], batch: int,
-                device: torch.device) -> torch.Tensor:
+def eval_losses(
+    decoder: nn.Module, sources: list[FeatureSource], masks: list[torch.Tensor], batch: int, device: torch.device
+) -> torch.Tensor:
     """Mean per-pixel BCE of each group over its whole split, in eval mode: a device tensor ``[K]``."""
     m = len(masks[0])
     total = torch.zeros(len(sources), device=device)
@@ -169,8 +181,9 @@ def eval_losses(decoder: nn.Module, sources: list[FeatureSource], masks: list[to
 
 
 @torch.no_grad()
-def predict_logits(decoder: nn.Module, sources: list[FeatureSource], n: int, batch: int,
-                   device: torch.device) -> torch.Tensor:
+def predict_logits(
+    decoder: nn.Module, sources: list[FeatureSource], n: int, batch: int, device: torch.device
+) -> torch.Tensor:
     """Logits ``[n, K, S, S]`` float32 on the CPU, in eval mode (K = len(sources) = the decoder's groups)."""
     decoder.eval()
     for src in sources:
@@ -192,8 +205,9 @@ class _DecoderTask:
     floating-point order.
     """
 
-    def __init__(self, decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig,
-                 device: torch.device) -> None:
+    def __init__(
+        self, decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig, device: torch.device
+    ) -> None:
         self.decoder, self.inputs, self.plan, self.cfg, self.device = decoder, runs, plan, cfg, device
         self.runs = len(runs)
         if device.type == "cuda":
@@ -217,16 +231,20 @@ class _DecoderTask:
         n, batch, device = self.n, self.plan.batch_size, self.device
         orders = [torch.randperm(n, generator=g, device=device) for g in self.generators]
         draw_views = self.cfg.augment != "none"
-        views_all = [torch.randint(0, 4, (n,), generator=g, device=device) if draw_views else None
-                     for g in self.generators]
+        views_all = [
+            torch.randint(0, 4, (n,), generator=g, device=device) if draw_views else None for g in self.generators
+        ]
         epoch_loss = torch.zeros(self.runs, device=device)
         for start in range(0, n, batch):
-            rows = [order[start:start + batch] for order in orders]
-            views = [v[start:start + batch] if v is not None else None for v in views_all]
-            target = torch.stack([
-                flip_per_sample(r.train_masks[i], v) if v is not None else r.train_masks[i]
-                for r, i, v in zip(self.inputs, rows, views, strict=True)
-            ], dim=1).float()
+            rows = [order[start : start + batch] for order in orders]
+            views = [v[start : start + batch] if v is not None else None for v in views_all]
+            target = torch.stack(
+                [
+                    flip_per_sample(r.train_masks[i], v) if v is not None else r.train_masks[i]
+                    for r, i, v in zip(self.inputs, rows, views, strict=True)
+                ],
+                dim=1,
+            ).float()
             with autocast(device):
                 logits = self.decoder(stacked(sources, rows, views))
             per_run = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
@@ -240,8 +258,13 @@ class _DecoderTask:
         self.decoder.eval()
         for r in self.inputs:
             r.train_source.train(False)
-        return eval_losses(self.decoder, [r.val_source for r in self.inputs], [r.val_masks for r in self.inputs],
-                           self.cfg.eval_batch_size, self.device)
+        return eval_losses(
+            self.decoder,
+            [r.val_source for r in self.inputs],
+            [r.val_masks for r in self.inputs],
+            self.cfg.eval_batch_size,
+            self.device,
+        )
 
     def snapshot(self, runs: list[int]) -> list[dict]:
         state = self.decoder.state_dict()
@@ -276,17 +299,33 @@ class _DecoderTask:
         )
 
 
-def fit_group(decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig, device: torch.device,
-              progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None) -> list[FitResult]:
+def fit_group(
+    decoder: nn.Module,
+    runs: list[RunInputs],
+    plan: Plan,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: EpochCallback | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> list[FitResult]:
     """Train K decoders at once (``decoder`` has ``groups=K``, one run each) with SGD and BCE, keeping each run's
     epoch of lowest validation loss. ``cfg`` gives what the runs share (optimiser, augmentation, evaluation
     batch); ``plan`` the epochs and batch size. The timings are of the whole group."""
     result = run_epochs(_DecoderTask(decoder, runs, plan, cfg, device), plan.epochs, device, checkpointer, progress)
-    return [FitResult(best, history, result.train_seconds, result.total_seconds)
-            for best, history in zip(result.bests, result.histories, strict=True)]
+    return [
+        FitResult(best, history, result.train_seconds, result.total_seconds)
+        for best, history in zip(result.bests, result.histories, strict=True)
+    ]
 
 
-def fit(decoder: nn.Module, run: RunInputs, plan: Plan, cfg: TrainConfig, device: torch.device,
-        progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None) -> FitResult:
+def fit(
+    decoder: nn.Module,
+    run: RunInputs,
+    plan: Plan,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: EpochCallback | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> FitResult:
     """`fit_group` for one run."""
     return fit_group(decoder, [run], plan, cfg, device, progress, checkpointer)[0]

@@ -76,9 +76,7 @@ def confusion(pred: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -
 def _check_convention(convention: str) -> None:
     """Refuse a convention not in `CONVENTIONS`, listing the valid ones."""
     if convention not in CONVENTIONS:
-        raise OptionError(
-            f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}"
-        )
+        raise OptionError(f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
 
 
 def _ratio_or_one(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -137,8 +135,7 @@ class Evaluation:
 
     def to_json(self, path: Path) -> None:
         """Write ``{"convention", "mean", "per_image"}`` as JSON, atomically."""
-        write_json(path, {"convention": self.convention, "mean": self.mean,
-                          "per_image": self.per_image})
+        write_json(path, {"convention": self.convention, "mean": self.mean, "per_image": self.per_image})
 
     def to_csv(self, path: Path) -> None:
         """Write one row per image (columns: id, the metrics, the counts), atomically."""
@@ -166,8 +163,9 @@ def _stem_key(name: str) -> str:
     return stem.removesuffix(_MASK_INFIX) or stem
 
 
-def _files_by_key(folder: Path, key: Callable[[str], str | None], what: str, naming: str,
-                  suffixes: frozenset[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+def _files_by_key(
+    folder: Path, key: Callable[[str], str | None], what: str, naming: str, suffixes: frozenset[str] = IMAGE_EXTENSIONS
+) -> dict[str, Path]:
     """Image id -> file, for the files of `folder` with one of `suffixes` that `key` names (`naming` says how)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -207,8 +205,9 @@ def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
     return torch.from_numpy(gray * np.uint8(255) if zero_one else gray), zero_one
 
 
-def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
-                  threshold: float = 0.5, predicted_only: bool = False) -> Evaluation:
+def evaluate_dirs(
+    pred_dir: Path, truth_dir: Path, convention: str = "study", threshold: float = 0.5, predicted_only: bool = False
+) -> Evaluation:
     """Score every predicted mask in `pred_dir` against its truth mask in `truth_dir`.
 
     Predictions are matched to truths by name. When the truth folder holds ISIC truths
@@ -229,13 +228,15 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
             raise FeatcacheError(f"{what} folder {folder} does not exist; pass an existing folder")
     if any(_isic_truth_id(path.name) for path in truth_dir.iterdir()):
         truths = _files_by_key(truth_dir, _isic_truth_id, "truth", "ISIC_<7 digits>_segmentation.png")
-        preds = _files_by_key(pred_dir, _isic_id, "prediction",
-                              f"with an ISIC id (ISIC_<7 digits>), as the truths in {truth_dir} are")
+        preds = _files_by_key(
+            pred_dir, _isic_id, "prediction", f"with an ISIC id (ISIC_<7 digits>), as the truths in {truth_dir} are"
+        )
     else:
         # Truth masks are PNGs, as data.py's plain layout reads them: a photo in the folder is no truth.
         names = "<stem>.png or <stem>_segmentation.png"
-        truths = _files_by_key(truth_dir, _stem_key, "truth", f"ISIC_<7 digits>_segmentation.png, {names}",
-                               frozenset({".png"}))
+        truths = _files_by_key(
+            truth_dir, _stem_key, "truth", f"ISIC_<7 digits>_segmentation.png, {names}", frozenset({".png"})
+        )
         preds = _files_by_key(pred_dir, _stem_key, "prediction", names)
     if not preds.keys() & truths.keys():
         pred_name, truth_name = next(iter(preds.values())).name, next(iter(truths.values())).name
@@ -245,10 +246,20 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
             "does) or one holding the ISIC id"
         )
     if not predicted_only:
-        _unmatched(sorted(truths.keys() - preds.keys()), truth_dir, pred_dir, "truth masks",
-                   "add the missing predictions, or pass --predicted-only to score only the predicted images")
-    _unmatched(sorted(preds.keys() - truths.keys()), pred_dir, truth_dir, "predictions",
-               "add their truth masks or remove these predictions")
+        _unmatched(
+            sorted(truths.keys() - preds.keys()),
+            truth_dir,
+            pred_dir,
+            "truth masks",
+            "add the missing predictions, or pass --predicted-only to score only the predicted images",
+        )
+    _unmatched(
+        sorted(preds.keys() - truths.keys()),
+        pred_dir,
+        truth_dir,
+        "predictions",
+        "add their truth masks or remove these predictions",
+    )
 
     keys = sorted(preds)
     counts = torch.empty(len(keys), 4, dtype=torch.int64)  # [N, 4]
@@ -266,13 +277,19 @@ def evaluate_dirs(pred_dir: Path, truth_dir: Path, convention: str = "study",
         counts[row] = confusion((pred.float() / 256)[None], (truth > 128)[None], threshold)[0]
 
     if zero_one:
-        err_console.print(f"note: {len(zero_one)} masks hold only the values 0 and 1 and were read as 0/1 "
-                          f"(e.g. {', '.join(zero_one[:3])})", markup=False, highlight=False)
+        err_console.print(
+            f"note: {len(zero_one)} masks hold only the values 0 and 1 and were read as 0/1 "
+            f"(e.g. {', '.join(zero_one[:3])})",
+            markup=False,
+            highlight=False,
+        )
     per_image = scores(counts, convention)
     rows = [
-        {"id": key,
-         **{name: per_image[name][row].item() for name in METRICS},
-         **dict(zip(COUNTS, counts[row].tolist()))}
+        {
+            "id": key,
+            **{name: per_image[name][row].item() for name in METRICS},
+            **dict(zip(COUNTS, counts[row].tolist(), strict=True)),
+        }
         for row, key in enumerate(keys)
     ]
     return Evaluation(mean=mean_scores(per_image), per_image=rows, convention=convention)

@@ -68,8 +68,10 @@ def resolve_layers(layers: Sequence[int] | None, depth: int, arch: str) -> tuple
     out = set()
     for k in layers:
         if not (1 <= k <= depth or -depth <= k <= -1):
-            raise OptionError(f"--layers {','.join(map(str, layers))}: {arch} has {depth} blocks; "
-                              f"give block numbers 1 to {depth}, or -1 (the last) to -{depth}")
+            raise OptionError(
+                f"--layers {','.join(map(str, layers))}: {arch} has {depth} blocks; "
+                f"give block numbers 1 to {depth}, or -1 (the last) to -{depth}"
+            )
         out.add(k if k > 0 else depth + 1 + k)
     if not out:
         raise OptionError("--layers is empty; give block numbers such as -1 or 3,6,9,12")
@@ -172,7 +174,7 @@ class Encoder(nn.Module):
         if self.layers == (self.depth,):
             return self.encoder.ln(self.encoder.layers(x)), h, w
         taken = []
-        for k, block in enumerate(self.encoder.layers[:self.layers[-1]], start=1):
+        for k, block in enumerate(self.encoder.layers[: self.layers[-1]], start=1):
             x = block(x)
             if k in self.layers:
                 taken.append(self.encoder.ln(x))
@@ -195,8 +197,12 @@ class ReconstructionDecoder(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         layers: list[nn.Module] = []
-        for cin, cout in zip((in_channels, 512, 256, 128), (512, 256, 128, 64)):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2, mode="nearest")]
+        for cin, cout in zip((in_channels, 512, 256, 128), (512, 256, 128, 64), strict=True):
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Upsample(scale_factor=2, mode="nearest"),
+            ]
         layers += [nn.Conv2d(64, 3, 3, padding=1), nn.Sigmoid()]
         self.layers = nn.Sequential(*layers)
 
@@ -228,7 +234,7 @@ class SegmentationDecoder(nn.Module):
         self.patch_size = patch_size
         layers: list[nn.Module] = []
         g = groups
-        for cin, cout in zip((in_channels, 256, 128, 64), (256, 128, 64, 32)):
+        for cin, cout in zip((in_channels, 256, 128, 64), (256, 128, 64, 32), strict=True):
             layers += [
                 nn.Conv2d(cin * g, cout * g, 3, padding=1, groups=g),
                 nn.BatchNorm2d(cout * g),
@@ -308,7 +314,8 @@ def imagenet_weights_path(arch: str) -> Path:
     """Where torchvision's cache keeps the ImageNet weights of ``arch`` ($TORCH_HOME/hub/checkpoints)."""
     if arch not in IMAGENET_URLS:
         raise FeatcacheError(
-            f"no ImageNet weights are known for {arch!r} (only {', '.join(IMAGENET_URLS)}); start from random weights or a weights file instead"
+            f"no ImageNet weights are known for {arch!r} (only {', '.join(IMAGENET_URLS)}); start from random "
+            "weights or a weights file instead"
         )
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URLS[arch].rsplit("/", 1)[-1]
 
@@ -368,21 +375,29 @@ def load_encoder_weights(encoder: Encoder, state: dict[str, torch.Tensor], sourc
 AnyEncoder = Encoder | TimmEncoder
 
 
-def encoder_choice(encoder: str, arch: str, weights: str | None = None,
-                   model_kwargs: dict | None = None) -> tuple[str, str]:
+def encoder_choice(
+    encoder: str, arch: str, weights: str | None = None, model_kwargs: dict | None = None
+) -> tuple[str, str]:
     """The ``(arch, weights)`` of `build_encoder` from the command line's ``--encoder`` (imagenet, random, a file,
     or ``timm:NAME``), ``--arch`` and ``--encoder-weights`` (a timm model's: None for its pretrained ones)."""
     if str(encoder).startswith(TIMM_PREFIX):
         return str(encoder), weights or "pretrained"
     if weights is not None or model_kwargs:
         option = "--encoder-weights" if weights is not None else "--model-kwargs"
-        raise OptionError(f"{option} goes with --encoder timm:NAME; a torchvision encoder takes its weights as "
-                          "--encoder imagenet | random | FILE")
+        raise OptionError(
+            f"{option} goes with --encoder timm:NAME; a torchvision encoder takes its weights as "
+            "--encoder imagenet | random | FILE"
+        )
     return arch, str(encoder)
 
 
-def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: int = 0,
-                  layers: Sequence[int] | None = None, model_kwargs: dict | None = None) -> Encoder:
+def build_encoder(
+    arch: str = "vit_b_16",
+    weights: str | Path = "random",
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+    model_kwargs: dict | None = None,
+) -> Encoder:
     """An encoder of a named architecture with its starting weights, reading the blocks ``layers`` (`resolve_layers`).
 
     ``arch``: a torchvision architecture (`ARCHITECTURES`) or ``timm:NAME`` (any timm model name, built with
@@ -409,13 +424,17 @@ def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: 
             ckpt = loaded
             arch = ckpt["arch"]
     if arch.startswith(TIMM_PREFIX):
-        return _build_timm(arch[len(TIMM_PREFIX):], weights_str, seed, layers, model_kwargs, ckpt, path)
+        return _build_timm(arch[len(TIMM_PREFIX) :], weights_str, seed, layers, model_kwargs, ckpt, path)
     if weights_str == "pretrained":
-        raise FeatcacheError(f"pretrained names a timm model's own weights; the torchvision {arch} takes imagenet, "
-                             "random or a weights file (or pass --encoder timm:NAME)")
+        raise FeatcacheError(
+            f"pretrained names a timm model's own weights; the torchvision {arch} takes imagenet, "
+            "random or a weights file (or pass --encoder timm:NAME)"
+        )
     if path is not None and loaded is None:
-        raise FeatcacheError(f"{path}: the torchvision {arch} takes a torch state-dict file (.pt/.pth); "
-                             "safetensors files are for timm encoders (--encoder timm:NAME --encoder-weights FILE)")
+        raise FeatcacheError(
+            f"{path}: the torchvision {arch} takes a torch state-dict file (.pt/.pth); "
+            "safetensors files are for timm encoders (--encoder timm:NAME --encoder-weights FILE)"
+        )
     config = EncoderConfig(**ckpt["config"]) if ckpt else architecture(arch)
     with seeded(seed):
         encoder = Encoder(arch, config, layers)
@@ -426,7 +445,12 @@ def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: 
         source = {"kind": "imagenet", "file": imagenet_weights_path(arch).name}
     elif ckpt is not None:
         load_encoder_weights(encoder, ckpt["state_dict"], str(path))
-        source = {"kind": "featcache", "file": str(path.resolve()), "sha256": file_sha256(path), "init": ckpt.get("init")}
+        source = {
+            "kind": "featcache",
+            "file": str(path.resolve()),
+            "sha256": file_sha256(path),
+            "init": ckpt.get("init"),
+        }
     else:
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise FeatcacheError(f"{path} is neither a torchvision state dict nor a featcache encoder checkpoint")
@@ -436,8 +460,15 @@ def build_encoder(arch: str = "vit_b_16", weights: str | Path = "random", seed: 
     return encoder.eval()
 
 
-def _build_timm(name: str, weights: str, seed: int, layers: Sequence[int] | None, model_kwargs: dict | None,
-                ckpt: dict | None, path: Path | None) -> TimmEncoder:
+def _build_timm(
+    name: str,
+    weights: str,
+    seed: int,
+    layers: Sequence[int] | None,
+    model_kwargs: dict | None,
+    ckpt: dict | None,
+    path: Path | None,
+) -> TimmEncoder:
     """A `TimmEncoder`; a featcache checkpoint of one is its model (built with the checkpoint's options) and weights."""
     from featcache.timm_encoder import create
 
@@ -449,14 +480,21 @@ def _build_timm(name: str, weights: str, seed: int, layers: Sequence[int] | None
             encoder.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())[:200]
-            raise FeatcacheError(f"{path} does not fit timm:{name} ({detail}); "
-                                 "write it again with featcache pretrain") from exc
-        encoder.source = {"kind": "featcache", "file": str(path.resolve()), "sha256": file_sha256(path),
-                          "init": ckpt.get("init")}
+            raise FeatcacheError(
+                f"{path} does not fit timm:{name} ({detail}); write it again with featcache pretrain"
+            ) from exc
+        encoder.source = {
+            "kind": "featcache",
+            "file": str(path.resolve()),
+            "sha256": file_sha256(path),
+            "init": ckpt.get("init"),
+        }
         return encoder.eval()
     if weights == "imagenet":
-        raise FeatcacheError(f"imagenet names torchvision's weights; timm:{name} takes its own (leave out "
-                             "--encoder-weights), random or a weights file")
+        raise FeatcacheError(
+            f"imagenet names torchvision's weights; timm:{name} takes its own (leave out "
+            "--encoder-weights), random or a weights file"
+        )
     kwargs = dict(model_kwargs or {})
     model, source = create(name, weights, seed, kwargs)
     encoder = TimmEncoder(name, model, kwargs, layers)
@@ -513,12 +551,23 @@ def encoder_like(prov: dict, weights: str | Path, layers: Sequence[int] | None =
     """An encoder of the architecture recorded in ``prov`` (`encoder_provenance`; a timm model with its
     recorded build options) with other ``weights`` (see `build_encoder`), reading ``layers`` (None: the
     recorded ones)."""
-    return build_encoder(prov["arch"], weights, seed=prov["source"].get("seed", 0),
-                         layers=recorded_layers(prov) if layers is None else layers, model_kwargs=_model_kwargs(prov))
+    return build_encoder(
+        prov["arch"],
+        weights,
+        seed=prov["source"].get("seed", 0),
+        layers=recorded_layers(prov) if layers is None else layers,
+        model_kwargs=_model_kwargs(prov),
+    )
 
 
-def encoder_from_provenance(arch: str, source: dict, sha256: str, weights: str | Path | None = None,
-                            layers: Sequence[int] | None = None, model_kwargs: dict | None = None) -> Encoder:
+def encoder_from_provenance(
+    arch: str,
+    source: dict,
+    sha256: str,
+    weights: str | Path | None = None,
+    layers: Sequence[int] | None = None,
+    model_kwargs: dict | None = None,
+) -> Encoder:
     """Rebuild an encoder from a recorded ``source`` and prove it is the same one by its weights' hash.
 
     ``weights``: where the recorded weights file is now, if it moved (checked by the hash all the same);
@@ -550,9 +599,16 @@ def encoder_from_provenance(arch: str, source: dict, sha256: str, weights: str |
     return encoder
 
 
-def rebuild_encoder(prov: dict, weights: str | Path | None = None,
-                    layers: Sequence[int] | None = None) -> Encoder | TimmEncoder:
+def rebuild_encoder(
+    prov: dict, weights: str | Path | None = None, layers: Sequence[int] | None = None
+) -> Encoder | TimmEncoder:
     """`encoder_from_provenance` of a whole record (`encoder_provenance`), reading ``layers`` (None: the recorded
     ones)."""
-    return encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"], weights,
-                                   recorded_layers(prov) if layers is None else layers, _model_kwargs(prov))
+    return encoder_from_provenance(
+        prov["arch"],
+        prov["source"],
+        prov["weights_sha256"],
+        weights,
+        recorded_layers(prov) if layers is None else layers,
+        _model_kwargs(prov),
+    )

@@ -32,14 +32,31 @@ class Mode:
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("E", "encoder", "init", True, "encoder and decoder trained end to end, the encoder starting from the "
-             "weights the self-supervised encoder started from (the study's E)"),
+        Mode(
+            "E",
+            "encoder",
+            "init",
+            True,
+            "encoder and decoder trained end to end, the encoder starting from the "
+            "weights the self-supervised encoder started from (the study's E)",
+        ),
         Mode("Es", "encoder", "ssl", True, "end to end, starting from the self-supervised encoder"),
-        Mode("F", "encoder", "ssl", False, "self-supervised encoder frozen and recomputed at every step "
-             "(the study's F)"),
-        Mode("FI", "encoder", "init", False, "the starting (ImageNet in the study's setting) encoder frozen and "
-             "recomputed at every step"),
-        Mode("C", "store", None, False, "decoder trained from the feature store: no encoder runs during training "
-             "(featcache)"),
+        Mode(
+            "F", "encoder", "ssl", False, "self-supervised encoder frozen and recomputed at every step (the study's F)"
+        ),
+        Mode(
+            "FI",
+            "encoder",
+            "init",
+            False,
+            "the starting (ImageNet in the study's setting) encoder frozen and recomputed at every step",
+        ),
+        Mode(
+            "C",
+            "store",
+            None,
+            False,
+            "decoder trained from the feature store: no encoder runs during training (featcache)",
+        ),
     )
 }

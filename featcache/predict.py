@@ -26,8 +26,8 @@ from featcache.data import IMAGE_EXTENSIONS, header_hw, load_image, load_mask_fu
 from featcache.encoder_check import check_run_encoder
 from featcache.errors import FeatcacheError, OptionError
 from featcache.io import atomic_path, ensure_writable_dir, safe_torch_load
-from featcache.overlays import overlay
 from featcache.models import build_decoder, rebuild_encoder
+from featcache.overlays import overlay
 from featcache.runtime import err_console, resolve_device
 from featcache.train import DECODER_CHECKPOINT_FORMAT
 
@@ -44,9 +44,13 @@ def find_checkpoint(run_dir: Path) -> Path:
         return run_dir / "decoder.pt"
     candidates = sorted(run_dir.glob("seed-*/decoder.pt"))
     if not candidates:
-        raise FeatcacheError(f"{run_dir} holds no decoder.pt (nor seed-*/decoder.pt); pass a train-decoder output folder")
+        raise FeatcacheError(
+            f"{run_dir} holds no decoder.pt (nor seed-*/decoder.pt); pass a train-decoder output folder"
+        )
     best = min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
-    err_console.print(f"{run_dir}: {best.parent.name} has the lowest validation loss of {len(candidates)} seeds; predicting with it")
+    err_console.print(
+        f"{run_dir}: {best.parent.name} has the lowest validation loss of {len(candidates)} seeds; predicting with it"
+    )
     return best
 
 
@@ -67,7 +71,9 @@ def _expand(images: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in images:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and "_superpixels" not in p.name)
+            files += sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and "_superpixels" not in p.name
+            )
         elif path.is_file():
             files.append(path)
         else:
@@ -83,8 +89,10 @@ def _expand(images: list[Path]) -> list[Path]:
         other = by_stem.setdefault(path.stem.casefold(), path)
         if other is not path:
             where = "" if other.stem == path.stem else " on disks that ignore case"
-            raise FeatcacheError(f"{other} and {path} would both be written as {path.stem}_segmentation.png{where}; "
-                                 "pass them in separate runs with different --out")
+            raise FeatcacheError(
+                f"{other} and {path} would both be written as {path.stem}_segmentation.png{where}; "
+                "pass them in separate runs with different --out"
+            )
     return files
 
 
@@ -100,8 +108,9 @@ def _truths(files: list[Path], truth_dir: Path | None) -> list[Path | None]:
             raise FeatcacheError(f"no truth mask for {path.stem} in {truth_dir} ({' or '.join(names)})")
         truth_hw, image_hw = header_hw(found[0]), header_hw(path)
         if truth_hw != image_hw:
-            raise FeatcacheError(f"the truth mask of {path.name} is {truth_hw[::-1]}, the image {image_hw[::-1]}: "
-                                 "fix the mask")
+            raise FeatcacheError(
+                f"the truth mask of {path.name} is {truth_hw[::-1]}, the image {image_hw[::-1]}: fix the mask"
+            )
         truths.append(found[0])
     return truths
 
@@ -153,9 +162,16 @@ def _write_overlay(out: Path, path: Path, pred: np.ndarray, truth_path: Path | N
 
 
 @torch.no_grad()
-def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None = None, device: str = "auto",
-            threshold: float = 0.5, encoder_weights: str | Path | None = None,
-            overlays: str = "preview") -> list[Prediction]:
+def predict(
+    run_dir: Path,
+    images: list[Path],
+    out: Path,
+    truth_dir: Path | None = None,
+    device: str = "auto",
+    threshold: float = 0.5,
+    encoder_weights: str | Path | None = None,
+    overlays: str = "preview",
+) -> list[Prediction]:
     """Predict a mask per image at its original resolution (logits upsampled bilinearly).
 
     A pixel is lesion when sigmoid(logit) > ``threshold``. ``encoder_weights``: the encoder's
@@ -186,7 +202,7 @@ def predict(run_dir: Path, images: list[Path], out: Path, truth_dir: Path | None
     size = int(store["preprocessing"]["size"])
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path, truth_path in zip(files, truths):
+    for path, truth_path in zip(files, truths, strict=True):
         x = torch.from_numpy(load_image(path, size))[None].to(dev).float().div_(255)
         height, width = header_hw(path)
         logits = decoder(encoder(x)).float()

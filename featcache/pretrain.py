@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from featcache.data import Sample, SampleDataset, SplitConfig, find_samples
 from featcache.errors import FeatcacheError, OptionError, check_at_least, check_choice
 from featcache.io import ensure_writable_dir, torch_save, write_json
+from featcache.loop import run_epochs
 from featcache.models import (
     ARCHITECTURES,
     ENCODER_CHECKPOINT_FORMAT,
@@ -44,12 +45,11 @@ from featcache.models import (
     normalisation,
     weights_sha256,
 )
-from featcache.report import plot_loss_curve, save_figure
-from featcache.timm_encoder import PREFIX as TIMM_PREFIX
-from featcache.loop import run_epochs
 from featcache.progress import epoch_row, progress_bar
+from featcache.report import plot_loss_curve, save_figure
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast, err_console, resolve_device, seeded
+from featcache.timm_encoder import PREFIX as TIMM_PREFIX
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
@@ -132,7 +132,8 @@ class PretrainReport:
 
 
 def resume_path(out: Path) -> Path:
-    """The resume state of a run writing ``out``: ``<stem>.resume.pt`` beside it (``encoder.pt`` -> ``encoder.resume.pt``)."""
+    """The resume state of a run writing ``out``: ``<stem>.resume.pt`` beside it (``encoder.pt`` ->
+    ``encoder.resume.pt``)."""
     out = Path(out)
     return out.with_name(f"{out.stem}.resume.pt")
 
@@ -155,7 +156,9 @@ def add_noise(clean: torch.Tensor, std: float, generator: torch.Generator) -> to
     return (clean + std * noise).clamp_(0, 1)
 
 
-def noisy_batches(images: torch.Tensor, batch_size: int, std: float, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def noisy_batches(
+    images: torch.Tensor, batch_size: int, std: float, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(clean, noisy) float ``[b, 3, S, S]`` pairs over uint8 ``images`` ``[m, 3, S, S]``, in order.
 
     The noise comes from a generator seeded afresh from ``seed`` on every call, so each image
@@ -163,13 +166,14 @@ def noisy_batches(images: torch.Tensor, batch_size: int, std: float, seed: int) 
     """
     generator = _generator(seed, _VAL_NOISE_STREAM, images.device)
     for start in range(0, len(images), batch_size):
-        clean = images[start:start + batch_size].float().div_(255)
+        clean = images[start : start + batch_size].float().div_(255)
         yield clean, add_noise(clean, std, generator)
 
 
 @torch.no_grad()
-def validation_loss(encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, batch_size: int, std: float,
-                    seed: int) -> torch.Tensor:
+def validation_loss(
+    encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, batch_size: int, std: float, seed: int
+) -> torch.Tensor:
     """Per-pixel MSE (a 0-dim device tensor) of the reconstructions of uint8 ``images`` ``[m, 3, S, S]``.
 
     Encoder and decoder are put in eval mode; the noise is the fixed noise of `noisy_batches`.
@@ -185,8 +189,9 @@ def validation_loss(encoder: AnyEncoder, decoder: nn.Module, images: torch.Tenso
 
 
 @torch.no_grad()
-def _reconstruction_figure(encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, ids: list[str],
-                           cfg: PretrainConfig, path: Path) -> None:
+def _reconstruction_figure(
+    encoder: AnyEncoder, decoder: nn.Module, images: torch.Tensor, ids: list[str], cfg: PretrainConfig, path: Path
+) -> None:
     """A row per validation image (the first `FIGURE_IMAGES`): input, noisy input (the fixed
     validation noise), reconstruction with its per-pixel MSE."""
     encoder.eval()
@@ -195,7 +200,7 @@ def _reconstruction_figure(encoder: AnyEncoder, decoder: nn.Module, images: torc
     for clean, noisy in noisy_batches(images, cfg.batch_size, cfg.noise_std, cfg.seed):
         with autocast(images.device):
             recon = decoder(encoder(noisy)).float()
-        rows += zip(clean.cpu(), noisy.cpu(), recon.clamp(0, 1).cpu())
+        rows += zip(clean.cpu(), noisy.cpu(), recon.clamp(0, 1).cpu(), strict=True)
         if len(rows) >= FIGURE_IMAGES:
             break
     rows = rows[:FIGURE_IMAGES]
@@ -203,8 +208,12 @@ def _reconstruction_figure(encoder: AnyEncoder, decoder: nn.Module, images: torc
     axes = np.array(fig.subplots(len(rows), 3, squeeze=False))
     for r, (clean, noisy, recon) in enumerate(rows):
         mse = float(F.mse_loss(recon, clean))
-        panels = ((clean, "input"), (noisy, f"noisy (σ = {cfg.noise_std:g})"), (recon, f"reconstruction (MSE {mse:.4f})"))
-        for ax, (image, title) in zip(axes[r], panels):
+        panels = (
+            (clean, "input"),
+            (noisy, f"noisy (σ = {cfg.noise_std:g})"),
+            (recon, f"reconstruction (MSE {mse:.4f})"),
+        )
+        for ax, (image, title) in zip(axes[r], panels, strict=True):
             ax.imshow(image.permute(1, 2, 0).numpy())
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
@@ -223,8 +232,16 @@ class _DenoisingTask:
 
     runs = 1
 
-    def __init__(self, encoder: AnyEncoder, decoder: nn.Module, train_images: torch.Tensor, val_images: torch.Tensor,
-                 cfg: PretrainConfig, device: torch.device, resume_file: Path) -> None:
+    def __init__(
+        self,
+        encoder: AnyEncoder,
+        decoder: nn.Module,
+        train_images: torch.Tensor,
+        val_images: torch.Tensor,
+        cfg: PretrainConfig,
+        device: torch.device,
+        resume_file: Path,
+    ) -> None:
         self.encoder, self.decoder, self.cfg, self.device = encoder, decoder, cfg, device
         self.train_images, self.val_images, self.resume_file = train_images, val_images, resume_file
         self.optimiser = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
@@ -238,7 +255,7 @@ class _DenoisingTask:
         order = torch.randperm(n, generator=self.order_gen).to(self.device)
         epoch_loss = torch.zeros((), device=self.device)
         for start in range(0, n, batch):
-            clean = self.train_images[order[start:start + batch]].float().div_(255)  # [b, 3, S, S]
+            clean = self.train_images[order[start : start + batch]].float().div_(255)  # [b, 3, S, S]
             noisy = add_noise(clean, self.cfg.noise_std, self.noise_gen)
             with autocast(self.device):
                 recon = self.decoder(self.encoder(noisy))
@@ -251,24 +268,34 @@ class _DenoisingTask:
 
     def validate(self) -> torch.Tensor:
         cfg = self.cfg
-        return validation_loss(self.encoder, self.decoder, self.val_images, cfg.batch_size, cfg.noise_std,
-                               cfg.seed).reshape(1)
+        return validation_loss(
+            self.encoder, self.decoder, self.val_images, cfg.batch_size, cfg.noise_std, cfg.seed
+        ).reshape(1)
 
     def snapshot(self, runs: list[int]) -> list[dict]:
-        return [{"encoder": group_state(self.encoder.state_dict(), 0, 1),
-                 "decoder": group_state(self.decoder.state_dict(), 0, 1)}]
+        return [
+            {
+                "encoder": group_state(self.encoder.state_dict(), 0, 1),
+                "decoder": group_state(self.decoder.state_dict(), 0, 1),
+            }
+        ]
 
     def state_dict(self) -> dict:
         return {
-            "device_type": self.device.type, "encoder": self.encoder.state_dict(),
-            "decoder": self.decoder.state_dict(), "optimiser": self.optimiser.state_dict(),
-            "order_generator": self.order_gen.get_state(), "noise_generator": self.noise_gen.get_state(),
+            "device_type": self.device.type,
+            "encoder": self.encoder.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "order_generator": self.order_gen.get_state(),
+            "noise_generator": self.noise_gen.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state["device_type"] != self.device.type:  # CPU and CUDA generators have different states
-            raise FeatcacheError(f"{self.resume_file} was written on {state['device_type']}; resume with "
-                                 f"--device {state['device_type']}, or delete it to start again on {self.device.type}")
+            raise FeatcacheError(
+                f"{self.resume_file} was written on {state['device_type']}; resume with "
+                f"--device {state['device_type']}, or delete it to start again on {self.device.type}"
+            )
         self.encoder.load_state_dict(state["encoder"])
         self.decoder.load_state_dict(state["decoder"])
         self.optimiser.load_state_dict(state["optimiser"])
@@ -276,8 +303,9 @@ class _DenoisingTask:
         self.noise_gen.set_state(state["noise_generator"])
 
     def divergence(self, epoch: int, runs: list[int]) -> FeatcacheError:
-        return FeatcacheError(f"pretraining diverged: the loss is not finite at epoch {epoch}; "
-                              f"lower --lr (now {self.cfg.lr:g})")
+        return FeatcacheError(
+            f"pretraining diverged: the loss is not finite at epoch {epoch}; lower --lr (now {self.cfg.lr:g})"
+        )
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
@@ -303,15 +331,22 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
         err_console.print(f"{cfg.data}: {index.split_note}")
     train_samples, val_samples = index.split("train"), index.split("val")
     if not val_samples:
-        raise FeatcacheError(f"{cfg.data}: no validation images; add a validation folder or raise --val-fraction above 0")
-    identity = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
-                "fingerprint": index.fingerprint()}
+        raise FeatcacheError(
+            f"{cfg.data}: no validation images; add a validation folder or raise --val-fraction above 0"
+        )
+    identity = {
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORES},
+        "fingerprint": index.fingerprint(),
+    }
     checkpointer = Checkpointer(resume_path(cfg.out), identity, cfg.checkpoint_seconds)
     train_images = load_images(train_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
     val_images = load_images(val_samples, cfg.image_size, cfg.batch_size, cfg.workers).to(device)
 
-    encoder = build_encoder(*encoder_choice(cfg.init, cfg.arch, cfg.init_weights, cfg.model_kwargs), seed=cfg.seed,
-                            model_kwargs=cfg.model_kwargs)
+    encoder = build_encoder(
+        *encoder_choice(cfg.init, cfg.arch, cfg.init_weights, cfg.model_kwargs),
+        seed=cfg.seed,
+        model_kwargs=cfg.model_kwargs,
+    )
     if cfg.image_size % encoder.patch_size:
         raise OptionError(f"--image-size {cfg.image_size} must be a multiple of {encoder.patch_size} (the patch size)")
     init = {**encoder.source, "seed": cfg.seed, "weights_sha256": weights_sha256(encoder)}
@@ -348,13 +383,31 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainReport:
     out = Path(cfg.out)
     torch_save(checkpoint, out)
     history_path = out.with_name(f"{out.stem}_history.json")
-    write_json(history_path, {key: checkpoint[key] for key in
-                              ("history", "best_epoch", "best_val_loss", "seconds", "total_seconds", "device", "init",
-                               "config_pretrain")})
+    write_json(
+        history_path,
+        {
+            key: checkpoint[key]
+            for key in (
+                "history",
+                "best_epoch",
+                "best_val_loss",
+                "seconds",
+                "total_seconds",
+                "device",
+                "init",
+                "config_pretrain",
+            )
+        },
+    )
     loss_png = out.with_name(f"{out.stem}_loss.png")
     recon_png = out.with_name(f"{out.stem}_reconstructions.png")
-    plot_loss_curve(history, best_epoch, loss_png,
-                    f"denoising pretraining, {encoder.arch} (noise σ = {cfg.noise_std:g})", ylabel="reconstruction MSE")
+    plot_loss_curve(
+        history,
+        best_epoch,
+        loss_png,
+        f"denoising pretraining, {encoder.arch} (noise σ = {cfg.noise_std:g})",
+        ylabel="reconstruction MSE",
+    )
     _reconstruction_figure(encoder, decoder, val_images, [s.id for s in val_samples], cfg, recon_png)
     checkpointer.done()
     return PretrainReport(out, best_epoch, best_loss, seconds, total_seconds, history_path, [recon_png, loss_png])

@@ -29,8 +29,11 @@ def epoch_row(bar: Progress, label: str, total: int, completed: int = 0) -> Epoc
     task = bar.add_task(label, total=total, completed=completed)
 
     def update(epoch: int, epochs: int, train_loss: float, val_loss: float, best_epoch: int) -> None:
-        bar.update(task, completed=epoch,
-                   description=f"{label} · train {train_loss:.4g} · val {val_loss:.4g} (best {best_epoch})")
+        bar.update(
+            task,
+            completed=epoch,
+            description=f"{label} · train {train_loss:.4g} · val {val_loss:.4g} (best {best_epoch})",
+        )
         if epoch == epochs:
             bar.remove_task(task)
 

@@ -45,7 +45,9 @@ def protocol_for(size: int) -> Protocol:
     nearest = min(STUDY_SIZES, key=lambda s: (abs(math.log(s) - math.log(size)), -s))
     _, epochs, batch = STUDY_PROTOCOL[nearest]
     val = max(1, size // 2) if size <= 160 else 150
-    return Protocol(size, val, epochs, min(batch, size), rule=f"epochs and batch of size {nearest}, validation half the size")
+    return Protocol(
+        size, val, epochs, min(batch, size), rule=f"epochs and batch of size {nearest}, validation half the size"
+    )
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ class Plan:
     note: str = ""
 
 
-def plan_run(size: int, epochs: int | None, batch_size: int | None, val_size: int | None, n_train: int,
-             n_val: int, where: str) -> Plan:
+def plan_run(
+    size: int, epochs: int | None, batch_size: int | None, val_size: int | None, n_train: int, n_val: int, where: str
+) -> Plan:
     """The plan of a run of ``size`` images: None options take the protocol's values (`protocol_for`).
 
     The same rule everywhere: a ``size`` or an explicit ``val_size`` larger than the store's split

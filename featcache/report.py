@@ -14,13 +14,19 @@ from featcache.metrics import METRICS
 from featcache.modes import MODES
 from featcache.overlays import overlay
 
+SHORT_NAMES = {
+    "iou": "IoU",
+    "dice": "Dice",
+    "sensitivity": "Sens",
+    "specificity": "Spec",
+    "accuracy": "Acc",
+    "thresholded_jaccard": "TJ",
+}
 
-SHORT_NAMES = {"iou": "IoU", "dice": "Dice", "sensitivity": "Sens", "specificity": "Spec", "accuracy": "Acc",
-               "thresholded_jaccard": "TJ"}
 
-
-def plot_loss_curve(history: dict[str, list[float]], best_epoch: int, path: Path, title: str,
-                    ylabel: str = "BCE loss") -> None:
+def plot_loss_curve(
+    history: dict[str, list[float]], best_epoch: int, path: Path, title: str, ylabel: str = "BCE loss"
+) -> None:
     """Training and validation loss per epoch, the kept (best) epoch dashed."""
     fig = Figure(figsize=(6.4, 4))
     ax = fig.subplots()
@@ -69,7 +75,9 @@ def seeds_table(results: list[dict], summary: dict, title: str) -> Table:
     table.add_column("best epoch", justify="right", overflow="fold")
     table.add_column("train s", justify="right", overflow="fold")
     for r in results:
-        table.add_row(str(r["seed"]), *(f"{r['test'][k]:.4f}" for k in METRICS), str(r["best_epoch"]), f"{r['train_seconds']:.1f}")
+        table.add_row(
+            str(r["seed"]), *(f"{r['test'][k]:.4f}" for k in METRICS), str(r["best_epoch"]), f"{r['train_seconds']:.1f}"
+        )
     mean, std = summary["mean"], summary["std"]
     table.add_row(
         "mean ± std",
@@ -94,14 +102,48 @@ def write_runs_csv(results: list[dict], path: Path) -> None:
 # ----- compare-e2e report ---------------------------------------------------------------------
 
 #: The study's reported mean test IoU and training seconds (RTX 4070 Ti Super), theirs not ours.
-STUDY_IOU = {"E": {2000: .670, 160: .640, 80: .633, 40: .580, 20: .527, 10: .497},
-             "F": {2000: .630, 160: .634, 80: .610, 40: .587, 20: .539, 10: .507}}
-STUDY_SECONDS = {"E": {2000: 1638.6, 160: 347.6, 80: 293.6, 40: 260.4, 20: 275.0, 10: 175.6},
-                 "F": {2000: 732.7, 160: 178.2, 80: 151.8, 40: 148.4, 20: 151.5, 10: 93.9}}
+STUDY_IOU = {
+    "E": {2000: 0.670, 160: 0.640, 80: 0.633, 40: 0.580, 20: 0.527, 10: 0.497},
+    "F": {2000: 0.630, 160: 0.634, 80: 0.610, 40: 0.587, 20: 0.539, 10: 0.507},
+}
+STUDY_SECONDS = {
+    "E": {2000: 1638.6, 160: 347.6, 80: 293.6, 40: 260.4, 20: 275.0, 10: 175.6},
+    "F": {2000: 732.7, 160: 178.2, 80: 151.8, 40: 148.4, 20: 151.5, 10: 93.9},
+}
 MODE_COLOURS = {"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd", "C": "#2ca02c"}
 #: Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (normal beyond).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 PAIRS = (("C", "F"), ("F", "E"), ("C", "E"), ("Es", "E"), ("FI", "E"), ("F", "FI"), ("Es", "F"))
 
 
@@ -154,16 +196,25 @@ def plot_metrics_vs_size(groups, modes, sizes, path: Path) -> None:
     fig = Figure(figsize=(13, 4))
     axes = fig.subplots(1, 3)
     xs = sorted(sizes)
-    for ax, metric in zip(axes, ("iou", "dice", "sensitivity")):
+    for ax, metric in zip(axes, ("iou", "dice", "sensitivity"), strict=True):
         for mode in modes:
             ys = [np.mean([r["test"][metric] for r in groups[(mode, s)]]) for s in xs]
-            es = [np.std([r["test"][metric] for r in groups[(mode, s)]], ddof=1) if len(groups[(mode, s)]) > 1 else 0 for s in xs]
+            es = [
+                np.std([r["test"][metric] for r in groups[(mode, s)]], ddof=1) if len(groups[(mode, s)]) > 1 else 0
+                for s in xs
+            ]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=mode, color=MODE_COLOURS[mode])
         if metric == "iou":
             for mode, marker in (("E", "x"), ("F", "+")):
                 theirs = [(s, STUDY_IOU[mode][s]) for s in xs if s in STUDY_IOU[mode]]
                 if theirs:
-                    ax.plot(*zip(*theirs), linestyle=":", marker=marker, color="0.5", label=f"study {mode} (theirs)")
+                    ax.plot(
+                        *zip(*theirs, strict=True),
+                        linestyle=":",
+                        marker=marker,
+                        color="0.5",
+                        label=f"study {mode} (theirs)",
+                    )
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(xs, [str(s) for s in xs])
@@ -180,12 +231,17 @@ def plot_loss_curves(groups, modes, sizes, path: Path) -> None:
     xs = sorted(sizes, reverse=True)
     fig = Figure(figsize=(4 * len(xs), 3.4))
     axes = np.atleast_1d(fig.subplots(1, len(xs)))
-    for ax, size in zip(axes, xs):
+    for ax, size in zip(axes, xs, strict=True):
         for mode in modes:
             run = groups[(mode, size)][0]
             # C dashed over F: from a float32 store with exact views they coincide, and F would vanish.
-            ax.plot(range(1, len(run["history"]["val_loss"]) + 1), run["history"]["val_loss"], color=MODE_COLOURS[mode], label=mode,
-                    linestyle="--" if mode == "C" else "-")
+            ax.plot(
+                range(1, len(run["history"]["val_loss"]) + 1),
+                run["history"]["val_loss"],
+                color=MODE_COLOURS[mode],
+                label=mode,
+                linestyle="--" if mode == "C" else "-",
+            )
             ax.axvline(run["best_epoch"], color=MODE_COLOURS[mode], linestyle=":", alpha=0.6)
         ax.set_yscale("log")
         ax.set_title(f"{size} training images (seed {groups[(modes[0], size)][0]['seed']})")
@@ -230,9 +286,17 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
     plot_metrics_vs_size(groups, modes, sizes, out / "metrics_vs_size.png")
     plot_loss_curves(groups, modes, sizes, out / "loss_curves.png")
     plot_cases(case_data, modes, sizes, out / "cases.png")
-    mean = {k: {"iou": float(np.mean([r["test"]["iou"] for r in v])),
-                "train_seconds": float(np.mean([r["train_seconds"] for r in v]))} for k, v in groups.items()}
-    std_iou = {k: float(np.std([r["test"]["iou"] for r in v], ddof=1)) if len(v) > 1 else float("nan") for k, v in groups.items()}
+    mean = {
+        k: {
+            "iou": float(np.mean([r["test"]["iou"] for r in v])),
+            "train_seconds": float(np.mean([r["train_seconds"] for r in v])),
+        }
+        for k, v in groups.items()
+    }
+    std_iou = {
+        k: float(np.std([r["test"]["iou"] for r in v], ddof=1)) if len(v) > 1 else float("nan")
+        for k, v in groups.items()
+    }
     n_c = sum(1 for r in results if r["mode"] == "C")
     extraction = context.get("extraction_seconds")
     share = extraction / n_c if extraction and n_c else None
@@ -242,17 +306,24 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         "",
         f"Store `{context['store']}`: {context['n_test']} test images at {context['image_size']} px, "
         f"encoder {context['encoder']['arch']} ({context['encoder']['source'].get('kind')}), "
-        + (f"features of block{'s' if len(context['layers']) > 1 else ''} {', '.join(map(str, context['layers']))} "
-           f"of {context['depth']}, "
-           if context.get("layers") else "")
+        + (
+            f"features of block{'s' if len(context['layers']) > 1 else ''} {', '.join(map(str, context['layers']))} "
+            f"of {context['depth']}, "
+            if context.get("layers")
+            else ""
+        )
         + f"runs on {context['device']}. "
         f"Sizes {', '.join(map(str, sizes))}; seeds {', '.join(map(str, context['seeds']))}; "
-        + (f"epochs shortened to {context['epochs']} for every size (the study's protocol uses 100–1200)." if context["epochs"]
-           else "epochs and batch sizes from the study's protocol.")
+        + (
+            f"epochs shortened to {context['epochs']} for every size (the study's protocol uses 100–1200)."
+            if context["epochs"]
+            else "epochs and batch sizes from the study's protocol."
+        )
         + (f" SGD learning rate {context['lr']} (the study's: 0.0002)." if context.get("lr", 2e-4) != 2e-4 else ""),
         "",
         f"Data: `{context['dataset_root']}` ({context['dataset']['layout']} layout, "
-        + ", ".join(f"{k} {v}" for k, v in context["dataset"]["counts"].items()) + "). "
+        + ", ".join(f"{k} {v}" for k, v in context["dataset"]["counts"].items())
+        + "). "
         + (context["dataset"].get("split_note") or "Official splits."),
         "",
         "Modes, all on the same seeded subsets, flips and protocol:",
@@ -270,17 +341,28 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
     ]
     for s in sizes:
         cells = [f"{_fmt(mean[(m, s)]['iou'])} ± {_fmt(std_iou[(m, s)])}" for m in modes]
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {_fmt(STUDY_IOU['E'].get(s))} | {_fmt(STUDY_IOU['F'].get(s))} |")
-    lines += ["", "![IoU, Dice and sensitivity against training-set size](metrics_vs_size.png)", "",
-              "## Training time (the study's Table 3, extended)", "",
-              "Seconds of training steps per run (device synchronised; validation, checkpoints and extraction excluded), "
-              "% saved and speed-up against E."]
+        lines.append(
+            f"| {s} | " + " | ".join(cells) + f" | {_fmt(STUDY_IOU['E'].get(s))} | {_fmt(STUDY_IOU['F'].get(s))} |"
+        )
+    lines += [
+        "",
+        "![IoU, Dice and sensitivity against training-set size](metrics_vs_size.png)",
+        "",
+        "## Training time (the study's Table 3, extended)",
+        "",
+        "Seconds of training steps per run (device synchronised; validation, checkpoints and extraction excluded), "
+        "% saved and speed-up against E.",
+    ]
     if any("group" in r for r in results):
-        lines.append("C runs of one size trained their seeds together as one grouped network; each run's time is the "
-                     "group's divided by the number of seeds.")
+        lines.append(
+            "C runs of one size trained their seeds together as one grouped network; each run's time is the "
+            "group's divided by the number of seeds."
+        )
     if share is not None:
-        lines.append(f"The store's extraction took {extraction:.1f} s ({context.get('extraction_device')}); spread over the "
-                     f"{n_c} C runs that used it, that is {share:.2f} s per run, shown as *C+extract*.")
+        lines.append(
+            f"The store's extraction took {extraction:.1f} s ({context.get('extraction_device')}); spread over the "
+            f"{n_c} C runs that used it, that is {share:.2f} s per run, shown as *C+extract*."
+        )
     header = ["size", *modes] + (["C+extract"] if share is not None and "C" in modes else [])
     if "E" in modes:
         header += [f"{m} saved vs E" for m in modes if m != "E"] + [f"{m} speed-up" for m in modes if m != "E"]
@@ -296,21 +378,44 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
             row += [f"{t['E'] / t[m]:.1f}x" for m in modes if m != "E"]
         row += [_fmt(STUDY_SECONDS["E"].get(s), 1), _fmt(STUDY_SECONDS["F"].get(s), 1)]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "## Paired differences in test IoU", "",
-              "Each difference is taken between two modes on the same (size, seed) subset, then averaged over seeds; "
-              "the interval is a 95 % Student t interval over seeds (– with one seed). An interval that excludes 0 "
-              "means the difference is larger than the seed-to-seed noise.", "",
-              "| size | difference | mean | 95 % interval |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Paired differences in test IoU",
+        "",
+        "Each difference is taken between two modes on the same (size, seed) subset, then averaged over seeds; "
+        "the interval is a 95 % Student t interval over seeds (– with one seed). An interval that excludes 0 "
+        "means the difference is larger than the seed-to-seed noise.",
+        "",
+        "| size | difference | mean | 95 % interval |",
+        "|---|---|---|---|",
+    ]
     for s in sizes:
         for a, b in PAIRS:
             if a in modes and b in modes:
-                d, lo, hi = paired_difference([r["test"]["iou"] for r in groups[(a, s)]], [r["test"]["iou"] for r in groups[(b, s)]])
+                d, lo, hi = paired_difference(
+                    [r["test"]["iou"] for r in groups[(a, s)]], [r["test"]["iou"] for r in groups[(b, s)]]
+                )
                 lines.append(f"| {s} | {a} − {b} | {d:+.3f} | [{_fmt(lo)}, {_fmt(hi)}] |")
-    lines += ["", "## Loss curves", "", "Validation loss per epoch for the first seed (C dashed); the dotted line marks the kept epoch.", "",
-              "![validation loss curves](loss_curves.png)", "", "## Cases", "",
-              f"{len(case_data['ids'])} test images, first seed: truth outlined red, prediction green.", "",
-              "![case figures](cases.png)", "", "## Files", "",
-              "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json`: each run in full, with its loss curve.", ""]
+    lines += [
+        "",
+        "## Loss curves",
+        "",
+        "Validation loss per epoch for the first seed (C dashed); the dotted line marks the kept epoch.",
+        "",
+        "![validation loss curves](loss_curves.png)",
+        "",
+        "## Cases",
+        "",
+        f"{len(case_data['ids'])} test images, first seed: truth outlined red, prediction green.",
+        "",
+        "![case figures](cases.png)",
+        "",
+        "## Files",
+        "",
+        "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json`: each run in full, with its "
+        "loss curve.",
+        "",
+    ]
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(lines))

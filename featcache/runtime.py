@@ -40,7 +40,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise FeatcacheError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise FeatcacheError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use cuda:0..{torch.cuda.device_count() - 1}"
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible; use "
+                f"cuda:0..{torch.cuda.device_count() - 1}"
             )
     return device
 

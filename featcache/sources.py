@@ -30,7 +30,6 @@ def flip_per_sample(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
     return torch.where(v, x.flip(-2), x)
 
 
-
 class FeatureSource(Protocol):
     """Where a mode's features come from. Rows index the tensors the source was built with."""
 
@@ -107,18 +106,18 @@ class EncoderFeatures:
         self.encoder.train(on and self.trainable)
 
 
-
 def nhwc(features: torch.Tensor) -> torch.Tensor:
     """Decoder input in channels_last: its convolutions run about twice as fast, on the CPU too
     (measured), and every mode gets the same layout, so the comparison stays fair."""
     return features.contiguous(memory_format=torch.channels_last)
 
 
-def stacked(sources: list[FeatureSource], rows: list[torch.Tensor], views: list[torch.Tensor | None] | None) -> torch.Tensor:
+def stacked(
+    sources: list[FeatureSource], rows: list[torch.Tensor], views: list[torch.Tensor | None] | None
+) -> torch.Tensor:
     """Group k's features side by side on the channel axis: ``[B, K*C, h, w]``, channels_last."""
     if views is None:
-        feats = [src.eval_features(r) for src, r in zip(sources, rows)]
+        feats = [src.eval_features(r) for src, r in zip(sources, rows, strict=True)]
     else:
-        feats = [src.train_features(r, v) for src, r, v in zip(sources, rows, views)]
+        feats = [src.train_features(r, v) for src, r, v in zip(sources, rows, views, strict=True)]
     return nhwc(feats[0] if len(feats) == 1 else torch.cat(feats, dim=1))
-

@@ -22,10 +22,10 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -106,10 +106,14 @@ def damage_fix(path: str | Path, damages: Sequence[Damage]) -> str:
     """The command that fixes ``damages``: a re-extraction for `FIXED_ARRAYS`, else verify --repair and resume."""
     fixed = sorted({d.array for d in damages if d.array in FIXED_ARRAYS})
     if fixed:
-        return (f"{'/'.join(fixed)} are written once at creation and cannot be recomputed by resuming: "
-                f"extract the store again with `featcache extract ... --out {path} --overwrite`")
-    return (f"run `featcache verify {path} --repair`, then the same `featcache extract ... --out {path}` "
-            "to recompute those samples")
+        return (
+            f"{'/'.join(fixed)} are written once at creation and cannot be recomputed by resuming: "
+            f"extract the store again with `featcache extract ... --out {path} --overwrite`"
+        )
+    return (
+        f"run `featcache verify {path} --repair`, then the same `featcache extract ... --out {path}` "
+        "to recompute those samples"
+    )
 
 
 def damage_message(path: str | Path, damages: Sequence[Damage]) -> str:
@@ -184,13 +188,27 @@ class _ZarrBackend:
         chunks = sample_chunks(shape, block)
         crc = zarr.codecs.Crc32cCodec()
         if dtype is str or len(shape) == 1:
-            self.group.create_array(name, shape=shape, dtype=dtype, chunks=(block,),
-                                    compressors=(zarr.codecs.ZstdCodec(), crc), fill_value="" if dtype is str else 0,
-                                    config=WRITE_EMPTY)
+            self.group.create_array(
+                name,
+                shape=shape,
+                dtype=dtype,
+                chunks=(block,),
+                compressors=(zarr.codecs.ZstdCodec(), crc),
+                fill_value="" if dtype is str else 0,
+                config=WRITE_EMPTY,
+            )
             return
         compressors = tuple(c for c in (self._compressors(compressor),) if c is not None) + (crc,)
-        self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, shards=(block, *shape[1:]),
-                                compressors=compressors, fill_value=0, config=WRITE_EMPTY)
+        self.group.create_array(
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            shards=(block, *shape[1:]),
+            compressors=compressors,
+            fill_value=0,
+            config=WRITE_EMPTY,
+        )
 
     def __getitem__(self, name: str):
         if name not in self._arrays:
@@ -207,7 +225,7 @@ class _ZarrBackend:
         return [str(s) for s in self[name][rows]]
 
     def write_strings(self, name: str, start: int, values: Sequence[str]) -> None:
-        self[name][start:start + len(values)] = np.asarray(list(values), dtype=str)
+        self[name][start : start + len(values)] = np.asarray(list(values), dtype=str)
 
     def nbytes_stored(self) -> int:
         return sum(self.group[name].nbytes_stored() for name in self.group.array_keys())
@@ -251,10 +269,10 @@ class _ZarrBackend:
         root, store = self.group.store_path.path, self.group.store
         if isinstance(store, LocalStore):  # its listing stats every entry: os.walk measured 3x faster
             top = os.path.normpath(os.path.join(store.root, root))
-            keys = [os.path.join(d, f)[len(top) + 1:] for d, _, files in os.walk(top) for f in files]
+            keys = [os.path.join(d, f)[len(top) + 1 :] for d, _, files in os.walk(top) for f in files]
         else:
             listed = collect_aiterator(store.list_prefix(f"{root}/" if root else ""))
-            keys = [key[len(root) + 1:] if root else key for key in listed]
+            keys = [key[len(root) + 1 :] if root else key for key in listed]
         out: dict[str, tuple[int, set[int]]] = {}
         for key in keys:
             parts = key.split("/")  # NAME/c/I/0/...: the default chunk key encoding
@@ -410,15 +428,21 @@ class _H5Backend:
         import h5py
 
         if dtype is str:
-            self.file.create_dataset(name, shape=shape, dtype=h5py.string_dtype("utf-8", max(str_len, 1)),
-                                     chunks=(min(block, shape[0]),), fletcher32=True)
+            self.file.create_dataset(
+                name,
+                shape=shape,
+                dtype=h5py.string_dtype("utf-8", max(str_len, 1)),
+                chunks=(min(block, shape[0]),),
+                fletcher32=True,
+            )
             return
         if compressor not in ("auto", "none", "gzip", "lzf"):
             raise OptionError(f"--compressor {compressor} is for Zarr stores; an HDF5 store takes gzip, lzf or none")
         chunks = sample_chunks(shape, min(block, shape[0]))
         options = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"}}
-        self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, fletcher32=True,
-                                 **options.get(compressor, {}))
+        self.file.create_dataset(
+            name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0, fletcher32=True, **options.get(compressor, {})
+        )
 
     def __getitem__(self, name: str):
         return self.file[name]
@@ -435,7 +459,7 @@ class _H5Backend:
         return list(self.file[name].asstr()[rows])
 
     def write_strings(self, name: str, start: int, values: Sequence[str]) -> None:
-        self.file[name][start:start + len(values)] = np.asarray(list(values), dtype=object)
+        self.file[name][start : start + len(values)] = np.asarray(list(values), dtype=object)
 
     def nbytes_stored(self) -> int:
         return Path(self.file.filename).stat().st_size
@@ -576,15 +600,26 @@ class FeatureStore:
         kind = backend_kind(path)
         n, size, views = len(ids), meta["preprocessing"]["size"], len(VIEWS[meta["views"]])
         storage_dtype = FEATURE_DTYPES[meta["dtype"]][0]
-        meta = {**meta, "format_version": FORMAT_VERSION, "featcache_version": __version__, "complete": False,
-                "backend": kind, "checksum": _BACKENDS[kind].checksum, "n": n, "width": width, "grid": list(grid),
-                "shard_size": shard_size,
-                "view_names": list(VIEWS[meta["views"]])}
+        meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "featcache_version": __version__,
+            "complete": False,
+            "backend": kind,
+            "checksum": _BACKENDS[kind].checksum,
+            "n": n,
+            "width": width,
+            "grid": list(grid),
+            "shard_size": shard_size,
+            "view_names": list(VIEWS[meta["views"]]),
+        }
         backend = _BACKENDS[kind].create(str(path))
         backend.write_attrs(meta)  # first, so an interrupted creation is recognisably ours
         block = shard_size
-        str_lens = {"ids": max((len(i.encode()) for i in ids), default=1),
-                    "split": max([len(SKIPPED), *(len(s.encode()) for s in splits)])}
+        str_lens = {
+            "ids": max((len(i.encode()) for i in ids), default=1),
+            "split": max([len(SKIPPED), *(len(s.encode()) for s in splits)]),
+        }
         for name, shape, dtype in (
             ("ids", (n,), str),
             ("split", (n,), str),
@@ -637,7 +672,10 @@ class FeatureStore:
             )
         if meta["format_version"] > FORMAT_VERSION:
             backend.close()
-            raise FeatcacheError(f"{path} has store format {meta['format_version']}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache")
+            raise FeatcacheError(
+                f"{path} has store format {meta['format_version']}; this featcache reads up to "
+                f"{FORMAT_VERSION}: upgrade featcache"
+            )
         store = cls(path, backend, meta, writable)
         if not meta.get("complete") and not allow_incomplete:
             done = int(store.written().sum())
@@ -662,7 +700,8 @@ class FeatureStore:
         if (ours["arch"], ours["weights_sha256"]) != (encoder["arch"], encoder["weights_sha256"]):
             raise FeatcacheError(
                 f"{self.path} was written by {describe_encoder(ours)}, not by {describe_encoder(encoder)}; "
-                f"extract a store with that encoder (`featcache extract DATA --encoder ... --out NEW_STORE`) or pass the store's own encoder"
+                "extract a store with that encoder (`featcache extract DATA --encoder ... --out NEW_STORE`) or "
+                "pass the store's own encoder"
             )
 
     def close(self) -> None:
@@ -790,8 +829,11 @@ class FeatureStore:
                 continue  # format 1 did not store an all-empty block of masks: absent is no proof of loss there
             step, starts = stored.get(name, (self.shard_size, set()))
             for a, b in self.blocks() if name in FIXED_ARRAYS else done:
-                damages += [Damage(name, r, min(r + step, self.n), MISSING)
-                            for r in range(a - a % step, b, step) if r not in starts]
+                damages += [
+                    Damage(name, r, min(r + step, self.n), MISSING)
+                    for r in range(a - a % step, b, step)
+                    if r not in starts
+                ]
         return merge_damages(damages)
 
     def check_whole(self) -> None:
@@ -821,7 +863,7 @@ class FeatureStore:
             damages = []
         for first in range(start - start % step, stop, step):
             try:
-                np.asarray(array[first:first + step])
+                np.asarray(array[first : first + step])
             except Exception as exc:
                 what = self.backend.classify(name, exc)
                 damages.append(Damage(name, first, min(first + step, self.n), what, str(exc)))
@@ -890,8 +932,14 @@ class FeatureStore:
         out[order] = rows
         return out
 
-    def features(self, indices, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                 identity_only: bool = False, layers: Sequence[int] | None = None) -> torch.Tensor:
+    def features(
+        self,
+        indices,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        identity_only: bool = False,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Features ``[n, V, L*C, h, w]`` of rows ``indices`` as a torch tensor (stored dtype unless ``dtype``);
         ``[n, 1, L*C, h, w]`` with ``identity_only``. ``layers`` (`layer_positions`; None: every stored block)
         picks the blocks read, concatenated on channels in block order."""
@@ -923,8 +971,13 @@ class FeatureStore:
     def orig_hw(self, indices=None) -> np.ndarray:
         return self.read("orig_hw", indices)
 
-    def load_split(self, split: str, device: torch.device | str = "cpu", with_images: bool = False,
-                   indices: np.ndarray | None = None) -> SplitData:
+    def load_split(
+        self,
+        split: str,
+        device: torch.device | str = "cpu",
+        with_images: bool = False,
+        indices: np.ndarray | None = None,
+    ) -> SplitData:
         """A split (or the rows ``indices`` of it) as tensors, on ``device`` when they fit there, else on the CPU."""
         idx = self.indices(split) if indices is None else np.asarray(indices)
         feats = self.features(idx)
@@ -941,8 +994,9 @@ class FeatureStore:
         )
 
     # ----- writing --------------------------------------------------------------------------
-    def write_block(self, start: int, images: np.ndarray, masks: np.ndarray, features: torch.Tensor,
-                    skipped: Sequence[int] = ()) -> None:
+    def write_block(
+        self, start: int, images: np.ndarray, masks: np.ndarray, features: torch.Tensor, skipped: Sequence[int] = ()
+    ) -> None:
         """Write rows ``[start, start + n)`` (one shard-aligned block) and mark them written, last.
 
         Rows in ``skipped`` (unreadable files) get the split `SKIPPED`, so no split selects them.
@@ -988,8 +1042,11 @@ def describe_encoder(prov: dict) -> str:
     """``vit_b_16 (imagenet, weights 1a2b3c4d…)``: enough to tell two encoders apart in a message."""
     source = prov.get("source", {})
     kind = source.get("kind", "?")
-    where = f"random seed {source.get('seed')}" if kind == "random" else source.get("file", "its pretrained weights"
-                                                                                   if kind == "timm" else kind)
+    where = (
+        f"random seed {source.get('seed')}"
+        if kind == "random"
+        else source.get("file", "its pretrained weights" if kind == "timm" else kind)
+    )
     return f"{prov['arch']} ({kind}: {where}, weights {prov['weights_sha256'][:10]}…)"
 
 

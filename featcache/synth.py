@@ -210,9 +210,7 @@ def synthesize(
     return SynthReport(out=out, counts=counts, contact_sheet=contact_sheet)
 
 
-def _write_sample(
-    out: Path, seed: int, image_size: tuple[int, int] | None, job: tuple[str, int]
-) -> Image.Image | None:
+def _write_sample(out: Path, seed: int, image_size: tuple[int, int] | None, job: tuple[str, int]) -> Image.Image | None:
     """Render image ``job`` = (split, index) and write its JPEG and mask PNG under ``out``.
 
     Returns its outlined thumbnail if it belongs on the contact sheet, else None.
@@ -220,9 +218,7 @@ def _write_sample(
     split, index = job
     image, mask = render_sample(index, seed, image_size)
     name = isic_id(index)
-    Image.fromarray(image).save(
-        data_dir(out, split) / f"{name}.jpg", format="JPEG", quality=JPEG_QUALITY
-    )
+    Image.fromarray(image).save(data_dir(out, split) / f"{name}.jpg", format="JPEG", quality=JPEG_QUALITY)
     Image.fromarray(mask).save(truth_dir(out, split) / f"{name}_segmentation.png", format="PNG")
     # Training ids start at 0, so these are the first training images.
     on_sheet = split == "train" and index < CONTACT_SHEET_SIZE
@@ -232,16 +228,12 @@ def _write_sample(
 # --- arguments and the output folder ------------------------------------------------------
 
 
-def _check_arguments(
-    counts: dict[str, int], image_size: tuple[int, int] | None, seed: int
-) -> None:
+def _check_arguments(counts: dict[str, int], image_size: tuple[int, int] | None, seed: int) -> None:
     """Refuse negative counts or seed, an empty training split and sizes below 8x8 px."""
     if seed < 0:
         raise FeatcacheError(f"synth seed must be >= 0, got {seed}; pass a non-negative seed")
     if counts["train"] < 1 or min(counts.values()) < 0:
-        raise FeatcacheError(
-            f"synth needs n_train >= 1 and n_val, n_test >= 0, got {counts}; pass larger counts"
-        )
+        raise FeatcacheError(f"synth needs n_train >= 1 and n_val, n_test >= 0, got {counts}; pass larger counts")
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 8):
         raise FeatcacheError(
             f"image_size must be (height, width) with both >= 8 px, got {image_size}; "
@@ -261,10 +253,7 @@ def _foreign_entries(out: Path) -> list[Path]:
     foreign: list[Path] = []
     for entry in sorted(out.iterdir()):
         if entry in patterns and entry.is_dir():
-            foreign += [
-                f for f in sorted(entry.iterdir())
-                if not (f.is_file() and patterns[entry].fullmatch(f.name))
-            ]
+            foreign += [f for f in sorted(entry.iterdir()) if not (f.is_file() and patterns[entry].fullmatch(f.name))]
         elif not (entry.is_file() and entry.name in (CONTACT_SHEET_NAME, MARKER_NAME)):
             foreign.append(entry)
     return foreign
@@ -278,8 +267,7 @@ def _clear_previous_output(out: Path) -> None:
         return
     if not (out / MARKER_NAME).is_file():
         raise FeatcacheError(
-            f"{out} is not empty and is not a featcache synth output (no {MARKER_NAME}); "
-            "pass a new or empty directory"
+            f"{out} is not empty and is not a featcache synth output (no {MARKER_NAME}); pass a new or empty directory"
         )
     foreign = _foreign_entries(out)
     if foreign:
@@ -322,9 +310,7 @@ def _smooth_noise(rng: np.random.Generator, hw: tuple[int, int], cells: int) -> 
     return np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC))
 
 
-def _fractal_noise(
-    rng: np.random.Generator, hw: tuple[int, int], cells: int, octaves: int
-) -> np.ndarray:
+def _fractal_noise(rng: np.random.Generator, hw: tuple[int, int], cells: int, octaves: int) -> np.ndarray:
     """[h, w] float32 sum of ``octaves`` smooth noises, each twice as fine and half as strong."""
     total = np.zeros(hw, dtype=np.float32)
     for octave in range(octaves):
@@ -388,9 +374,11 @@ def _paint_lesion(rng: np.random.Generator, skin: np.ndarray, level: np.ndarray)
     """[h, w, 3] float32: ``skin`` with the lesion of ``level`` laid over it, soft border."""
     hw = level.shape
     darkness = np.clip(
-        rng.uniform(0.15, 0.65) + 0.35 * _fractal_noise(rng, hw, cells=8, octaves=3)
+        rng.uniform(0.15, 0.65)
+        + 0.35 * _fractal_noise(rng, hw, cells=8, octaves=3)
         + rng.uniform(0.0, 0.5) * (1.0 - np.clip(level, 0, 1)),  # often darker at the centre
-        0.0, 1.0,
+        0.0,
+        1.0,
     )[..., None]
     tint = LIGHT_BROWN + darkness * (DARK_BROWN - LIGHT_BROWN)
     veil = rng.uniform(0.0, 0.6) * np.clip(_smooth_noise(rng, hw, cells=4), 0, 1)[..., None]
@@ -423,9 +411,7 @@ def _dark_corners(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
 # --- full-resolution distractors, drawn in place on an [H, W, 3] float32 image ------------
 
 
-def _blend_drawing(
-    image: np.ndarray, layer: Image.Image, radius: float, colour: np.ndarray | float
-) -> None:
+def _blend_drawing(image: np.ndarray, layer: Image.Image, radius: float, colour: np.ndarray | float) -> None:
     """Blend ``colour`` into ``image`` [H, W, 3] with weights from an 'L' drawing ``layer``.
 
     The layer (0..255 -> weight 0..1) is blurred by ``radius`` px to antialias the drawing.
@@ -438,9 +424,7 @@ def _blend_drawing(
     pad = int(np.ceil(3 * radius))
     left, top = max(0, box[0] - pad), max(0, box[1] - pad)
     right, bottom = min(layer.width, box[2] + pad), min(layer.height, box[3] + pad)
-    weights = np.asarray(
-        layer.crop((left, top, right, bottom)).filter(ImageFilter.GaussianBlur(radius))
-    )
+    weights = np.asarray(layer.crop((left, top, right, bottom)).filter(ImageFilter.GaussianBlur(radius)))
     rows, cols = np.nonzero(weights)
     alpha = weights[rows, cols].astype(np.float32)[:, None] / 255.0
     region = image[top:bottom, left:right]
@@ -469,8 +453,7 @@ def _add_hairs(rng: np.random.Generator, image: np.ndarray) -> None:
         control = (start + end) / 2 + rng.uniform(-0.25, 0.25) * length * normal
         curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end  # quadratic Bezier
         width_px = max(1, round(rng.uniform(0.6, 2.0) * long_side / 600))
-        draw.line([tuple(p) for p in curve], fill=int(rng.integers(150, 256)), width=width_px,
-                  joint="curve")
+        draw.line([tuple(p) for p in curve], fill=int(rng.integers(150, 256)), width=width_px, joint="curve")
     colour = np.array([45.0, 32.0, 26.0], dtype=np.float32) * rng.uniform(0.6, 1.3)
     _blend_drawing(image, layer, 0.6, colour)
 
@@ -503,9 +486,7 @@ def _add_bubbles(rng: np.random.Generator, image: np.ndarray) -> None:
         rim = max(1, round(r / 12))
         # Layer values are blend weights towards near-black (edge) or white (light), x255.
         edge, light = Image.new("L", (width, height)), Image.new("L", (width, height))
-        ImageDraw.Draw(edge).ellipse(
-            [cx - r - rim, cy - r - rim, cx + r + rim, cy + r + rim], outline=50, width=rim
-        )
+        ImageDraw.Draw(edge).ellipse([cx - r - rim, cy - r - rim, cx + r + rim, cy + r + rim], outline=50, width=rim)
         draw = ImageDraw.Draw(light)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=30, outline=160, width=rim)
         draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx - 0.3 * r, cy - 0.3 * r], fill=160)
@@ -522,9 +503,7 @@ def _outlined_thumbnail(image: np.ndarray, mask: np.ndarray) -> Image.Image:
     thumb.thumbnail(THUMB_HW[::-1], Image.Resampling.BILINEAR)
     small = Image.fromarray(mask).resize(thumb.size, Image.Resampling.NEAREST)
     # Dilation minus erosion by a 3x3 window: one pixel each side of the border.
-    outline = np.asarray(small.filter(ImageFilter.MaxFilter(3))) != np.asarray(
-        small.filter(ImageFilter.MinFilter(3))
-    )
+    outline = np.asarray(small.filter(ImageFilter.MaxFilter(3))) != np.asarray(small.filter(ImageFilter.MinFilter(3)))
     pixels = np.array(thumb)
     pixels[outline] = (0, 255, 0)
     return Image.fromarray(pixels)
@@ -541,4 +520,3 @@ def _contact_sheet(thumbnails: list[Image.Image], columns: int = 4) -> Image.Ima
         left = pad + (i % columns) * cell_w + (THUMB_HW[1] - thumb.width) // 2
         sheet.paste(thumb, (left, top))
     return sheet
-

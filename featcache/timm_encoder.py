@@ -63,7 +63,7 @@ def _quiet_hub() -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -128,8 +128,10 @@ def _explain(name: str, weights: str, exc: Exception) -> FeatcacheError:
         )
     if weights == "random":
         return FeatcacheError(f"timm cannot build {name} with these options ({detail}); check --model-kwargs")
-    return FeatcacheError(f"{weights} does not hold weights of timm:{name} ({detail}); pass that model's weights "
-                          "(with the --model-kwargs it was built with)")
+    return FeatcacheError(
+        f"{weights} does not hold weights of timm:{name} ({detail}); pass that model's weights "
+        "(with the --model-kwargs it was built with)"
+    )
 
 
 class TimmEncoder(nn.Module):
@@ -143,8 +145,10 @@ class TimmEncoder(nn.Module):
     def __init__(self, name: str, model: nn.Module, model_kwargs: dict, layers: Sequence[int] | None = None) -> None:
         super().__init__()
         if not all(hasattr(model, a) for a in ("forward_intermediates", "patch_embed", "blocks")):
-            raise FeatcacheError(f"timm:{name} is not a ViT-style model with patch tokens (no forward_intermediates); "
-                                 "featcache takes ViT-style encoders")
+            raise FeatcacheError(
+                f"timm:{name} is not a ViT-style model with patch tokens (no forward_intermediates); "
+                "featcache takes ViT-style encoders"
+            )
         self.model = model
         self.name = name
         self.arch = PREFIX + name
@@ -173,8 +177,9 @@ class TimmEncoder(nn.Module):
         return self.layer_width * len(self.layers)
 
     def _maps(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=[k - 1 for k in layers], norm=True, output_fmt="NCHW",
-                                                intermediates_only=True, stop_early=True)
+        return self.model.forward_intermediates(
+            x, indices=[k - 1 for k in layers], norm=True, output_fmt="NCHW", intermediates_only=True, stop_early=True
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features ``[B, L*C, H/p, W/p]`` of images ``[B, 3, H, W]`` in [0, 1]."""

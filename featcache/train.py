@@ -66,8 +66,15 @@ class TrainConfig:
         """The plan of this run on ``store``: options checked, protocol defaults applied, sizes checked against
         the store's splits (`plan_run`)."""
         self.validate()
-        return plan_run(self.size, self.epochs, self.batch_size, self.val_size, len(store.indices("train")),
-                        len(store.indices("val")), str(store.path))
+        return plan_run(
+            self.size,
+            self.epochs,
+            self.batch_size,
+            self.val_size,
+            len(store.indices("train")),
+            len(store.indices("val")),
+            str(store.path),
+        )
 
 
 def check_store_run(store: FeatureStore, cfg: TrainConfig) -> None:
@@ -135,15 +142,25 @@ class RunOutput:
     test_logits: torch.Tensor
 
 
-def train_from_store(store: FeatureStore, cfg: TrainConfig, device: torch.device,
-                     progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None) -> RunOutput:
+def train_from_store(
+    store: FeatureStore,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: EpochCallback | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> RunOutput:
     """C mode, one (size, seed), decoder trained from the store's features."""
     return train_group_from_store(store, [cfg], device, progress, checkpointer)[0]
 
 
-def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device: torch.device,
-                           progress: EpochCallback | None = None, checkpointer: Checkpointer | None = None,
-                           plan: Plan | None = None) -> list[RunOutput]:
+def train_group_from_store(
+    store: FeatureStore,
+    cfgs: list[TrainConfig],
+    device: torch.device,
+    progress: EpochCallback | None = None,
+    checkpointer: Checkpointer | None = None,
+    plan: Plan | None = None,
+) -> list[RunOutput]:
     """C mode, one size and several seeds trained together as one grouped decoder (`fit_group`).
 
     ``plan``: the runs' plan when the caller resolved it already (else resolved here from ``cfgs[0]``).
@@ -169,8 +186,13 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     train_masks, val_masks = train_masks.to(device), store.masks(val_union, device)
     train_pos, val_pos = [p.to(device) for p in train_pos], [p.to(device) for p in val_pos]
     runs = [
-        RunInputs(c.seed, StoreFeatures(train_feats, cfg.augment, tp), train_masks[tp],
-                  StoreFeatures(val_feats, "none", vp), val_masks[vp])
+        RunInputs(
+            c.seed,
+            StoreFeatures(train_feats, cfg.augment, tp),
+            train_masks[tp],
+            StoreFeatures(val_feats, "none", vp),
+            val_masks[vp],
+        )
         for c, tp, vp in zip(cfgs, train_pos, val_pos, strict=True)
     ]
     test_source = StoreFeatures(test_feats.to(device), "none")
@@ -183,20 +205,30 @@ def train_group_from_store(store: FeatureStore, cfgs: list[TrainConfig], device:
     logits = predict_logits(decoder, [test_source] * k_runs, len(rows[0].test_rows), cfg.eval_batch_size, device)
     outputs = []
     for k, (c, r, fitted) in enumerate(zip(cfgs, rows, fits, strict=True)):
-        test = score_test(store, logits[:, k:k + 1], r, c)
+        test = score_test(store, logits[:, k : k + 1], r, c)
         results = results_dict("C", c, r, fitted, test, device, plan)
         if k_runs > 1:
-            results["group"] = {"runs": k_runs, "seeds": [x.seed for x in cfgs],
-                                "train_seconds": round(fitted.train_seconds, 4),
-                                "total_seconds": round(fitted.total_seconds, 4)}
+            results["group"] = {
+                "runs": k_runs,
+                "seeds": [x.seed for x in cfgs],
+                "train_seconds": round(fitted.train_seconds, 4),
+                "total_seconds": round(fitted.total_seconds, 4),
+            }
             results["train_seconds"] = round(fitted.train_seconds / k_runs, 4)
             results["total_seconds"] = round(fitted.total_seconds / k_runs, 4)
-        outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results), logits[:, k:k + 1]))
+        outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results), logits[:, k : k + 1]))
     return outputs
 
 
-def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: Plan, encoders: dict[str, AnyEncoder],
-                       device: torch.device, progress: EpochCallback | None = None) -> RunOutput:
+def train_encoder_mode(
+    store: FeatureStore,
+    mode: str,
+    cfg: TrainConfig,
+    plan: Plan,
+    encoders: dict[str, AnyEncoder],
+    device: torch.device,
+    progress: EpochCallback | None = None,
+) -> RunOutput:
     """One run of an encoder mode (E, Es, F, FI): the encoder ``encoders[MODES[mode].encoder]`` (``ssl`` or
     ``init``; a copy is trained, the one given is left as it was) runs on the store's images at every step."""
     spec = MODES[mode]
@@ -207,8 +239,9 @@ def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: P
     images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
     sources = {k: EncoderFeatures(encoder, images[k], spec.trainable and k == "train") for k in images}
     decoder = seeded_decoder(cfg, encoder.width, encoder.patch_size).to(device)
-    run = RunInputs(cfg.seed, sources["train"], train_masks.to(device), sources["val"],
-                    store.masks(rows.val_rows, device))
+    run = RunInputs(
+        cfg.seed, sources["train"], train_masks.to(device), sources["val"], store.masks(rows.val_rows, device)
+    )
     fitted = fit(decoder, run, plan, cfg, device, progress)
     decoder.load_state_dict(fitted.best.weights["decoder"])
     if fitted.best.weights["encoder"] is not None:
@@ -218,9 +251,16 @@ def train_encoder_mode(store: FeatureStore, mode: str, cfg: TrainConfig, plan: P
     return RunOutput(results_dict(mode, cfg, rows, fitted, test, device, plan), None, logits)
 
 
-def train_mode(store: FeatureStore, mode: str, cfgs: list[TrainConfig], plan: Plan, encoders: dict[str, AnyEncoder],
-               device: torch.device, progress: EpochCallback | None = None,
-               checkpointer: Checkpointer | None = None) -> list[RunOutput]:
+def train_mode(
+    store: FeatureStore,
+    mode: str,
+    cfgs: list[TrainConfig],
+    plan: Plan,
+    encoders: dict[str, AnyEncoder],
+    device: torch.device,
+    progress: EpochCallback | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> list[RunOutput]:
     """The runs of one mode and size, one per config: grouped from the store, or one encoder run each."""
     if MODES[mode].reads_store:
         return train_group_from_store(store, cfgs, device, progress, checkpointer, plan)
@@ -232,11 +272,15 @@ def original_masks(store: FeatureStore, ids: list[str]) -> list[np.ndarray]:
     dataset = store.meta["dataset"]
     root = Path(store.meta.get("dataset_root", ""))
     if not root.is_dir():
-        raise FeatcacheError(f"--eval-size original reads the masks from {root}, which is not there; use --eval-size 224")
+        raise FeatcacheError(
+            f"--eval-size original reads the masks from {root}, which is not there; use --eval-size 224"
+        )
     split_cfg = dataset.get("split_config")
     index = find_samples(root, SplitConfig(**split_cfg) if split_cfg else None)
     if index.fingerprint() != dataset["fingerprint"]:
-        raise FeatcacheError(f"the dataset at {root} changed since {store.path} was extracted; re-extract it or use --eval-size 224")
+        raise FeatcacheError(
+            f"the dataset at {root} changed since {store.path} was extracted; re-extract it or use --eval-size 224"
+        )
     by_id = {s.id: s for s in index.samples}
     return [load_mask_full(by_id[i].mask) for i in ids]
 
@@ -263,8 +307,15 @@ def score_test(store: FeatureStore, logits: torch.Tensor, rows: RunData, cfg: Tr
     return mean_scores(score_logits(logits, masks, cfg.eval_size == "original"))
 
 
-def results_dict(mode: str, cfg: TrainConfig, rows: RunData, fit_result: FitResult, test: dict[str, float],
-                 device: torch.device, plan: Plan) -> dict:
+def results_dict(
+    mode: str,
+    cfg: TrainConfig,
+    rows: RunData,
+    fit_result: FitResult,
+    test: dict[str, float],
+    device: torch.device,
+    plan: Plan,
+) -> dict:
     """The ``results.json`` schema of docs/design.md, plus what makes a run reproducible."""
     return {
         "mode": mode,

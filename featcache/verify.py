@@ -56,11 +56,15 @@ class VerifyReport:
             return damage_fix(self.path, self.unrepairable)
         if self.repaired:
             samples = sum(b - a for a, b in self.repaired)
-            return (f"{self.path}: {samples} samples in {len(self.repaired)} damaged blocks are marked unwritten; "
-                    f"run the same `featcache extract ... --out {self.path}` to recompute exactly those")
-        return (f"{self.path} is damaged ({len(self.damages)} ranges above); run "
-                f"`featcache verify {self.path} --repair`, then the same `featcache extract ... --out {self.path}` "
-                "to recompute them")
+            return (
+                f"{self.path}: {samples} samples in {len(self.repaired)} damaged blocks are marked unwritten; "
+                f"run the same `featcache extract ... --out {self.path}` to recompute exactly those"
+            )
+        return (
+            f"{self.path} is damaged ({len(self.damages)} ranges above); run "
+            f"`featcache verify {self.path} --repair`, then the same `featcache extract ... --out {self.path}` "
+            "to recompute them"
+        )
 
 
 def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:
@@ -83,7 +87,10 @@ def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:
             for a, b in store.blocks():
                 damages += store.check_rows(name, a, b)
         report = VerifyReport(
-            path=str(path), backend=meta["backend"], n=store.n, complete=bool(meta.get("complete")),
+            path=str(path),
+            backend=meta["backend"],
+            n=store.n,
+            complete=bool(meta.get("complete")),
             checksummed=meta["format_version"] >= 2,
             damages=merge_damages(damages),
         )
