@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import extract_config
+from conftest import extract_config, one_line_error, rewrite_masks_as_0_1, write_mask
 from featcache.errors import FeatcacheError
 from featcache.extract import extract
 from featcache.store import SKIPPED, FeatureStore
@@ -26,15 +26,6 @@ def data(synth_root, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(synth_root, copy)
     return copy
-
-
-def one_line_error(result, *fragments, code=1):
-    """One ``error:`` line holding every fragment; exit code 1 for bad input, 2 for an impossible option value."""
-    assert result.returncode == code, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_missing_and_empty_data_folder(cli, tmp_path):
@@ -80,7 +71,7 @@ def test_truncated_jpeg_keeps_written_blocks_and_skip_bad_records_it(cli, data, 
 
 def test_mask_of_another_size(cli, data, tmp_path):
     mask = data / TRUTH / "ISIC_0000002_segmentation.png"
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
+    write_mask(mask, np.zeros((10, 10), np.uint8))
     one_line_error(cli("extract", data, "--out", tmp_path / "s.zarr", *MICRO), str(mask), "replace the mask")
 
 
@@ -159,8 +150,7 @@ def test_duplicate_ids(cli, data, tmp_path):
 
 def test_masks_stored_as_0_1_are_noted_once_and_accepted_under_strict(cli, data, tmp_path):
     truth = data / TRUTH
-    for mask in sorted(truth.glob("*.png"))[:3]:
-        Image.fromarray((np.asarray(Image.open(mask)) > 127).astype(np.uint8)).save(mask)
+    rewrite_masks_as_0_1(sorted(truth.glob("*.png"))[:3])
     result = cli("extract", data, "--out", tmp_path / "a.zarr", "--strict", *MICRO)
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]

@@ -11,22 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import extract_config
+from conftest import extract_config, quick_pretrain, quick_train
 from featcache.experiment import CompareConfig, compare_e2e, run_mode, train_decoder
 from featcache.extract import extract
 from featcache.metrics import METRICS
 from featcache.models import build_decoder, build_encoder, encoder_from_provenance
 from featcache.predict import predict
-from featcache.pretrain import PretrainConfig, pretrain
+from featcache.pretrain import pretrain
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast
 from featcache.store import FeatureStore, placement
-from featcache.train import TrainConfig, train_from_store, train_group_from_store
+from featcache.train import train_from_store, train_group_from_store
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DEVICE = torch.device("cuda")
-QUICK = dict(size=8, epochs=4, batch_size=3, val_size=4)
 
 
 def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
@@ -51,7 +50,7 @@ def test_store_split_is_resident_on_the_gpu(micro_store):
 
 def test_train_decoder_on_cuda(micro_store):
     with FeatureStore.open(micro_store) as store:
-        run = train_from_store(store, TrainConfig(**QUICK), DEVICE)
+        run = train_from_store(store, quick_train(epochs=4, batch_size=3), DEVICE)
     assert run.results["device"].startswith(DEVICE.type) and 0 <= run.results["test"]["iou"] <= 1
     assert all(np.isfinite(run.results["history"]["val_loss"]))
     assert all(v.device.type == "cpu" for v in run.checkpoint["state_dict"].values())
@@ -70,7 +69,7 @@ def test_study_scale_grouped_decoder_step_under_bf16_channels_last():
 
 
 def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
-    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1, 2)]
+    cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1, 2)]
     with FeatureStore.open(micro_store) as store:
         grouped = train_group_from_store(store, cfgs, DEVICE)
         separate = [train_from_store(store, c, DEVICE) for c in cfgs]
@@ -83,7 +82,8 @@ def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
 
 
 def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(micro_store, synth_root, tmp_path):
-    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0, 1], tmp_path / "run", str(DEVICE), progress=False)
+    sweep = train_decoder(str(micro_store), quick_train(epochs=4, batch_size=3), [0, 1], tmp_path / "run", str(DEVICE),
+                          progress=False)
     if DEVICE.type == "cuda":  # the default: grouped on CUDA only
         assert all(r["group"]["seeds"] == [0, 1] for r in sweep.results)
     images = synth_root / "ISIC-2017_Test_v2_Data"
@@ -95,7 +95,7 @@ def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_eithe
 
 
 def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
-    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1)]
+    cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1)]
 
     def stop_after_two(epoch, epochs, train_loss, val_loss):
         if epoch == 2:
@@ -108,7 +108,7 @@ def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
             train_group_from_store(store, cfgs, DEVICE, stop_after_two, checkpointer)
         resumed = train_group_from_store(store, cfgs, DEVICE, None, checkpointer)
     for w, r in zip(whole, resumed):
-        assert len(r.results["history"]["val_loss"]) == QUICK["epochs"]
+        assert len(r.results["history"]["val_loss"]) == cfgs[0].epochs
         np.testing.assert_allclose(r.results["history"]["val_loss"], w.results["history"]["val_loss"], rtol=3e-2)
 
 
@@ -118,7 +118,8 @@ def test_encoder_modes_on_cuda(micro_store, mode):
         prov = store.meta["encoder"]
         encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
         before = {k: v.clone() for k, v in encoder.state_dict().items()}
-        results, logits = run_mode(store, mode, TrainConfig(**QUICK, lr=0.01), {"ss": encoder, "init": encoder}, DEVICE)
+        results, logits = run_mode(store, mode, quick_train(epochs=4, batch_size=3, lr=0.01),
+                                   {"ss": encoder, "init": encoder}, DEVICE)
     assert results["device"].startswith(DEVICE.type) and logits.device.type == "cpu"
     assert all(np.isfinite(results["history"]["train_loss"])) and set(METRICS) <= set(results["test"])
     # run_mode trains a copy: the encoder handed in is left as it was, in E mode too.
@@ -133,8 +134,7 @@ def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):
 
 
 def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path):
-    cfg = PretrainConfig(data=synth_root, out=tmp_path / "ss.pt", arch="vit_micro", init="random", epochs=2, batch_size=4,
-                         lr=6e-3, image_size=32, device=str(DEVICE))
+    cfg = quick_pretrain(synth_root, tmp_path / "ss.pt", epochs=2, device=str(DEVICE))
     pretrain(cfg, progress=False)
     encoder = build_encoder("vit_micro", str(cfg.out))
     assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in encoder.state_dict().values())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_mask
 from featcache.errors import FeatcacheError
 from featcache.metrics import (
     CONVENTIONS,
@@ -28,12 +29,6 @@ EPS = 1e-6
 def counts(*rows: tuple[int, int, int, int]) -> torch.Tensor:
     """[N, 4] int64 (tp, fp, fn, tn)."""
     return torch.tensor(rows, dtype=torch.int64)
-
-
-def write_mask(path: Path, pixels: np.ndarray, mode: str = "L") -> None:
-    """Save uint8 [H, W] gray levels as PNG (replicated to RGB when mode is 'RGB')."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(path)
 
 
 # ---------------------------------------------------------------- confusion

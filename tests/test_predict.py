@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import quick_train
 from featcache.data import load_image
 from featcache.errors import FeatcacheError, OptionError
 from featcache.experiment import train_decoder
@@ -20,7 +21,7 @@ from featcache.train import TrainConfig
 @pytest.fixture(scope="module")
 def trained_run(micro_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train_decoder(str(micro_store), TrainConfig(size=8, epochs=3, batch_size=4, val_size=4), [0, 1], out, "cpu", progress=False)
+    train_decoder(str(micro_store), quick_train(), [0, 1], out, "cpu", progress=False)
     return out
 
 
