@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import copy_zarr_arrays, run_torchrun
 from featcache.errors import FeatcacheError
 from featcache.experiment import CompareConfig, compare_e2e
 from featcache.report import paired_difference
@@ -71,15 +72,9 @@ def test_another_encoder_is_refused(micro_store, tmp_path):
 
 
 def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcache",
-           "--device", "cpu", "compare-e2e", str(micro_store), "--sizes", "8,4", "--seeds", "0,1", "--modes", "E,Es,F,FI,C",
-           "--epochs", "3", "--batch-size", "4", "--val-size", "3", "--lr", "0.01", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_torchrun("compare-e2e", micro_store, "--sizes", "8,4", "--seeds", "0,1", "--modes", "E,Es,F,FI,C",
+                          "--epochs", "3", "--batch-size", "4", "--val-size", "3", "--lr", "0.01", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("report:") == 1  # rank 0 alone reports
     one = {(r["mode"], r["size"], r["seed"]): r for r in comparison.results}
@@ -94,13 +89,8 @@ def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, t
 
 
 def test_a_subset_of_empty_masks_is_refused_in_store_and_encoder_modes(micro_store, tmp_path):
-    import shutil
-
-    import zarr
-
     store = tmp_path / "empty.zarr"
-    shutil.copytree(micro_store, store)
-    zarr.open_group(store, mode="r+")["masks"][:] = 0
+    copy_zarr_arrays(micro_store, store)["masks"][:] = 0
     for mode in ("C", "F", "E"):
         cfg = CompareConfig(store=str(store), out=tmp_path / mode, sizes=(4,), seeds=(2,), modes=(mode,), epochs=1,
                             batch_size=4, val_size=2, device="cpu")
