@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import extract_config, one_line_error, rewrite_masks_as_0_1, write_mask
 from featcache.errors import FeatcacheError
 from featcache.extract import extract
-from featcache.store import SKIPPED, FeatureStore
+from featcache.store import FORMAT_VERSION, SKIPPED, FeatureStore
 
 MICRO = ["--encoder", "random", "--arch", "vit_micro", "--image-size", "64", "--workers", "0", "--shard-size", "4"]
 TRAIN = "ISIC-2017_Training_Data"
@@ -235,7 +235,6 @@ def test_out_naming_a_file_is_refused_before_training(cli, micro_store, tmp_path
 
 
 def test_malformed_format_version_is_one_line_and_overwrite_replaces_it(cli, micro_store, synth_root, tmp_path):
-    # The lead applies the fix in store.py (and lets --overwrite replace such a store); see the report.
     store = tmp_path / "s.zarr"
     shutil.copytree(micro_store, store)
     meta = json.loads((store / "zarr.json").read_text())
@@ -245,7 +244,7 @@ def test_malformed_format_version_is_one_line_and_overwrite_replaces_it(cli, mic
                    "re-extract with --overwrite")
     assert cli("extract", synth_root, "--out", store, "--overwrite", *MICRO).returncode == 0
     with FeatureStore.open(store) as reopened:
-        assert reopened.meta["format_version"] == 1
+        assert reopened.meta["format_version"] == FORMAT_VERSION  # a valid record again, of this version
 
 
 def test_reversed_seed_range_and_bad_list_items_say_so():
