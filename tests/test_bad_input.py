@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import extract_config
+from conftest import extract_config, one_line_error, rewrite_masks_as_0_1, write_mask
 from featcache.errors import FeatcacheError
 from featcache.extract import extract
 from featcache.store import FORMAT_VERSION, SKIPPED, FeatureStore
@@ -26,15 +26,6 @@ def data(synth_root, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(synth_root, copy)
     return copy
-
-
-def one_line_error(result, *fragments, code=1):
-    """One ``error:`` line holding every fragment; exit code 1 for bad input, 2 for an impossible option value."""
-    assert result.returncode == code, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_missing_and_empty_data_folder(cli, tmp_path):
@@ -80,7 +71,7 @@ def test_truncated_jpeg_keeps_written_blocks_and_skip_bad_records_it(cli, data, 
 
 def test_mask_of_another_size(cli, data, tmp_path):
     mask = data / TRUTH / "ISIC_0000002_segmentation.png"
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask)
+    write_mask(mask, np.zeros((10, 10), np.uint8))
     one_line_error(cli("extract", data, "--out", tmp_path / "s.zarr", *MICRO), str(mask), "replace the mask")
 
 
@@ -92,18 +83,30 @@ def test_rgb_and_grey_masks_binarised_with_a_warning_refused_under_strict(cli, d
     result = cli("extract", data, "--out", tmp_path / "b.zarr", *MICRO)
     assert result.returncode == 0 and "warning: 1 masks were not 0/255" in result.stderr
     with FeatureStore.open(tmp_path / "b.zarr") as store:
-        assert np.array_equal(store.masks([1])[0].numpy(), (np.asarray(Image.open(mask).convert("L").resize((64, 64), 0)) > 127))
+        assert np.array_equal(
+            store.masks([1])[0].numpy(), (np.asarray(Image.open(mask).convert("L").resize((64, 64), 0)) > 127)
+        )
 
 
 def test_output_that_is_not_a_store_and_out_of_range_options(cli, synth_root, tmp_path):
     (tmp_path / "notes.h5").write_text("my notes")
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "notes.h5", *MICRO), "notes.h5", "choose another --out or move it away")
+    one_line_error(
+        cli("extract", synth_root, "--out", tmp_path / "notes.h5", *MICRO),
+        "notes.h5",
+        "choose another --out or move it away",
+    )
     assert (tmp_path / "notes.h5").read_text() == "my notes"
     info = cli("info", tmp_path / "notes.h5")  # info has no --out or --overwrite to suggest
     one_line_error(info, "notes.h5", "point to a store that `featcache extract` wrote")
     assert "--overwrite" not in info.stderr
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all", code=2)
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO), "--val-fraction", code=2)
+    one_line_error(
+        cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--views", "all", *MICRO), "--views all", code=2
+    )
+    one_line_error(
+        cli("extract", synth_root, "--out", tmp_path / "s.zarr", "--val-fraction", "1.5", *MICRO),
+        "--val-fraction",
+        code=2,
+    )
     one_line_error(cli("extract", synth_root, "--out", tmp_path / "s.npy", *MICRO), ".zarr")
 
 
@@ -111,14 +114,22 @@ def test_wrong_encoder_incomplete_store_and_too_large_size(cli, micro_store, syn
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.save(VisionTransformer(224, 16, 2, 2, 32, 64).state_dict(), tmp_path / "other.pth")
-    one_line_error(cli("train-decoder", micro_store, "--size", "4", "--encoder", tmp_path / "other.pth", "--epochs", "1"),
-                   "was written by vit_micro", "not by vit_micro")
-    one_line_error(cli("compare-e2e", micro_store, "--encoder", tmp_path / "other.pth", "--sizes", "4", "--epochs", "1"),
-                   "was written by vit_micro")
+    one_line_error(
+        cli("train-decoder", micro_store, "--size", "4", "--encoder", tmp_path / "other.pth", "--epochs", "1"),
+        "was written by vit_micro",
+        "not by vit_micro",
+    )
+    one_line_error(
+        cli("compare-e2e", micro_store, "--encoder", tmp_path / "other.pth", "--sizes", "4", "--epochs", "1"),
+        "was written by vit_micro",
+    )
     one_line_error(cli("train-decoder", micro_store, "--size", "50", "--epochs", "1"), "--size 50", "12 images")
     torch.save(VisionTransformer(224, 16, 4, 4, 128, 256).state_dict(), tmp_path / "mini.pth")
-    one_line_error(cli("extract", synth_root, "--out", tmp_path / "x.zarr", *MICRO[2:], "--encoder", tmp_path / "mini.pth"),
-                   "another architecture", "--arch")
+    one_line_error(
+        cli("extract", synth_root, "--out", tmp_path / "x.zarr", *MICRO[2:], "--encoder", tmp_path / "mini.pth"),
+        "another architecture",
+        "--arch",
+    )
 
 
 def test_full_disk_is_explained_and_the_store_stays_resumable(synth_root, tmp_path, monkeypatch):
@@ -145,8 +156,10 @@ def test_full_disk_is_explained_and_the_store_stays_resumable(synth_root, tmp_pa
 
 def test_duplicate_ids(cli, data, tmp_path):
     shutil.copy(data / TRAIN / "ISIC_0000001.jpg", data / "ISIC-2017_Validation_Data" / "ISIC_0000001.jpg")
-    shutil.copy(data / TRUTH / "ISIC_0000001_segmentation.png",
-                data / "ISIC-2017_Validation_Part1_GroundTruth" / "ISIC_0000001_segmentation.png")
+    shutil.copy(
+        data / TRUTH / "ISIC_0000001_segmentation.png",
+        data / "ISIC-2017_Validation_Part1_GroundTruth" / "ISIC_0000001_segmentation.png",
+    )
     one_line_error(cli("extract", data, "--out", tmp_path / "s.zarr", *MICRO), "ISIC_0000001", "one split only")
     plain = tmp_path / "plain"
     (plain / "images").mkdir(parents=True)
@@ -159,8 +172,7 @@ def test_duplicate_ids(cli, data, tmp_path):
 
 def test_masks_stored_as_0_1_are_noted_once_and_accepted_under_strict(cli, data, tmp_path):
     truth = data / TRUTH
-    for mask in sorted(truth.glob("*.png"))[:3]:
-        Image.fromarray((np.asarray(Image.open(mask)) > 127).astype(np.uint8)).save(mask)
+    rewrite_masks_as_0_1(sorted(truth.glob("*.png"))[:3])
     result = cli("extract", data, "--out", tmp_path / "a.zarr", "--strict", *MICRO)
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
@@ -213,8 +225,11 @@ def test_read_only_output_folder_is_one_line_before_any_work(synth_root, micro_s
     from featcache.train import TrainConfig
 
     ro = read_only(tmp_path / "ro")
-    with pytest.raises(FeatcacheError, match=r"cannot create .*ro/s\.zarr in .*ro \(Permission denied\); "
-                                             r"make that folder writable or choose another --out"):
+    with pytest.raises(
+        FeatcacheError,
+        match=r"cannot create .*ro/s\.zarr in .*ro \(Permission denied\); "
+        r"make that folder writable or choose another --out",
+    ):
         extract(extract_config(synth_root, ro / "s.zarr"), progress=False)
     with pytest.raises(FeatcacheError, match=r"cannot write \S+ro/sub/e\.json \(Permission denied\); make \S+ro "):
         write_json(ro / "sub" / "e.json", {})
@@ -227,8 +242,12 @@ def test_read_only_output_folder_is_one_line_before_any_work(synth_root, micro_s
     with pytest.raises(FeatcacheError, match=refused):
         train_decoder(str(micro_store), TrainConfig(size=4, epochs=1), [0], ro / "run", "cpu", progress=False)
     with pytest.raises(FeatcacheError, match=refused):
-        compare_e2e(CompareConfig(store=str(micro_store), out=ro / "run", sizes=(4,), seeds=(0,), modes=("C",),
-                                  epochs=1, device="cpu"), progress=False)
+        compare_e2e(
+            CompareConfig(
+                store=str(micro_store), out=ro / "run", sizes=(4,), seeds=(0,), modes=("C",), epochs=1, device="cpu"
+            ),
+            progress=False,
+        )
     assert list(ro.iterdir()) == []
 
 
@@ -239,8 +258,12 @@ def test_out_naming_a_file_is_refused_before_training(cli, micro_store, tmp_path
         result = cli("train-decoder", micro_store, "--size", "4", "--seeds", "0", "--epochs", "1", "--out", out)
         one_line_error(result, f"--out {out}", f"{notes} is a file, not a folder", "choose another --out")
         assert "C size 4" not in result.stderr  # refused before training, not after
-    one_line_error(cli("compare-e2e", micro_store, "--sizes", "4", "--seeds", "0", "--modes", "C", "--epochs", "1",
-                       "--out", notes), f"--out {notes} is a file, not a folder")
+    one_line_error(
+        cli(
+            "compare-e2e", micro_store, "--sizes", "4", "--seeds", "0", "--modes", "C", "--epochs", "1", "--out", notes
+        ),
+        f"--out {notes} is a file, not a folder",
+    )
     assert notes.read_text() == "my notes"
 
 
@@ -250,11 +273,14 @@ def test_malformed_format_version_is_one_line_and_overwrite_replaces_it(cli, mic
     meta = json.loads((store / "zarr.json").read_text())
     meta["attributes"]["featcache"]["format_version"] = "1"
     (store / "zarr.json").write_text(json.dumps(meta))
-    one_line_error(cli("info", store), f"{store}: its featcache attribute is malformed (format_version '1')",
-                   "re-extract with --overwrite")
+    one_line_error(
+        cli("info", store),
+        f"{store}: its featcache attribute is malformed (format_version '1')",
+        "re-extract with --overwrite",
+    )
     assert cli("extract", synth_root, "--out", store, "--overwrite", *MICRO).returncode == 0
     with FeatureStore.open(store) as reopened:
-        assert reopened.meta["format_version"] == FORMAT_VERSION
+        assert reopened.meta["format_version"] == FORMAT_VERSION  # a valid record again, of this version
 
 
 def test_reversed_seed_range_and_bad_list_items_say_so():

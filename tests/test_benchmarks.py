@@ -13,7 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_script_smoke_mode_runs_every_step(tmp_path):
-    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "WORK": str(tmp_path / "work"),
+    }
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env)
     log = (tmp_path / "out" / "summary.log").read_text()
     assert result.returncode == 0 and "exit code" not in log and "budget is spent" not in log, log[-3000:]

@@ -11,7 +11,17 @@ import pytest
 def test_help_lists_commands(cli):
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("synth", "pretrain", "extract", "info", "train-decoder", "compare-e2e", "predict", "evaluate", "demo"):
+    for command in (
+        "synth",
+        "pretrain",
+        "extract",
+        "info",
+        "train-decoder",
+        "compare-e2e",
+        "predict",
+        "evaluate",
+        "demo",
+    ):
         assert command in result.stdout
 
 
@@ -37,8 +47,24 @@ def test_bad_device_is_one_line(cli, tmp_path):
 
 def test_pretrain_command(synth_root, tmp_path, cli):
     out = tmp_path / "enc.pt"
-    result = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--init", "random", "--epochs", "1",
-                 "--batch-size", "4", "--image-size", "32", "--device", "cpu")
+    result = cli(
+        "pretrain",
+        synth_root,
+        "--out",
+        out,
+        "--arch",
+        "vit_micro",
+        "--init",
+        "random",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     assert "best epoch 1" in result.stdout and out.exists() and (tmp_path / "enc_reconstructions.png").exists()
     bad = cli("pretrain", synth_root, "--out", out, "--arch", "vit_micro", "--lr", "-1")
@@ -58,8 +84,9 @@ def spawn():
         command = [sys.executable, "-m", "featcache", *map(str, args)]
         if ignore_sigint:  # what a shell does to a job started with '&' in a script; exec keeps it ignored
             command = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         started.append(proc)
         return proc
 
@@ -81,8 +108,26 @@ def _wait_for(proc: subprocess.Popen, ready, seconds: float) -> None:
 
 def test_ctrl_c_ends_with_130_and_keeps_the_resume_state(micro_store, tmp_path, spawn):
     out = tmp_path / "run"
-    proc = spawn("--device", "cpu", "train-decoder", micro_store, "--size", "8", "--seeds", "0", "--epochs", "100000",
-                 "--batch-size", "4", "--val-size", "4", "--checkpoint-seconds", "0", "--out", out)
+    proc = spawn(
+        "--device",
+        "cpu",
+        "train-decoder",
+        micro_store,
+        "--size",
+        "8",
+        "--seeds",
+        "0",
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "4",
+        "--val-size",
+        "4",
+        "--checkpoint-seconds",
+        "0",
+        "--out",
+        out,
+    )
     _wait_for(proc, (out / "resume-0.pt").exists, 120)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)

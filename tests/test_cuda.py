@@ -11,22 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import extract_config
+from conftest import extract_config, quick_pretrain, quick_train
 from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
 from featcache.metrics import METRICS
 from featcache.models import build_decoder, build_encoder, encoder_from_provenance
 from featcache.predict import predict
-from featcache.pretrain import PretrainConfig, pretrain
+from featcache.pretrain import pretrain
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast
 from featcache.store import FeatureStore, placement
-from featcache.train import TrainConfig, train_from_store, train_group_from_store, train_mode
+from featcache.train import train_from_store, train_group_from_store, train_mode
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DEVICE = torch.device("cuda")
-QUICK = dict(size=8, epochs=4, batch_size=3, val_size=4)
 
 
 def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
@@ -38,7 +37,9 @@ def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
         # bf16 autocast on the GPU: close to the float32 CPU features, not equal.
         cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
         assert cos > 0.99
-        assert np.array_equal(gpu.read("images"), cpu.read("images")) and np.array_equal(gpu.read("masks"), cpu.read("masks"))
+        assert np.array_equal(gpu.read("images"), cpu.read("images")) and np.array_equal(
+            gpu.read("masks"), cpu.read("masks")
+        )
 
 
 def test_store_split_is_resident_on_the_gpu(micro_store):
@@ -51,30 +52,33 @@ def test_store_split_is_resident_on_the_gpu(micro_store):
 
 def test_train_decoder_on_cuda(micro_store):
     with FeatureStore.open(micro_store) as store:
-        run = train_from_store(store, TrainConfig(**QUICK), DEVICE)
+        run = train_from_store(store, quick_train(epochs=4, batch_size=3), DEVICE)
     assert run.results["device"].startswith(DEVICE.type) and 0 <= run.results["test"]["iou"] <= 1
     assert all(np.isfinite(run.results["history"]["val_loss"]))
     assert all(v.device.type == "cpu" for v in run.checkpoint["state_dict"].values())
 
 
 def test_study_scale_grouped_decoder_step_under_bf16_channels_last():
-    """The shape of the GPU sweep (5 seeds grouped, ViT-B/16 width 768, 224 px) trains under the settings of `fit_group`."""
+    """The shape of the GPU sweep (5 seeds grouped, ViT-B/16 width 768, 224 px) trains under the settings of
+    `fit_group`."""
     decoder = build_decoder("sd", 768, 5).to(DEVICE).to(memory_format=torch.channels_last)
     features = torch.randn(2, 5 * 768, 14, 14, device=DEVICE).contiguous(memory_format=torch.channels_last)
     with autocast(DEVICE):
         logits = decoder(features)
     assert logits.shape == (2, 5, 224, 224)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.zeros_like(logits, dtype=torch.float32))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), torch.zeros_like(logits, dtype=torch.float32)
+    )
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in decoder.parameters())
 
 
 def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
-    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1, 2)]
+    cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1, 2)]
     with FeatureStore.open(micro_store) as store:
         grouped = train_group_from_store(store, cfgs, DEVICE)
         separate = [train_from_store(store, c, DEVICE) for c in cfgs]
-    for g, s in zip(grouped, separate):
+    for g, s in zip(grouped, separate, strict=True):
         assert g.results["train_ids"] == s.results["train_ids"]
         np.testing.assert_allclose(g.results["history"]["train_loss"], s.results["history"]["train_loss"], rtol=3e-2)
         np.testing.assert_allclose(g.results["history"]["val_loss"], s.results["history"]["val_loss"], rtol=3e-2)
@@ -82,20 +86,24 @@ def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
     assert grouped[0].results["history"]["train_loss"] != grouped[1].results["history"]["train_loss"]
 
 
-def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(micro_store, synth_root, tmp_path):
-    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0, 1], tmp_path / "run", str(DEVICE), progress=False)
+def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(
+    micro_store, synth_root, tmp_path
+):
+    sweep = train_decoder(
+        str(micro_store), quick_train(epochs=4, batch_size=3), [0, 1], tmp_path / "run", str(DEVICE), progress=False
+    )
     if DEVICE.type == "cuda":  # the default: grouped on CUDA only
         assert all(r["group"]["seeds"] == [0, 1] for r in sweep.results)
     images = synth_root / "ISIC-2017_Test_v2_Data"
     on_gpu = predict(tmp_path / "run", [images], tmp_path / "gpu", device=str(DEVICE))
     on_cpu = predict(tmp_path / "run", [images], tmp_path / "cpu", device="cpu")
-    for a, b in zip(on_gpu, on_cpu):
+    for a, b in zip(on_gpu, on_cpu, strict=True):
         agree = (np.asarray(Image.open(a.mask)) == np.asarray(Image.open(b.mask))).mean()
         assert agree > 0.95
 
 
 def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
-    cfgs = [TrainConfig(**QUICK, seed=s) for s in (0, 1)]
+    cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1)]
 
     def stop_after_two(epoch, epochs, train_loss, val_loss, best_epoch):
         if epoch == 2:
@@ -107,8 +115,8 @@ def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
         with pytest.raises(KeyboardInterrupt):
             train_group_from_store(store, cfgs, DEVICE, stop_after_two, checkpointer)
         resumed = train_group_from_store(store, cfgs, DEVICE, None, checkpointer)
-    for w, r in zip(whole, resumed):
-        assert len(r.results["history"]["val_loss"]) == QUICK["epochs"]
+    for w, r in zip(whole, resumed, strict=True):
+        assert len(r.results["history"]["val_loss"]) == cfgs[0].epochs
         np.testing.assert_allclose(r.results["history"]["val_loss"], w.results["history"]["val_loss"], rtol=3e-2)
 
 
@@ -118,7 +126,7 @@ def test_encoder_modes_on_cuda(micro_store, mode):
         prov = store.meta["encoder"]
         encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
         before = {k: v.clone() for k, v in encoder.state_dict().items()}
-        cfg = TrainConfig(**QUICK, lr=0.01)
+        cfg = quick_train(epochs=4, batch_size=3, lr=0.01)
         run = train_mode(store, mode, [cfg], cfg.plan(store), {"ssl": encoder, "init": encoder}, DEVICE)[0]
         results, logits = run.results, run.test_logits
     assert results["device"].startswith(DEVICE.type) and logits.device.type == "cpu"
@@ -128,15 +136,24 @@ def test_encoder_modes_on_cuda(micro_store, mode):
 
 
 def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):
-    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "cmp", sizes=(8, 4), seeds=(0, 1), modes=("E", "F", "C"),
-                        epochs=2, batch_size=4, val_size=3, lr=0.01, device=str(DEVICE))
+    cfg = CompareConfig(
+        store=str(micro_store),
+        out=tmp_path / "cmp",
+        sizes=(8, 4),
+        seeds=(0, 1),
+        modes=("E", "F", "C"),
+        epochs=2,
+        batch_size=4,
+        val_size=3,
+        lr=0.01,
+        device=str(DEVICE),
+    )
     comparison = compare_e2e(cfg, progress=False)
     assert len(comparison.results) == 3 * 2 * 2 and (comparison.out / "report.md").exists()
 
 
 def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path):
-    cfg = PretrainConfig(data=synth_root, out=tmp_path / "ss.pt", arch="vit_micro", init="random", epochs=2, batch_size=4,
-                         lr=6e-3, image_size=32, device=str(DEVICE))
+    cfg = quick_pretrain(synth_root, tmp_path / "ss.pt", epochs=2, device=str(DEVICE))
     pretrain(cfg, progress=False)
     encoder = build_encoder("vit_micro", str(cfg.out))
     assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in encoder.state_dict().values())

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from conftest import lesion_mask, write_mask
 from featcache.data import (
     Sample,
     SampleDataset,
@@ -47,30 +48,25 @@ def write_image(path: Path, size: tuple[int, int] = (W, H), seed: int = 0) -> No
     Image.fromarray(pixels).save(path)
 
 
-def write_mask(path: Path, size: tuple[int, int] = (W, H)) -> None:
-    """0/255 mask with a lesion rectangle in the middle."""
-    pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
-    pixels[size[1] // 4: 3 * size[1] // 4, size[0] // 4: 3 * size[0] // 4] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
-def write_layout(root: Path, folders: dict[str, tuple[str, str]], ids: dict[str, list[str]],
-                 nested: bool = False, image_ext: str = ".jpg",
-                 mask_suffix: str = "_segmentation.png") -> None:
+def write_layout(
+    root: Path,
+    folders: dict[str, tuple[str, str]],
+    ids: dict[str, list[str]],
+    nested: bool = False,
+    image_ext: str = ".jpg",
+    mask_suffix: str = "_segmentation.png",
+) -> None:
     """Write `ids[split]` images and masks into the split's (image, mask) folders."""
     for split, split_ids in ids.items():
-        image_dir, mask_dir = (root / name / name if nested else root / name
-                               for name in folders[split])
+        image_dir, mask_dir = (root / name / name if nested else root / name for name in folders[split])
         for i, sample_id in enumerate(split_ids):
             write_image(image_dir / f"{sample_id}{image_ext}", seed=i)
-            write_mask(mask_dir / f"{sample_id}{mask_suffix}")
+            write_mask(mask_dir / f"{sample_id}{mask_suffix}", lesion_mask(W, H))
 
 
 @pytest.fixture
 def isic2017(tmp_path: Path) -> Path:
-    write_layout(tmp_path, ISIC2017,
-                 {"train": isic_ids(10, 6), "val": isic_ids(0, 2), "test": isic_ids(20, 3)})
+    write_layout(tmp_path, ISIC2017, {"train": isic_ids(10, 6), "val": isic_ids(0, 2), "test": isic_ids(20, 3)})
     return tmp_path
 
 
@@ -80,11 +76,13 @@ def ids_of(samples: list[Sample]) -> list[str]:
 
 @pytest.mark.parametrize("nested", [False, True])
 @pytest.mark.parametrize("name, folders", [("isic2017", ISIC2017), ("isic2018", ISIC2018)])
-def test_isic_layouts_official_splits(tmp_path: Path, name: str, folders: dict,
-                                      nested: bool) -> None:
-    write_layout(tmp_path, folders,
-                 {"train": isic_ids(10, 6)[::-1], "val": isic_ids(0, 2), "test": isic_ids(20, 3)},
-                 nested=nested)
+def test_isic_layouts_official_splits(tmp_path: Path, name: str, folders: dict, nested: bool) -> None:
+    write_layout(
+        tmp_path,
+        folders,
+        {"train": isic_ids(10, 6)[::-1], "val": isic_ids(0, 2), "test": isic_ids(20, 3)},
+        nested=nested,
+    )
     index = find_samples(tmp_path)
     assert index.layout == name
     assert index.counts() == {"train": 6, "val": 2, "test": 3}
@@ -100,8 +98,7 @@ def test_isic_layouts_official_splits(tmp_path: Path, name: str, folders: dict,
 
 def test_isic2017_test_folder_without_v2(tmp_path: Path) -> None:
     folders = {**ISIC2017, "test": ("ISIC-2017_Test_Data", "ISIC-2017_Test_Part1_GroundTruth")}
-    write_layout(tmp_path, folders,
-                 {"train": isic_ids(0, 4), "val": isic_ids(4, 1), "test": isic_ids(5, 2)})
+    write_layout(tmp_path, folders, {"train": isic_ids(0, 4), "val": isic_ids(4, 1), "test": isic_ids(5, 2)})
     assert find_samples(tmp_path).counts() == {"train": 4, "val": 1, "test": 2}
 
 
@@ -121,16 +118,14 @@ def test_folders_layout_extensions_mask_names_and_drawn_splits(tmp_path: Path) -
     extensions = [".jpg", ".JPEG", ".png", ".bmp", ".tif", ".TIFF"]
     for i, stem in enumerate(stems):
         write_image(tmp_path / "images" / f"{stem}{extensions[i % len(extensions)]}", seed=i)
-        write_mask(tmp_path / "masks" / (f"{stem}.png" if i % 2 else f"{stem}_segmentation.png"))
+        write_mask(tmp_path / "masks" / (f"{stem}.png" if i % 2 else f"{stem}_segmentation.png"), lesion_mask(W, H))
     index = find_samples(tmp_path)
     assert index.layout == "folders"
     assert index.counts() == {"train": 14, "val": 3, "test": 3}
     assert sorted(ids_of(index.samples)) == stems
     for split in ("train", "val", "test"):
         assert ids_of(index.split(split)) == sorted(ids_of(index.split(split)))
-    assert index.split_note == (
-        "validation and test drawn from the training folder (seed 0: 15% val, 15% test)"
-    )
+    assert index.split_note == ("validation and test drawn from the training folder (seed 0: 15% val, 15% test)")
     assert all(s.mask.stem in (s.id, f"{s.id}_segmentation") for s in index.samples)
 
 
@@ -144,9 +139,7 @@ def test_seeded_split_deterministic_disjoint_fractions_recorded(tmp_path: Path) 
     assert set.union(*parts.values()) == {f"s{i:03d}" for i in range(40)}
     other = find_samples(tmp_path, SplitConfig(val_fraction=0.25, test_fraction=0.1, seed=4))
     assert set(ids_of(other.split("val"))) != parts["val"]
-    assert first.split_note == (
-        "validation and test drawn from the training folder (seed 3: 25% val, 10% test)"
-    )
+    assert first.split_note == ("validation and test drawn from the training folder (seed 3: 25% val, 10% test)")
     provenance = json.loads(json.dumps(first.to_dict()))
     assert provenance["split_config"] == {"val_fraction": 0.25, "test_fraction": 0.1, "seed": 3}
     assert provenance["split_note"] == first.split_note
@@ -171,7 +164,7 @@ def test_split_config_rejects_bad_fractions() -> None:
 
 def test_unpaired_files_listed_or_skipped(isic2017: Path) -> None:
     (isic2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000011_segmentation.png").unlink()
-    write_mask(isic2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000099_segmentation.png")
+    write_mask(isic2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000099_segmentation.png", lesion_mask(W, H))
     with pytest.raises(FeatcacheError) as raised:
         find_samples(isic2017)
     message = str(raised.value)
@@ -212,7 +205,7 @@ def test_missing_root_unknown_layout_empty_training_folder(tmp_path: Path) -> No
 
 def test_mask_size_mismatch_names_both_files(isic2017: Path) -> None:
     mask = isic2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000012_segmentation.png"
-    write_mask(mask, size=(W + 1, H))
+    write_mask(mask, lesion_mask(W + 1, H))
     with pytest.raises(FeatcacheError) as raised:
         find_samples(isic2017)
     assert str(mask) in str(raised.value)
@@ -225,7 +218,7 @@ def test_load_image_and_mask_shapes_dtypes_and_binarisation(tmp_path: Path) -> N
     assert image.shape == (3, 32, 32) and image.dtype == np.uint8 and image.flags.c_contiguous
 
     rgb = np.zeros((H, W, 3), dtype=np.uint8)
-    rgb[:, W // 2:] = (200, 220, 240)  # bright colour: lesion
+    rgb[:, W // 2 :] = (200, 220, 240)  # bright colour: lesion
     rgb[: H // 2, : W // 2] = (90, 100, 110)  # dark grey: background
     Image.fromarray(rgb).save(tmp_path / "rgb_mask.png")
     mask = load_mask(tmp_path / "rgb_mask.png", 16)
@@ -288,9 +281,9 @@ def test_mask_problems_are_reported_and_bad_files_caught(tmp_path: Path) -> None
     Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(image)
     gray = np.zeros((20, 30), np.uint8)
     gray[5:15, 5:25] = 200
-    Image.fromarray(gray).save(tmp_path / "gray.png")
+    write_mask(tmp_path / "gray.png", gray)
     Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png")
-    Image.fromarray((gray > 0).astype(np.uint8) * 255).save(tmp_path / "clean.png")
+    write_mask(tmp_path / "clean.png", (gray > 0).astype(np.uint8) * 255)
     assert load_mask_checked(tmp_path / "clean.png", 16)[1] == ""
     assert load_mask_checked(tmp_path / "gray.png", 16)[1] == "values other than 0 and 255"
     mask, problem, note = load_mask_checked(tmp_path / "rgb.png", 16)
@@ -319,7 +312,7 @@ def nearest(mask: np.ndarray, size: int) -> np.ndarray:
 
 def test_masks_stored_as_0_1_are_read_as_0_1_with_a_note_not_a_problem(tmp_path: Path) -> None:
     box = lesion_box()
-    Image.fromarray(box.astype(np.uint8)).save(tmp_path / "01.png")  # 8-bit gray, lesion = 1
+    write_mask(tmp_path / "01.png", box.astype(np.uint8))  # 8-bit gray, lesion = 1
     mask, problem, note = load_mask_checked(tmp_path / "01.png", 30)
     assert problem == "" and note == "values 0/1 (read as 0/1)"
     assert np.array_equal(mask, nearest(box, 30))
@@ -327,7 +320,7 @@ def test_masks_stored_as_0_1_are_read_as_0_1_with_a_note_not_a_problem(tmp_path:
     # The whole mask decides: a 0/255 mask with a few pixels at 1 is not a 0/1 mask.
     mixed = box.astype(np.uint8) * 255
     mixed[0, :3] = 1
-    Image.fromarray(mixed).save(tmp_path / "mixed.png")
+    write_mask(tmp_path / "mixed.png", mixed)
     read = load_mask_checked(tmp_path / "mixed.png", 30)
     assert read.note == "" and read.problem == "values other than 0 and 255"
     assert np.array_equal(load_mask_full(tmp_path / "mixed.png"), box)
@@ -340,15 +333,17 @@ def test_masks_stored_as_0_1_are_read_as_0_1_with_a_note_not_a_problem(tmp_path:
 def test_16_bit_gray_masks_are_gray_and_cut_at_the_middle_of_their_range(tmp_path: Path) -> None:
     box = lesion_box()
     clean = box.astype(np.uint16) * 65535
-    Image.fromarray(clean).save(tmp_path / "clean16.png")
+    write_mask(tmp_path / "clean16.png", clean)
     graded = np.where(box, 40000, 1000).astype(np.uint16)  # 1000 of 65535 is background
-    Image.fromarray(graded).save(tmp_path / "graded16.png")
-    Image.fromarray(box.astype(np.uint16)).save(tmp_path / "zero_one16.png")
+    write_mask(tmp_path / "graded16.png", graded)
+    write_mask(tmp_path / "zero_one16.png", box.astype(np.uint16))
     with Image.open(tmp_path / "graded16.png") as img:
         assert img.mode in ("I;16", "I")
-    expected = {"clean16.png": ("", "16-bit gray"),
-                "graded16.png": ("values other than 0 and 65535", "16-bit gray"),
-                "zero_one16.png": ("", "16-bit gray and values 0/1 (read as 0/1)")}
+    expected = {
+        "clean16.png": ("", "16-bit gray"),
+        "graded16.png": ("values other than 0 and 65535", "16-bit gray"),
+        "zero_one16.png": ("", "16-bit gray and values 0/1 (read as 0/1)"),
+    }
     for name, (problem, note) in expected.items():
         read = load_mask_checked(tmp_path / name, 30)
         assert (read.problem, read.note) == (problem, note), name

@@ -4,8 +4,17 @@ from featcache.demo import DemoConfig, run_demo
 
 
 def test_demo_pipeline_end_to_end_tiny(tmp_path):
-    cfg = DemoConfig(out=tmp_path / "demo", n_train=10, n_val=4, n_test=4, pretrain_epochs=1, sizes=(6, 3),
-                     seeds=(0, 1), epochs=2, device="cpu")
+    cfg = DemoConfig(
+        out=tmp_path / "demo",
+        n_train=10,
+        n_val=4,
+        n_test=4,
+        pretrain_epochs=1,
+        sizes=(6, 3),
+        seeds=(0, 1),
+        epochs=2,
+        device="cpu",
+    )
     result = run_demo(cfg)
     assert set(result.steps) == {"synth", "pretrain", "extract", "compare-e2e"}
     report = result.comparison.report.read_text()

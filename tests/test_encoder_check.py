@@ -7,17 +7,15 @@ import pytest
 import torch
 import zarr
 
-from conftest import extract_config
+from conftest import extract_config, one_line_error, quick_train
 from featcache.encoder_check import STORAGE_TOLERANCE, check_encoder_matches, check_run_encoder
 from featcache.errors import FeatcacheError
 from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
 from featcache.models import build_encoder, encoder_provenance
 from featcache.store import FeatureStore, describe_encoder
-from featcache.train import TrainConfig
 
 CPU = torch.device("cpu")
-QUICK = {"size": 4, "epochs": 1, "batch_size": 4, "val_size": 2}
 
 
 def forge(store: Path, out: Path, seed: int = 1) -> dict:
@@ -46,21 +44,46 @@ def test_train_decoder_refuses_an_encoder_the_features_do_not_come_from(micro_st
         opened.check_encoder(claimed)  # the record alone cannot tell: it names the encoder at hand
     out = tmp_path / "run"
     with pytest.raises(FeatcacheError) as raised:
-        train_decoder(str(store), TrainConfig(**QUICK), [0], out, "cpu", progress=False, encoder="random")
+        train_decoder(
+            str(store), quick_train(size=4, epochs=1, val_size=2), [0], out, "cpu", progress=False, encoder="random"
+        )
     refusal_names(str(raised.value), store, claimed)
     assert not out.exists()
-    result = cli("--device", "cpu", "train-decoder", store, "--size", "4", "--seeds", "0", "--epochs", "1",
-                 "--val-size", "2", "--encoder", "random", "--out", out)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    refusal_names(errors[0], store, claimed)
+    result = cli(
+        "--device",
+        "cpu",
+        "train-decoder",
+        store,
+        "--size",
+        "4",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--val-size",
+        "2",
+        "--encoder",
+        "random",
+        "--out",
+        out,
+    )
+    refusal_names(one_line_error(result), store, claimed)
 
 
 def test_compare_e2e_refuses_a_store_whose_record_names_another_encoder(micro_store, tmp_path):
     store = tmp_path / "forged.zarr"
     claimed = forge(micro_store, store)
-    cfg = CompareConfig(store=str(store), out=tmp_path / "c", sizes=(4,), seeds=(0,), modes=("F",), epochs=1,
-                        batch_size=4, val_size=2, device="cpu")
+    cfg = CompareConfig(
+        store=str(store),
+        out=tmp_path / "c",
+        sizes=(4,),
+        seeds=(0,),
+        modes=("F",),
+        epochs=1,
+        batch_size=4,
+        val_size=2,
+        device="cpu",
+    )
     with pytest.raises(FeatcacheError) as raised:
         compare_e2e(cfg, progress=False)
     refusal_names(str(raised.value), store, claimed)
@@ -70,8 +93,15 @@ def test_compare_e2e_refuses_a_store_whose_record_names_another_encoder(micro_st
 def test_the_store_s_own_encoder_passes(micro_store, tmp_path):
     with FeatureStore.open(micro_store) as store:
         assert check_encoder_matches(store, build_encoder("vit_micro", "random", seed=0), CPU) < 1e-5
-    sweep = train_decoder(str(micro_store), TrainConfig(**QUICK), [0], tmp_path / "run", "cpu", progress=False,
-                          encoder="random")
+    sweep = train_decoder(
+        str(micro_store),
+        quick_train(size=4, epochs=1, val_size=2),
+        [0],
+        tmp_path / "run",
+        "cpu",
+        progress=False,
+        encoder="random",
+    )
     assert len(sweep.results) == 1
 
 
@@ -105,12 +135,12 @@ def test_predict_refuses_a_run_whose_store_claims_another_encoder(micro_store, s
     store = tmp_path / "forged.zarr"
     claimed = forge(micro_store, store)
     run = tmp_path / "run"
-    train_decoder(str(store), TrainConfig(**QUICK), [0], run, "cpu", progress=False)
+    train_decoder(str(store), quick_train(size=4, epochs=1, val_size=2), [0], run, "cpu", progress=False)
     image = next((synth_root / "ISIC-2017_Test_v2_Data").glob("*.jpg"))
     with pytest.raises(FeatcacheError) as raised:
         predict(run, [image], tmp_path / "pred", device="cpu")
     refusal_names(str(raised.value), store, claimed)
     assert not list((tmp_path / "pred").glob("*.png"))
     genuine = tmp_path / "genuine"
-    train_decoder(str(micro_store), TrainConfig(**QUICK), [0], genuine, "cpu", progress=False)
+    train_decoder(str(micro_store), quick_train(size=4, epochs=1, val_size=2), [0], genuine, "cpu", progress=False)
     assert len(predict(genuine, [image], tmp_path / "ok", device="cpu", overlays="none")) == 1

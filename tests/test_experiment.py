@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import copy_zarr_arrays, run_torchrun
 from featcache.errors import FeatcacheError
 from featcache.experiment import CompareConfig, compare_e2e
 from featcache.report import paired_difference
@@ -12,8 +13,18 @@ from featcache.report import paired_difference
 @pytest.fixture(scope="module")
 def comparison(micro_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    cfg = CompareConfig(store=str(micro_store), out=out, sizes=(8, 4), seeds=(0, 1), modes=("E", "Es", "F", "FI", "C"),
-                        epochs=3, batch_size=4, val_size=3, lr=0.01, device="cpu")
+    cfg = CompareConfig(
+        store=str(micro_store),
+        out=out,
+        sizes=(8, 4),
+        seeds=(0, 1),
+        modes=("E", "Es", "F", "FI", "C"),
+        epochs=3,
+        batch_size=4,
+        val_size=3,
+        lr=0.01,
+        device="cpu",
+    )
     return compare_e2e(cfg, progress=False)
 
 
@@ -61,30 +72,64 @@ def test_another_encoder_is_refused(micro_store, tmp_path):
 
     tv = VisionTransformer(224, 16, 2, 2, 32, 64)
     torch.save(tv.state_dict(), tmp_path / "other.pth")
-    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "c", encoder=str(tmp_path / "other.pth"), sizes=(4,),
-                        seeds=(0,), modes=("F",), epochs=1, val_size=2, device="cpu")
+    cfg = CompareConfig(
+        store=str(micro_store),
+        out=tmp_path / "c",
+        encoder=str(tmp_path / "other.pth"),
+        sizes=(4,),
+        seeds=(0,),
+        modes=("F",),
+        epochs=1,
+        val_size=2,
+        device="cpu",
+    )
     with pytest.raises(FeatcacheError, match="was written by vit_micro .* not by vit_micro"):
         compare_e2e(cfg, progress=False)
     with pytest.raises(FeatcacheError, match="exceed the training split"):
-        compare_e2e(CompareConfig(store=str(micro_store), out=tmp_path / "d", sizes=(99,), seeds=(0,), modes=("C",),
-                                  epochs=1, val_size=2, device="cpu"), progress=False)
+        compare_e2e(
+            CompareConfig(
+                store=str(micro_store),
+                out=tmp_path / "d",
+                sizes=(99,),
+                seeds=(0,),
+                modes=("C",),
+                epochs=1,
+                val_size=2,
+                device="cpu",
+            ),
+            progress=False,
+        )
 
 
 def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "featcache",
-           "--device", "cpu", "compare-e2e", str(micro_store), "--sizes", "8,4", "--seeds", "0,1", "--modes", "E,Es,F,FI,C",
-           "--epochs", "3", "--batch-size", "4", "--val-size", "3", "--lr", "0.01", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_torchrun(
+        "compare-e2e",
+        micro_store,
+        "--sizes",
+        "8,4",
+        "--seeds",
+        "0,1",
+        "--modes",
+        "E,Es,F,FI,C",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--val-size",
+        "3",
+        "--lr",
+        "0.01",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("report:") == 1  # rank 0 alone reports
     one = {(r["mode"], r["size"], r["seed"]): r for r in comparison.results}
-    two = {(r["mode"], r["size"], r["seed"]): r for r in
-           (json.loads(p.read_text()) for p in out.glob("runs/*/size-*/seed-*/results.json"))}
+    two = {
+        (r["mode"], r["size"], r["seed"]): r
+        for r in (json.loads(p.read_text()) for p in out.glob("runs/*/size-*/seed-*/results.json"))
+    }
     assert one.keys() == two.keys()
     for key in one:  # equal up to the thread count's summation order (1 thread per rank here, 2 in the fixture)
         np.testing.assert_allclose(one[key]["history"]["val_loss"], two[key]["history"]["val_loss"], rtol=1e-5)
@@ -94,22 +139,36 @@ def test_torchrun_two_cpu_ranks_give_the_same_results(micro_store, comparison, t
 
 
 def test_a_subset_of_empty_masks_is_refused_in_store_and_encoder_modes(micro_store, tmp_path):
-    import shutil
-
-    import zarr
-
     store = tmp_path / "empty.zarr"
-    shutil.copytree(micro_store, store)
-    zarr.open_group(store, mode="r+")["masks"].with_config({"write_empty_chunks": True})[:] = 0
+    copy_zarr_arrays(micro_store, store)["masks"][:] = 0
     for mode in ("C", "F", "E"):
-        cfg = CompareConfig(store=str(store), out=tmp_path / mode, sizes=(4,), seeds=(2,), modes=(mode,), epochs=1,
-                            batch_size=4, val_size=2, device="cpu")
+        cfg = CompareConfig(
+            store=str(store),
+            out=tmp_path / mode,
+            sizes=(4,),
+            seeds=(2,),
+            modes=(mode,),
+            epochs=1,
+            batch_size=4,
+            val_size=2,
+            device="cpu",
+        )
         with pytest.raises(FeatcacheError, match=r"every mask of the training subset .* \(size 4, seed 2\) is empty"):
             compare_e2e(cfg, progress=False)
 
 
 def test_a_diverging_end_to_end_run_stops_with_one_line(micro_store, tmp_path):
-    cfg = CompareConfig(store=str(micro_store), out=tmp_path / "c", sizes=(4,), seeds=(0,), modes=("E",), epochs=2,
-                        batch_size=4, val_size=2, lr=1e30, device="cpu")
+    cfg = CompareConfig(
+        store=str(micro_store),
+        out=tmp_path / "c",
+        sizes=(4,),
+        seeds=(0,),
+        modes=("E",),
+        epochs=2,
+        batch_size=4,
+        val_size=2,
+        lr=1e30,
+        device="cpu",
+    )
     with pytest.raises(FeatcacheError, match=r"loss of seed 0 at size 4 is not finite at epoch 1; lower --lr"):
         compare_e2e(cfg, progress=False)

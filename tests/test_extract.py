@@ -1,6 +1,5 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -8,24 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import extract_config
+from conftest import assert_same_store, extract_config, run_then_sigkill, run_torchrun
 from featcache.errors import FeatcacheError
 from featcache.extract import encode_views, extract
 from featcache.models import build_encoder, encoder_provenance
 from featcache.store import FeatureStore
-
-ARRAYS = ("ids", "split", "orig_hw", "images", "masks", "features", "written")
-
-
-def arrays(path) -> dict[str, np.ndarray]:
-    with FeatureStore.open(path) as store:
-        return {name: store.read(name) for name in ARRAYS}
-
-
-def assert_same_store(a, b):
-    left, right = arrays(a), arrays(b)
-    for name in ARRAYS:
-        assert np.array_equal(left[name], right[name]), name
 
 
 def test_features_are_the_encoders_on_every_flip_view(synth_root, tmp_path, store_suffix):
@@ -70,7 +56,9 @@ def test_a_store_is_not_resumed_on_a_device_that_computes_in_another_precision(m
     with FeatureStore.open(micro_store) as store:
         assert store.meta["compute"] == "float32"  # extracted on the CPU
         index = find_samples(synth_root)
-        on_gpu = store_provenance(build_encoder("vit_micro", "random"), index, 64, "flips", "float32", torch.device("cuda"))
+        on_gpu = store_provenance(
+            build_encoder("vit_micro", "random"), index, 64, "flips", "float32", torch.device("cuda")
+        )
         assert describe_differences(store.meta, on_gpu) == ["compute: float32 -> bfloat16 autocast"]
 
 
@@ -84,25 +72,18 @@ def test_existing_path_that_is_not_a_store_is_kept(synth_root, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-KILLER = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
-from conftest import extract_config
-from featcache.extract import extract
-
-def die(start, stop):
-    if stop >= 12:  # three of six blocks written
-        os.kill(os.getpid(), signal.SIGKILL)
-
-extract(extract_config({data!r}, {out!r}), progress=False, on_block=die)
-"""
-
-
 def test_sigkill_then_rerun_equals_uninterrupted(synth_root, tmp_path, store_suffix):
     out, reference = tmp_path / f"killed{store_suffix}", tmp_path / f"ref{store_suffix}"
-    script = KILLER.format(tests=os.path.dirname(__file__), data=str(synth_root), out=str(out))
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_then_sigkill(f"""
+        from conftest import extract_config
+        from featcache.extract import extract
+
+        def die_at_block(start, stop):
+            if stop >= 12:  # three of six blocks written
+                die()
+
+        extract(extract_config({str(synth_root)!r}, {str(out)!r}), progress=False, on_block=die_at_block)
+    """)
     with FeatureStore.open(out, allow_incomplete=True) as store:
         assert store.written().sum() == 12 and not store.meta["complete"]
     with pytest.raises(FeatcacheError, match="incomplete"):
@@ -117,7 +98,9 @@ def test_second_writer_is_refused_while_the_first_lives(synth_root, tmp_path):
     out = tmp_path / "s.zarr"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "since": "now"}))
+        (tmp_path / "s.zarr.lock").write_text(
+            json.dumps({"host": os.uname().nodename, "pid": holder.pid, "since": "now"})
+        )
         with pytest.raises(FeatcacheError, match=rf"being written by pid {holder.pid}.*delete .*s.zarr.lock"):
             extract(extract_config(synth_root, out), progress=False)
     finally:
@@ -136,11 +119,28 @@ def test_fsspec_memory_url(synth_root, micro_store):
 
 def test_torchrun_two_cpu_ranks_equal_one_process(synth_root, micro_store, tmp_path):
     out = tmp_path / "ranks.zarr"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "featcache", "--device", "cpu", "extract", str(synth_root), "--out", str(out),
-           "--encoder", "random", "--arch", "vit_micro", "--image-size", "64", "--views", "flips",
-           "--dtype", "float32", "--batch-size", "3", "--shard-size", "4", "--workers", "0"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_torchrun(
+        "extract",
+        synth_root,
+        "--out",
+        out,
+        "--encoder",
+        "random",
+        "--arch",
+        "vit_micro",
+        "--image-size",
+        "64",
+        "--views",
+        "flips",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "3",
+        "--shard-size",
+        "4",
+        "--workers",
+        "0",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_store(out, micro_store)
     with FeatureStore.open(out) as store:
@@ -149,8 +149,22 @@ def test_torchrun_two_cpu_ranks_equal_one_process(synth_root, micro_store, tmp_p
 
 def test_cli_extract_and_info(synth_root, tmp_path, cli):
     out = tmp_path / "s.h5"
-    result = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro",
-                 "--image-size", "64", "--views", "flips", "--workers", "0")
+    result = cli(
+        "extract",
+        synth_root,
+        "--out",
+        out,
+        "--encoder",
+        "random",
+        "--arch",
+        "vit_micro",
+        "--image-size",
+        "64",
+        "--views",
+        "flips",
+        "--workers",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     assert "24 of 24 samples" in result.stdout
     info = cli("info", out)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import extract_config
+from conftest import extract_config, quick_train
 from featcache.errors import FeatcacheError, OptionError
 from featcache.experiment import train_decoder
 from featcache.extract import extract
 from featcache.models import build_decoder, build_encoder, parse_layers, resolve_layers
 from featcache.store import FeatureStore
-from featcache.train import TrainConfig
 
-QUICK = TrainConfig(size=6, epochs=2, batch_size=3, val_size=3, lr=0.01)
+QUICK = quick_train(size=6, epochs=2, batch_size=3, val_size=3, lr=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +75,17 @@ def test_store_holds_the_layers_and_reads_any_of_them(mini_stores):
 def test_a_store_of_other_layers_is_not_resumed(synth_root, mini_stores):
     layered, _ = mini_stores
     with pytest.raises(FeatcacheError, match="holds another extraction .*encoder.layers"):
-        extract(extract_config(synth_root, layered, arch="vit_mini", image_size=32, dtype="float32", layers=(2, 4)),
-                progress=False)
+        extract(
+            extract_config(synth_root, layered, arch="vit_mini", image_size=32, dtype="float32", layers=(2, 4)),
+            progress=False,
+        )
 
 
 def test_train_decoder_reads_the_chosen_layers(mini_stores, tmp_path):
     layered, last = mini_stores
-    picked = train_decoder(str(layered), TrainConfig(**{**QUICK.__dict__, "layers": (-1,)}), [0], tmp_path / "a",
-                           "cpu", progress=False)
+    picked = train_decoder(
+        str(layered), dataclasses.replace(QUICK, layers=(-1,)), [0], tmp_path / "a", "cpu", progress=False
+    )
     alone = train_decoder(str(last), QUICK, [0], tmp_path / "b", "cpu", progress=False)
     assert picked.results[0]["history"] == alone.results[0]["history"]
     every = train_decoder(str(layered), QUICK, [0], tmp_path / "c", "cpu", progress=False)
@@ -96,13 +100,43 @@ def test_cli_layers(synth_root, mini_stores, tmp_path, cli):
     bad = cli("train-decoder", layered, "--size", "6", "--seeds", "0", "--layers", "3", "--out", tmp_path / "r")
     assert bad.returncode == 2 and "not 3" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     out = tmp_path / "s.zarr"
-    result = cli("extract", synth_root, "--out", out, "--encoder", "random", "--arch", "vit_micro",
-                 "--image-size", "32", "--layers", "-2,-1", "--workers", "0", "--device", "cpu")
+    result = cli(
+        "extract",
+        synth_root,
+        "--out",
+        out,
+        "--encoder",
+        "random",
+        "--arch",
+        "vit_micro",
+        "--image-size",
+        "32",
+        "--layers",
+        "-2,-1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     info = cli("info", out)
     assert "blocks 1, 2 of 2" in info.stdout
-    too_deep = cli("extract", synth_root, "--out", tmp_path / "t.zarr", "--encoder", "random", "--arch", "vit_micro",
-                   "--image-size", "32", "--layers", "3", "--workers", "0")
+    too_deep = cli(
+        "extract",
+        synth_root,
+        "--out",
+        tmp_path / "t.zarr",
+        "--encoder",
+        "random",
+        "--arch",
+        "vit_micro",
+        "--image-size",
+        "32",
+        "--layers",
+        "3",
+        "--workers",
+        "0",
+    )
     assert too_deep.returncode == 2 and "has 2 blocks" in too_deep.stderr
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_mask
 from featcache.errors import FeatcacheError
 from featcache.metrics import (
     CONVENTIONS,
@@ -28,12 +29,6 @@ EPS = 1e-6
 def counts(*rows: tuple[int, int, int, int]) -> torch.Tensor:
     """[N, 4] int64 (tp, fp, fn, tn)."""
     return torch.tensor(rows, dtype=torch.int64)
-
-
-def write_mask(path: Path, pixels: np.ndarray, mode: str = "L") -> None:
-    """Save uint8 [H, W] gray levels as PNG (replicated to RGB when mode is 'RGB')."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(path)
 
 
 # ---------------------------------------------------------------- confusion
@@ -96,8 +91,14 @@ def test_scores_study_convention():
 
 def test_scores_isic_convention():
     got = scores(counts((6, 2, 4, 20)), "isic")
-    expected = {"iou": 0.5, "dice": 12 / 18, "sensitivity": 0.6, "specificity": 20 / 22,
-                "accuracy": 26 / 32, "thresholded_jaccard": 0.0}
+    expected = {
+        "iou": 0.5,
+        "dice": 12 / 18,
+        "sensitivity": 0.6,
+        "specificity": 20 / 22,
+        "accuracy": 26 / 32,
+        "thresholded_jaccard": 0.0,
+    }
     for name, value in expected.items():
         assert got[name].item() == pytest.approx(value, abs=1e-12), name
 
@@ -194,7 +195,7 @@ def oracle_pairs(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]
         hh, ww = rng.integers(16, 33, size=2)
         truth = np.zeros((hh, ww), np.uint8)
         top, left = rng.integers(0, hh // 2), rng.integers(0, ww // 2)
-        truth[top: top + rng.integers(2, hh // 2 + 1), left: left + rng.integers(2, ww // 2 + 1)] = 255
+        truth[top : top + rng.integers(2, hh // 2 + 1), left : left + rng.integers(2, ww // 2 + 1)] = 255
         if len(pairs) % 3 == 0:  # probability map: any gray level
             pred = rng.integers(0, 256, size=(hh, ww)).astype(np.uint8)
         else:  # a shifted, noisy copy of the truth
@@ -205,9 +206,14 @@ def oracle_pairs(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]
     return pairs
 
 
-OFFICIAL_NAMES = {"iou": "jaccard", "dice": "dice", "sensitivity": "sensitivity",
-                  "specificity": "specificity", "accuracy": "accuracy",
-                  "thresholded_jaccard": "threshold_jaccard"}
+OFFICIAL_NAMES = {
+    "iou": "jaccard",
+    "dice": "dice",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "accuracy": "accuracy",
+    "thresholded_jaccard": "threshold_jaccard",
+}
 
 
 @pytest.mark.filterwarnings("ignore:The inplace keyword")  # pandas, inside the official scorer
@@ -235,7 +241,10 @@ def test_isic_convention_matches_official_scorer(tmp_path):
             name=pair.image_id,
         )
         official_rows[pair.image_id] = {
-            "tp": cm["TP"], "fp": cm["FP"], "fn": cm["FN"], "tn": cm["TN"],
+            "tp": cm["TP"],
+            "fp": cm["FP"],
+            "fn": cm["FN"],
+            "tn": cm["TN"],
             "jaccard": official.binary_jaccard(cm),
             "dice": official.binary_dice(cm),
             "sensitivity": official.binary_sensitivity(cm),
@@ -250,7 +259,11 @@ def test_isic_convention_matches_official_scorer(tmp_path):
             assert row[name] == expected[name], (row["id"], name)
         for name, official_name in OFFICIAL_NAMES.items():
             assert math.isclose(row[name], expected[official_name], rel_tol=0, abs_tol=1e-6), (
-                row["id"], name, row[name], expected[official_name])
+                row["id"],
+                name,
+                row[name],
+                expected[official_name],
+            )
 
     macro = scoring.SegmentationScore.from_dir(truth_dir, pred_dir).macro_average
     for name, official_name in OFFICIAL_NAMES.items():
@@ -390,7 +403,7 @@ def test_evaluation_json_and_csv_round_trip(folders, tmp_path):
         assert reader.fieldnames == ["id", *METRICS, *COUNTS]
         rows = list(reader)
     assert [row["id"] for row in rows] == [row["id"] for row in result.per_image]
-    for row, original in zip(rows, result.per_image):
+    for row, original in zip(rows, result.per_image, strict=True):
         assert {name: float(row[name]) for name in METRICS} == {name: original[name] for name in METRICS}
         assert {name: int(row[name]) for name in COUNTS} == {name: original[name] for name in COUNTS}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.csv", "eval.json"]

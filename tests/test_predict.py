@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import quick_train
 from featcache.data import load_image
 from featcache.errors import FeatcacheError, OptionError
 from featcache.experiment import train_decoder
@@ -21,7 +22,7 @@ from featcache.train import TrainConfig
 @pytest.fixture(scope="module")
 def trained_run(micro_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train_decoder(str(micro_store), TrainConfig(size=8, epochs=3, batch_size=4, val_size=4), [0, 1], out, "cpu", progress=False)
+    train_decoder(str(micro_store), quick_train(), [0, 1], out, "cpu", progress=False)
     return out
 
 
@@ -78,13 +79,24 @@ def test_encoder_file_is_recorded_absolute_and_can_be_pointed_to_when_moved(synt
     extract(extract_config(synth_root, "s.zarr", encoder="enc.pth", image_size=32, views="identity"), progress=False)
     with FeatureStore.open(tmp_path / "s.zarr") as store:
         assert store.meta["encoder"]["source"]["file"] == str(tmp_path / "enc.pth")
-    train_decoder(str(tmp_path / "s.zarr"), TrainConfig(size=4, epochs=1, batch_size=2, val_size=2, augment="none"), [0],
-                  tmp_path / "run", "cpu", progress=False)
+    train_decoder(
+        str(tmp_path / "s.zarr"),
+        TrainConfig(size=4, epochs=1, batch_size=2, val_size=2, augment="none"),
+        [0],
+        tmp_path / "run",
+        "cpu",
+        progress=False,
+    )
     (tmp_path / "enc.pth").rename(tmp_path / "moved.pth")
     image = next((synth_root / "ISIC-2017_Test_v2_Data").glob("*.jpg"))
-    with pytest.raises(FeatcacheError, match=r"enc.pth that the features were extracted with are not there; pass --encoder"):
+    with pytest.raises(
+        FeatcacheError, match=r"enc.pth that the features were extracted with are not there; pass --encoder"
+    ):
         predict(tmp_path / "run", [image], tmp_path / "p", device="cpu")
-    assert len(predict(tmp_path / "run", [image], tmp_path / "p", device="cpu", encoder_weights=tmp_path / "moved.pth")) == 1
+    assert (
+        len(predict(tmp_path / "run", [image], tmp_path / "p", device="cpu", encoder_weights=tmp_path / "moved.pth"))
+        == 1
+    )
     torch.save(build_encoder("vit_micro", "random", seed=4).state_dict(), tmp_path / "other.pth")
     with pytest.raises(FeatcacheError, match="has other weights"):
         predict(tmp_path / "run", [image], tmp_path / "p", device="cpu", encoder_weights=tmp_path / "other.pth")
@@ -118,8 +130,10 @@ def test_overlay_modes_and_masks_that_do_not_depend_on_them(trained_run, large_i
     images = sorted(large_image.glob("*.jpg"))
     # a threshold that splits each image's pixels, so that the masks compare something
     threshold = round(float(np.median(_probabilities(trained_run, images[0]))), 3)
-    runs = {mode: predict(trained_run, [large_image], tmp_path / mode, device="cpu", threshold=threshold, overlays=mode)
-            for mode in ("preview", "full", "none")}
+    runs = {
+        mode: predict(trained_run, [large_image], tmp_path / mode, device="cpu", threshold=threshold, overlays=mode)
+        for mode in ("preview", "full", "none")
+    }
     for i, image in enumerate(images):
         expected = _probabilities(trained_run, image) > threshold
         assert 0 < expected.mean() < 1

@@ -1,9 +1,6 @@
 import dataclasses
 import json
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import torch
 from PIL import Image
 from torchvision.models.vision_transformer import VisionTransformer
 
+from conftest import quick_pretrain, run_then_sigkill
 from featcache.data import find_samples
 from featcache.errors import FeatcacheError
 from featcache.models import (
@@ -22,21 +20,14 @@ from featcache.models import (
     file_sha256,
     weights_sha256,
 )
-from featcache.pretrain import PretrainConfig, load_images, noisy_batches, pretrain, resume_path, validation_loss
+from featcache.pretrain import load_images, noisy_batches, pretrain, resume_path, validation_loss
 from featcache.resume import Checkpointer
-
-# lr 6e-3 makes the micro ViT's validation loss non-monotone here, so the kept epoch is usually not the last.
-QUICK = dict(arch="vit_micro", init="random", epochs=3, batch_size=4, lr=6e-3, image_size=32, workers=0, device="cpu")
-
-
-def quick_config(data, out, **overrides) -> PretrainConfig:
-    return PretrainConfig(data=data, out=out, **{**QUICK, **overrides})
 
 
 @pytest.fixture(scope="module")
 def run(synth_root, tmp_path_factory):
     """One 3-epoch pretraining run of the micro ViT at 32 px: (config, report, checkpoint)."""
-    cfg = quick_config(synth_root, tmp_path_factory.mktemp("pretrain") / "ss.pt")
+    cfg = quick_pretrain(synth_root, tmp_path_factory.mktemp("pretrain") / "ss.pt")
     report = pretrain(cfg, progress=False)
     return cfg, report, torch.load(cfg.out, map_location="cpu", weights_only=True)
 
@@ -58,7 +49,9 @@ def test_checkpoint_round_trips_through_build_encoder(run):
     start = build_encoder("vit_micro", "random", seed=cfg.seed)
     assert ckpt["init"] == {"kind": "random", "seed": 0, "weights_sha256": weights_sha256(start)}
     assert encoder.source["kind"] == "featcache" and encoder.source["init"] == ckpt["init"]
-    assert weights_sha256(encoder_from_provenance("vit_micro", ckpt["init"], ckpt["init"]["weights_sha256"])) == weights_sha256(start)
+    assert weights_sha256(
+        encoder_from_provenance("vit_micro", ckpt["init"], ckpt["init"]["weights_sha256"])
+    ) == weights_sha256(start)
     assert weights_sha256(encoder) != weights_sha256(start)  # it trained
 
     # The saved weights are the kept epoch's: they reproduce its validation loss on the fixed noise.
@@ -105,7 +98,7 @@ def test_validation_noise_is_fixed_by_the_seed(synth_root):
     first = [noisy for _, noisy in noisy_batches(images, 4, 0.1, seed=0)]
     second = [noisy for _, noisy in noisy_batches(images, 4, 0.1, seed=0)]
     other = [noisy for _, noisy in noisy_batches(images, 4, 0.1, seed=1)]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not torch.equal(first[0], other[0])
     assert all(float(n.min()) >= 0 and float(n.max()) <= 1 for n in first)
     clean = torch.cat([c for c, _ in noisy_batches(images, 4, 0.1, seed=0)])
@@ -116,11 +109,18 @@ def test_init_from_torchvision_state_dict_records_its_sha256(synth_root, tmp_pat
     micro = ARCHITECTURES["vit_micro"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
-        vit = VisionTransformer(image_size=micro.image_size, patch_size=micro.patch_size, num_layers=micro.num_layers,
-                                num_heads=micro.num_heads, hidden_dim=micro.hidden_dim, mlp_dim=micro.mlp_dim)
+        vit = VisionTransformer(
+            image_size=micro.image_size,
+            patch_size=micro.patch_size,
+            num_layers=micro.num_layers,
+            num_heads=micro.num_heads,
+            hidden_dim=micro.hidden_dim,
+            mlp_dim=micro.mlp_dim,
+        )
     weights = tmp_path / "tv_micro.pth"
     torch.save(vit.state_dict(), weights)
-    report = pretrain(quick_config(synth_root, tmp_path / "from_file.pt", init=str(weights), epochs=1), progress=False)
+    cfg = quick_pretrain(synth_root, tmp_path / "from_file.pt", init=str(weights), epochs=1)
+    report = pretrain(cfg, progress=False)
     init = torch.load(report.out, weights_only=True)["init"]
     assert init["kind"] == "file" and init["file"] == str(weights)
     assert init["sha256"] == file_sha256(weights)
@@ -145,28 +145,9 @@ def test_init_from_torchvision_state_dict_records_its_sha256(synth_root, tmp_pat
 )
 def test_out_of_range_options_name_the_option(synth_root, tmp_path, overrides, option):
     with pytest.raises(FeatcacheError, match=option) as error:
-        pretrain(quick_config(synth_root, tmp_path / "x.pt", **overrides), progress=False)
+        pretrain(quick_pretrain(synth_root, tmp_path / "x.pt", **overrides), progress=False)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "x.pt").exists()
-
-
-# `pretrain` of the PretrainConfig keywords in JSON argv[1], SIGKILLing itself right after the 2nd resume-state write.
-KILLED_RUN = """
-import json, os, signal, sys
-import featcache.pretrain as pretrain_module
-
-save = pretrain_module.Checkpointer.save
-writes = []
-
-def save_then_die(self, state):
-    save(self, state)
-    writes.append(state["epoch"])
-    if len(writes) == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-pretrain_module.Checkpointer.save = save_then_die
-pretrain_module.pretrain(pretrain_module.PretrainConfig(**json.loads(sys.argv[1])), progress=False)
-"""
 
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(run, synth_root, tmp_path, capsys):
@@ -174,10 +155,15 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(run, synth_root, tmp_
     cfg, report, ckpt = run
     assert resume_path(tmp_path / "encoder.pt") == tmp_path / "encoder.resume.pt"
     out = tmp_path / "killed.pt"
-    killed_cfg = quick_config(synth_root, out, checkpoint_seconds=0.0)
-    options = json.dumps({**QUICK, "data": str(synth_root), "out": str(out), "checkpoint_seconds": 0.0})
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, options], capture_output=True, text=True, check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed_cfg = quick_pretrain(synth_root, out, checkpoint_seconds=0.0)
+    options = {**dataclasses.asdict(killed_cfg), "data": str(synth_root), "out": str(out)}
+    run_then_sigkill(
+        f"""
+        from featcache.pretrain import PretrainConfig, pretrain
+        pretrain(PretrainConfig(**{options!r}), progress=False)
+    """,
+        after_saves=2,
+    )  # right after the resume state of epoch 2 is written
     assert resume_path(out).is_file() and not out.exists()
     assert torch.load(resume_path(out), weights_only=True)["state"]["epoch"] == 2
 
@@ -197,19 +183,20 @@ def test_resume_state_of_another_run_is_refused(synth_root, tmp_path, monkeypatc
     out = tmp_path / "one.pt"
     with monkeypatch.context() as keep:  # as if killed after its last epoch, before its outputs
         keep.setattr(Checkpointer, "done", lambda self: None)
-        first = pretrain(quick_config(synth_root, out, epochs=1, checkpoint_seconds=0.0), progress=False)
+        first = pretrain(quick_pretrain(synth_root, out, epochs=1, checkpoint_seconds=0.0), progress=False)
     out.unlink()
     other_data = tmp_path / "other"
     shutil.copytree(synth_root, other_data)
     with open(next(other_data.rglob("*.jpg")), "ab") as image:  # another size: another fingerprint
         image.write(b"\0")
-    for other in (quick_config(synth_root, out, epochs=1, lr=1e-3), quick_config(other_data, out, epochs=1)):
+    for other in (quick_pretrain(synth_root, out, epochs=1, lr=1e-3), quick_pretrain(other_data, out, epochs=1)):
         with pytest.raises(FeatcacheError, match="delete it or choose another --out") as error:
             pretrain(other, progress=False)
         assert str(resume_path(out)) in str(error.value) and "\n" not in str(error.value)
     assert resume_path(out).is_file() and not out.exists()
     # device, workers and checkpoint_seconds do not matter: the same run resumes and writes its outputs.
-    again = pretrain(quick_config(synth_root, out, epochs=1, checkpoint_seconds=60.0), progress=False)
+    again = pretrain(quick_pretrain(synth_root, out, epochs=1, checkpoint_seconds=60.0), progress=False)
     assert not resume_path(out).exists()
-    assert_same_weights(torch.load(again.out, weights_only=True)["state_dict"],
-                        torch.load(first.out, weights_only=True)["state_dict"])
+    assert_same_weights(
+        torch.load(again.out, weights_only=True)["state_dict"], torch.load(first.out, weights_only=True)["state_dict"]
+    )

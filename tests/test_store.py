@@ -21,8 +21,16 @@ META = {
 def make_store(path, dtype="float16", n=5, shard_size=2):
     ids = [f"ISIC_{i:07d}" for i in range(n)]
     splits = ["train"] * 3 + ["val"] * (n - 4) + ["test"]
-    return FeatureStore.create(path, {**META, "dtype": dtype}, ids, splits, np.arange(2 * n).reshape(n, 2),
-                               width=8, grid=(2, 2), shard_size=shard_size)
+    return FeatureStore.create(
+        path,
+        {**META, "dtype": dtype},
+        ids,
+        splits,
+        np.arange(2 * n).reshape(n, 2),
+        width=8,
+        grid=(2, 2),
+        shard_size=shard_size,
+    )
 
 
 def fill(store, seed=0):
@@ -62,7 +70,9 @@ def test_round_trip_on_both_backends(tmp_path, store_suffix, dtype):
 def test_incomplete_store_is_refused_with_the_fix(tmp_path, store_suffix):
     path = tmp_path / f"s{store_suffix}"
     with make_store(path) as store:
-        store.write_block(0, np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8), torch.zeros(2, 4, 8, 2, 2))
+        store.write_block(
+            0, np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8), torch.zeros(2, 4, 8, 2, 2)
+        )
         with pytest.raises(FeatcacheError, match="3 samples were not written"):
             store.mark_complete()
     with pytest.raises(FeatcacheError, match=r"incomplete \(2/5 samples written.*run the same `featcache extract"):
@@ -73,7 +83,9 @@ def test_incomplete_store_is_refused_with_the_fix(tmp_path, store_suffix):
 
 def test_writes_must_be_shard_aligned(tmp_path):
     with make_store(tmp_path / "s.zarr") as store, pytest.raises(ValueError, match="shard-aligned"):
-        store.write_block(1, np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8), torch.zeros(2, 4, 8, 2, 2))
+        store.write_block(
+            1, np.zeros((2, 3, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8), torch.zeros(2, 4, 8, 2, 2)
+        )
 
 
 def test_store_of_another_encoder_is_refused_naming_both(tmp_path, store_suffix):
@@ -81,7 +93,11 @@ def test_store_of_another_encoder_is_refused_naming_both(tmp_path, store_suffix)
     with make_store(path) as store:
         fill(store)
         store.mark_complete()
-    other = {"arch": "vit_b_16", "weights_sha256": "b" * 64, "source": {"kind": "imagenet", "file": "vit_b_16-c867db91.pth"}}
+    other = {
+        "arch": "vit_b_16",
+        "weights_sha256": "b" * 64,
+        "source": {"kind": "imagenet", "file": "vit_b_16-c867db91.pth"},
+    }
     with pytest.raises(FeatcacheError) as err:
         FeatureStore.open(path, encoder=other)
     assert "vit_micro (random: random seed 0" in str(err.value) and "vit_b_16 (imagenet" in str(err.value)
@@ -188,8 +204,9 @@ def test_a_missing_chunk_is_found_at_open(tmp_path, store_suffix):
             store.mark_complete()
         assert store.damaged_blocks() == [2]
         store.update_meta(complete=True)
-    with pytest.raises(StoreDamagedError,
-                       match=rf"{path} is damaged: .*masks rows 2-3 \(missing\); run `featcache verify"):
+    with pytest.raises(
+        StoreDamagedError, match=rf"{path} is damaged: .*masks rows 2-3 \(missing\); run `featcache verify"
+    ):
         FeatureStore.open(path)
 
 
@@ -208,11 +225,26 @@ def test_missing_chunks_are_listed_behind_an_fsspec_url():
 def make_format1_store(path, n=5, shard_size=2):
     """A store laid out as format 1 wrote it: no checksums, HDF5 strings variable-length and contiguous."""
     ids, splits = [f"ISIC_{i:07d}" for i in range(n)], ["train"] * 3 + ["val"] * (n - 4) + ["test"]
-    meta = {**META, "dtype": "float16", "format_version": 1, "featcache_version": "0.1.0", "complete": False,
-            "backend": "zarr" if str(path).endswith(".zarr") else "hdf5", "n": n, "width": 8, "grid": [2, 2],
-            "shard_size": shard_size, "view_names": ["identity", "h", "v", "hv"]}
-    shapes = {"orig_hw": ((n, 2), "int32"), "written": ((n,), "bool"), "images": ((n, 3, 32, 32), "uint8"),
-              "masks": ((n, 32, 32), "uint8"), "features": ((n, 4, 8, 2, 2), "float16")}
+    meta = {
+        **META,
+        "dtype": "float16",
+        "format_version": 1,
+        "featcache_version": "0.1.0",
+        "complete": False,
+        "backend": "zarr" if str(path).endswith(".zarr") else "hdf5",
+        "n": n,
+        "width": 8,
+        "grid": [2, 2],
+        "shard_size": shard_size,
+        "view_names": ["identity", "h", "v", "hv"],
+    }
+    shapes = {
+        "orig_hw": ((n, 2), "int32"),
+        "written": ((n,), "bool"),
+        "images": ((n, 3, 32, 32), "uint8"),
+        "masks": ((n, 32, 32), "uint8"),
+        "features": ((n, 4, 8, 2, 2), "float16"),
+    }
     if meta["backend"] == "zarr":
         import zarr
 
@@ -222,8 +254,14 @@ def make_format1_store(path, n=5, shard_size=2):
             group.create_array(name, shape=(n,), dtype=str, chunks=(shard_size,))[:] = np.asarray(values)
         for name, (shape, dtype) in shapes.items():
             sharded = len(shape) > 1
-            group.create_array(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]) if sharded else (shard_size,),
-                               shards=(shard_size, *shape[1:]) if sharded else None, fill_value=0)
+            group.create_array(
+                name,
+                shape=shape,
+                dtype=dtype,
+                chunks=(1, *shape[1:]) if sharded else (shard_size,),
+                shards=(shard_size, *shape[1:]) if sharded else None,
+                fill_value=0,
+            )
         group["orig_hw"][:] = np.arange(2 * n).reshape(n, 2)
     else:
         import json

@@ -22,8 +22,12 @@ COUNTS = {"train": 3, "val": 2, "test": 2}
 
 def _tiny(out: Path, seed: int = 0) -> SynthReport:
     return synthesize(
-        out, n_train=COUNTS["train"], n_val=COUNTS["val"], n_test=COUNTS["test"],
-        image_size=TINY, seed=seed,
+        out,
+        n_train=COUNTS["train"],
+        n_val=COUNTS["val"],
+        n_test=COUNTS["test"],
+        image_size=TINY,
+        seed=seed,
     )
 
 
@@ -52,9 +56,7 @@ def test_layout_and_names(tiny_out: tuple[Path, SynthReport]) -> None:
         ids = [f"ISIC_{i:07d}" for i in range(next_id, next_id + COUNTS[split])]
         next_id += COUNTS[split]
         assert sorted(p.name for p in data_dir(out, split).iterdir()) == [f"{i}.jpg" for i in ids]
-        assert sorted(p.name for p in truth_dir(out, split).iterdir()) == [
-            f"{i}_segmentation.png" for i in ids
-        ]
+        assert sorted(p.name for p in truth_dir(out, split).iterdir()) == [f"{i}_segmentation.png" for i in ids]
 
 
 def test_masks_binary_same_size_non_empty(tiny_out: tuple[Path, SynthReport]) -> None:
@@ -83,9 +85,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert first == second
     other = _all_bytes(_tiny(tmp_path / "c", seed=1).out)
     assert other.keys() == first.keys()
-    assert other["ISIC-2017_Training_Data/ISIC_0000000.jpg"] != first[
-        "ISIC-2017_Training_Data/ISIC_0000000.jpg"
-    ]
+    assert other["ISIC-2017_Training_Data/ISIC_0000000.jpg"] != first["ISIC-2017_Training_Data/ISIC_0000000.jpg"]
 
 
 def test_image_does_not_depend_on_counts(tmp_path: Path) -> None:

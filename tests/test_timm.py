@@ -15,12 +15,12 @@ from featcache.errors import FeatcacheError
 from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
 from featcache.info import store_info
+from featcache.loop import RunInputs, fit
 from featcache.models import build_encoder, encoder_provenance, weights_sha256
 from featcache.predict import predict
 from featcache.pretrain import PretrainConfig, pretrain
-from featcache.store import FeatureStore
-from featcache.loop import RunInputs, fit
 from featcache.sources import EncoderFeatures, StoreFeatures
+from featcache.store import FeatureStore
 from featcache.train import TrainConfig, seeded_decoder, select_rows
 
 pytest.importorskip("timm")
@@ -72,8 +72,11 @@ def test_store_records_the_timm_model(timm_store):
 
 
 def test_normalisation_comes_from_the_pretrained_cfg():
-    clip = build_encoder("timm:vit_base_patch16_clip_224.openai", "random",
-                         model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32})
+    clip = build_encoder(
+        "timm:vit_base_patch16_clip_224.openai",
+        "random",
+        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32},
+    )
     mean = encoder_provenance(clip)["normalisation"]["mean"]
     assert mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
     torch.testing.assert_close(clip.mean.flatten(), torch.tensor(mean))
@@ -136,12 +139,22 @@ def test_store_mode_equals_the_frozen_timm_encoder(timm_store):
         cached = seeded_decoder(cfg, 64, 14)
         from_store = fit(cached, run(StoreFeatures(store.features(rows.train_rows), "exact")), plan, cfg, CPU)
         recomputed = seeded_decoder(cfg, 64, 14)
-        frozen = RunInputs(1, EncoderFeatures(encoder, store.images(rows.train_rows), trainable=False), masks_train,
-                           EncoderFeatures(encoder, store.images(rows.val_rows), trainable=False), masks_val)
+        frozen = RunInputs(
+            1,
+            EncoderFeatures(encoder, store.images(rows.train_rows), trainable=False),
+            masks_train,
+            EncoderFeatures(encoder, store.images(rows.val_rows), trainable=False),
+            masks_val,
+        )
         from_encoder = fit(recomputed, frozen, plan, cfg, CPU)
         approx = seeded_decoder(cfg, 64, 14)
-        fit(approx, run(StoreFeatures(store.features(rows.train_rows), "feature-flip")), plan,
-            dataclasses.replace(cfg, augment="feature-flip"), CPU)
+        fit(
+            approx,
+            run(StoreFeatures(store.features(rows.train_rows), "feature-flip")),
+            plan,
+            dataclasses.replace(cfg, augment="feature-flip"),
+            CPU,
+        )
     np.testing.assert_allclose(from_store.history["train_loss"], from_encoder.history["train_loss"], rtol=1e-4)
     for name, value in cached.state_dict().items():
         torch.testing.assert_close(value, recomputed.state_dict()[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -149,8 +162,19 @@ def test_store_mode_equals_the_frozen_timm_encoder(timm_store):
 
 
 def test_every_mode_runs_with_a_timm_encoder(timm_store, tmp_path):
-    cfg = CompareConfig(store=str(timm_store), out=tmp_path / "cmp", sizes=(6,), seeds=(0,), epochs=2, batch_size=3,
-                        val_size=3, lr=0.01, device="cpu", e_init="random", layers=(-1,))
+    cfg = CompareConfig(
+        store=str(timm_store),
+        out=tmp_path / "cmp",
+        sizes=(6,),
+        seeds=(0,),
+        epochs=2,
+        batch_size=3,
+        val_size=3,
+        lr=0.01,
+        device="cpu",
+        e_init="random",
+        layers=(-1,),
+    )
     result = compare_e2e(cfg, progress=False)
     runs = {r["mode"]: r for r in result.results}
     assert set(runs) == {"E", "Es", "F", "FI", "C"}
@@ -163,7 +187,7 @@ def test_grouped_seeds_and_predict_with_a_timm_encoder(timm_store, synth_root, t
     cfg = TrainConfig(size=6, epochs=2, batch_size=3, val_size=3, lr=0.01)
     grouped = train_decoder(str(timm_store), cfg, [0, 1], tmp_path / "g", "cpu", progress=False, grouped=True)
     alone = train_decoder(str(timm_store), cfg, [0, 1], tmp_path / "s", "cpu", progress=False, grouped=False)
-    for a, b in zip(grouped.results, alone.results):
+    for a, b in zip(grouped.results, alone.results, strict=True):
         np.testing.assert_allclose(a["history"]["val_loss"], b["history"]["val_loss"], rtol=1e-4)
     image = sorted((synth_root / "ISIC-2017_Test_v2_Data").glob("*.jpg"))[0]
     [made] = predict(tmp_path / "s" / "seed-0", [image], tmp_path / "pred", device="cpu", overlays="none")
@@ -175,8 +199,20 @@ def test_grouped_seeds_and_predict_with_a_timm_encoder(timm_store, synth_root, t
 
 def test_pretrain_from_a_timm_model(synth_root, tmp_path):
     out = tmp_path / "enc.pt"
-    pretrain(PretrainConfig(data=synth_root, out=out, init=DINO, init_weights="random", model_kwargs=TINY,
-                            epochs=1, batch_size=4, image_size=28, device="cpu"), progress=False)
+    pretrain(
+        PretrainConfig(
+            data=synth_root,
+            out=out,
+            init=DINO,
+            init_weights="random",
+            model_kwargs=TINY,
+            epochs=1,
+            batch_size=4,
+            image_size=28,
+            device="cpu",
+        ),
+        progress=False,
+    )
     encoder = build_encoder("vit_b_16", out)
     assert encoder.arch == DINO and encoder.source["kind"] == "featcache"
     assert encoder.source["init"]["kind"] == "random" and encoder(torch.rand(1, 3, 28, 28)).shape == (1, 32, 2, 2)
@@ -185,8 +221,27 @@ def test_pretrain_from_a_timm_model(synth_root, tmp_path):
 def test_cli_extract_and_bench_with_a_timm_encoder(synth_root, tmp_path, cli):
     kwargs = [a for k, v in TINY.items() for a in ("--model-kwargs", f"{k}={v}")]
     out = tmp_path / "s.h5"
-    result = cli("extract", synth_root, "--out", out, "--encoder", DINO, "--encoder-weights", "random", *kwargs,
-                 "--image-size", "56", "--layers", "-2,-1", "--views", "flips", "--workers", "0", "--device", "cpu")
+    result = cli(
+        "extract",
+        synth_root,
+        "--out",
+        out,
+        "--encoder",
+        DINO,
+        "--encoder-weights",
+        "random",
+        *kwargs,
+        "--image-size",
+        "56",
+        "--layers",
+        "-2,-1",
+        "--views",
+        "flips",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(cli("info", out, "--json").stdout)
     assert summary["shapes"]["features"] == [24, 4, 64, 4, 4] and summary["layers"] == [1, 2]
