@@ -237,7 +237,7 @@ def test_read_only_output_folder_is_one_line_before_any_work(synth_root, micro_s
     def no_training(*args, **kwargs):
         raise AssertionError("trained although --out cannot be written")
 
-    monkeypatch.setattr(featcache.experiment, "train_group_from_store", no_training)
+    monkeypatch.setattr(featcache.experiment, "train_mode", no_training)
     refused = r"--out \S+ro/run: cannot write in \S+ro \(Permission denied\); make that folder writable or choose"
     with pytest.raises(FeatcacheError, match=refused):
         train_decoder(str(micro_store), TrainConfig(size=4, epochs=1), [0], ro / "run", "cpu", progress=False)
