@@ -1,4 +1,4 @@
-"""Where does feature extraction spend its time? Images/s of its three parts.
+"""Where does feature extraction spend its time? Images/s (and MB/s) of its parts.
 
 Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` on CUDA):
 
@@ -11,10 +11,11 @@ Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` 
    the extraction loop as timed by ``extract`` itself (without index, encoder build and store
    creation).
 4. write alone: pre-made random float16 features shaped like the run's (and random images and
-   masks) written block by block through extract's writer (`featcache.writer.BlockWriter` and
-   ``write_or_explain``: compression, checksums, room checks) into a new store, with 1, 2 and 4
-   writer threads (HDF5: 1). MB/s counts the uncompressed bytes of the three arrays. Like the other
-   stages it needs no GPU, so the pipeline's writing side can be judged on any machine.
+   masks) for as many samples as stage 3 (at least 8 blocks), written block by block through
+   extract's writer (`featcache.writer.BlockWriter` and ``write_or_explain``: compression,
+   checksums, room checks) into a new store, with 1, 2 and 4 writer threads (HDF5: 1). MB/s
+   counts the uncompressed bytes of the three arrays. Like the other stages it needs no GPU, so
+   the pipeline's writing side can be judged on any machine.
 5. JPEG decoding, images only (no masks) resized to ``--image-size``: DataLoader workers
    (``featcache.data.load_image``, PIL with DCT-domain downscaling) against
    ``torchvision.io.decode_jpeg(..., device="cuda")`` (nvJPEG, batches of ``--batch-size``) and an
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
 
     # 4. the store writer alone, by writer threads
     for threads in (1,) if args.store_format == "h5" else (1, 2, 4):
-        rows.append(write_alone(args, tmp, len(extract_samples), width, grid, threads))
+        rows.append(write_alone(args, tmp, max(len(extract_samples), 8 * args.shard_size), width, grid, threads))
 
     # 5. JPEG decoding: DataLoader workers against nvJPEG
     rows += decode_stage(args, bench, device, tmp)
