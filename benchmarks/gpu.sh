@@ -27,7 +27,7 @@ fi
 
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 COLUMNS=${COLUMNS:-160}  # rich's tables keep their rows on one line in summary.log
 BUDGET=${BUDGET:-480}
 WORK=${WORK:-/tmp/featcache-gpu}
 if [[ -n ${SMOKE:-} ]]; then
