@@ -98,7 +98,8 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
       '| zarr', zarr.__version__, '| typer', typer.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/summary.log"
 
-step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  tests/test_writer.py::test_pinned_copies_back_from_cuda
 step 150 "synth ${SYNTH[*]}" "$PYTHON" -c "$SYNTH_PY" "$WORK/data" "${SYNTH[@]}" || exit 1
 step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
   --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 32 --workers "$WORKERS" || exit 1
