@@ -1,4 +1,4 @@
-"""Where does feature extraction spend its time? Images/s of its three parts.
+"""Where does feature extraction spend its time? Images/s (and MB/s) of its parts.
 
 Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` on CUDA):
 
@@ -10,6 +10,18 @@ Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` 
    (cold: it builds its own encoder and store). Two rows: the wall time of the whole call, and
    the extraction loop as timed by ``extract`` itself (without index, encoder build and store
    creation).
+4. write alone: pre-made random float16 features shaped like the run's (and random images and
+   masks) for as many samples as stage 3 (at least 8 blocks), written block by block through
+   extract's writer (`featcache.writer.BlockWriter` and ``write_or_explain``: compression,
+   checksums, room checks) into a new store, with 1, 2 and 4 writer threads (HDF5: 1). MB/s
+   counts the uncompressed bytes of the three arrays. Like the other stages it needs no GPU, so
+   the pipeline's writing side can be judged on any machine.
+5. JPEG decoding, images only (no masks) resized to ``--image-size``: DataLoader workers
+   (``featcache.data.load_image``, PIL with DCT-domain downscaling) against
+   ``torchvision.io.decode_jpeg(..., device="cuda")`` (nvJPEG, batches of ``--batch-size``) and an
+   antialiased bilinear resize on the GPU; the files are read in the main thread. Without CUDA the
+   GPU row says "skipped: no CUDA". ``--full-size N`` runs it on N synthetic 3024x2016 JPEGs (the
+   size of many ISIC photographs) in a temp folder, instead of the JPEGs of stages 1-2.
 
 Every rate counts source images (not views). The ratio whole/encoder = stage 3 images/s over
 stage 2 images/s: near 1 means the encoder is the bottleneck, well below 1 means decoding or
@@ -21,6 +33,7 @@ Usage (from the repository root)::
     python benchmarks/bench_extract.py ../shared/data/isic2017-train-256 --limit 64 --extract-limit 64
     python benchmarks/bench_extract.py DATA --arch vit_ti_16 --views flips --device cuda --json out.json
     python benchmarks/bench_extract.py DATA --encoder timm:vit_base_patch14_dinov2.lvd142m --encoder-weights random
+    python benchmarks/bench_extract.py --arch vit_ti_16 --views flips --full-size 8 --device cuda
 
 ``--limit N`` restricts stages 1-2 to the first N samples; ``--extract-limit N`` restricts stage 3
 to the first N samples (a temporary images/ + masks/ folder of symlinks). On CPU the script sets
@@ -34,23 +47,27 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from featcache.data import Sample, SampleDataset, find_samples
+from featcache.data import Sample, SampleDataset, find_samples, load_image
 from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, encode_views, extract
+from featcache.extract import ExtractConfig, encode_views, extract, write_or_explain
 from featcache.models import build_encoder, encoder_choice, parse_layers
 from featcache.runtime import resolve_device
-from featcache.store import VIEWS
+from featcache.store import VIEWS, FeatureStore
 from featcache.timm_encoder import parse_model_kwargs
+from featcache.writer import Block, BlockWriter
 
 console = Console()
 
@@ -79,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="first N samples for stages 1-2 (default all)")
     p.add_argument("--extract-limit", type=int, help="first N samples for stage 3 (default all)")
     p.add_argument("--store-format", default="zarr", choices=("zarr", "h5"))
+    p.add_argument("--writers", type=int, help="writer threads of stage 3 (default: extract's own choice)")
+    p.add_argument("--shard-size", type=int, default=32, help="samples per block in stages 3 and 4 (default 32)")
+    p.add_argument("--full-size", type=int, default=0, metavar="N", help="stage 5 on N synthetic 3024x2016 JPEGs")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -111,14 +131,101 @@ def subset_folder(samples: list[Sample], root: Path) -> Path:
     return root
 
 
-def row(stage: str, images: int, seconds: float, threads: int) -> dict:
+def row(stage: str, images: int, seconds: float, threads: int, nbytes: int = 0) -> dict:
+    """One stage's figures; ``nbytes``: the bytes it moved (the write stage's MB/s), 0 where that means nothing."""
     return {
         "stage": stage,
         "images": images,
         "seconds": seconds,
         "images_per_second": images / seconds if seconds else 0.0,
         "threads": threads,
+        "mb_per_second": nbytes / 1e6 / seconds if nbytes and seconds else None,
     }
+
+
+def write_alone(args: argparse.Namespace, tmp: Path, n: int, width: int, grid: tuple[int, int], threads: int) -> dict:
+    """Stage 4: ``n`` samples of random float16 features ``[V, width, *grid]`` (one block's worth, written to
+    every block) with random uint8 images ``[3, S, S]`` and 0/1 masks ``[S, S]``, through ``threads`` writers."""
+    views, size, shard = VIEWS[args.views], args.image_size, args.shard_size
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn((shard, len(views), width, *grid), generator=gen).to(torch.float16)
+    images = torch.randint(0, 256, (shard, 3, size, size), dtype=torch.uint8, generator=gen).numpy()
+    masks = torch.randint(0, 2, (shard, size, size), dtype=torch.uint8, generator=gen).numpy()
+    out = tmp / f"write-{threads}.{args.store_format}"
+    meta = {"preprocessing": {"size": size}, "views": args.views, "dtype": "float16"}
+    ids = [f"s{i:06d}" for i in range(n)]
+    store = FeatureStore.create(out, meta, ids, ["train"] * n, np.zeros((n, 2), np.int32), width, grid, shard)
+    with store:
+        t0 = time.perf_counter()
+        with BlockWriter(store, write_or_explain, threads, tuple(feats.shape), torch.float16, pin=False) as writer:
+            for start, stop in store.blocks():
+                k = stop - start
+                buffer = writer.buffer()
+                buffer[:k].copy_(feats[:k])
+                rows = {"images": [images[:k]], "masks": [masks[:k]], "features": [buffer[:k]], "bad": []}
+                writer.submit(Block(start, stop, rows, buffer, None))
+        seconds = time.perf_counter() - t0
+    shutil.rmtree(out) if out.is_dir() else out.unlink()
+    nbytes = n * (images[0].nbytes + masks[0].nbytes + feats[0].numel() * feats.element_size())
+    return row(f"4 write alone, {threads} writer{'s' if threads > 1 else ''}", n, seconds, threads, nbytes)
+
+
+class ImagesOnly(Dataset):
+    """``load_image`` alone (no mask), for stage 5's worker row."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_image(self.paths[i], self.size))
+
+
+def gpu_decode(paths: list[Path], size: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """nvJPEG: files read here, decoded in batches on ``device``, resized to ``[B, 3, size, size]`` uint8 there
+    (bilinear, antialiased: close to PIL's filter)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    out = []
+    for i in range(0, len(paths), batch_size):
+        data = [read_file(str(p)) for p in paths[i : i + batch_size]]
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        resized = [
+            F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            for img in decoded
+        ]
+        out.append(torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8))
+    return out
+
+
+def decode_stage(args: argparse.Namespace, samples: list[Sample], device: torch.device, tmp: Path) -> list[dict]:
+    """Stage 5: JPEG decoding and resizing by DataLoader workers, then by nvJPEG on the GPU (skipped without CUDA)."""
+    if args.full_size:
+        from featcache.synth import synthesize
+
+        console.print(f"synthesizing {args.full_size} JPEGs of 3024x2016 (not timed) ...")
+        full = synthesize(tmp / "full", n_train=args.full_size, n_val=0, n_test=0, image_size=(2016, 3024)).out
+        paths = sorted(full.rglob("*.jpg"))
+    else:
+        paths = [s.image for s in samples if s.image.suffix.lower() in (".jpg", ".jpeg")]
+    what = "3024x2016" if args.full_size else "the data's"
+    loader = DataLoader(ImagesOnly(paths, args.image_size), batch_size=args.batch_size, num_workers=args.workers)
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    rows = [row(f"5 {what} JPEGs, workers", len(paths), time.perf_counter() - t0, torch.get_num_threads())]
+    if device.type != "cuda":
+        rows.append({"stage": f"5 {what} JPEGs, GPU nvJPEG", "skipped": "no CUDA"})
+        return rows
+    gpu_decode(paths[: args.batch_size], args.image_size, args.batch_size, device)  # warm-up, untimed
+    sync(device)
+    t0 = time.perf_counter()
+    gpu_decode(paths, args.image_size, args.batch_size, device)
+    sync(device)
+    rows.append(row(f"5 {what} JPEGs, GPU nvJPEG", len(paths), time.perf_counter() - t0, torch.get_num_threads()))
+    return rows
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict:
@@ -151,6 +258,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     kwargs, layers = parse_model_kwargs(args.model_kwargs), parse_layers(args.layers)
     arch, weights = encoder_choice(args.encoder, args.arch, args.encoder_weights, kwargs)
     encoder = build_encoder(arch, weights, layers=layers, model_kwargs=kwargs).to(device).eval()
+    width, grid = encoder.width, (args.image_size // encoder.patch_size,) * 2
     encode_views(encoder, batches[0], views, device)  # warm-up, untimed
     sync(device)
     t0 = time.perf_counter()
@@ -182,6 +290,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         views=args.views,
         batch_size=args.batch_size,
         workers=args.workers,
+        writers=args.writers,
+        shard_size=args.shard_size,
         device=args.device,
     )
     t0 = time.perf_counter()
@@ -190,6 +300,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     wall = time.perf_counter() - t0
     rows.append(row("3 extract, wall", report.computed, wall, torch.get_num_threads()))
     rows.append(row("3 extract, loop", report.computed, report.seconds, torch.get_num_threads()))
+
+    # 4. the store writer alone, by writer threads
+    for threads in (1,) if args.store_format == "h5" else (1, 2, 4):
+        rows.append(write_alone(args, tmp, max(len(extract_samples), 8 * args.shard_size), width, grid, threads))
+
+    # 5. JPEG decoding: DataLoader workers against nvJPEG
+    rows += decode_stage(args, bench, device, tmp)
 
     return {
         "machine": machine(device),
@@ -226,13 +343,27 @@ def show(result: dict) -> None:
         ("torch threads", "right"),
     ):
         table.add_column(name, justify=justify)
+    table.add_column("MB/s", justify="right")
     for r in result["stages"]:
+        if "skipped" in r:
+            table.add_row(r["stage"], f"skipped: {r['skipped']}", "", "", "", "")
+            continue
+        mb = r.get("mb_per_second")
         table.add_row(
-            r["stage"], str(r["images"]), f"{r['seconds']:.2f}", f"{r['images_per_second']:.2f}", str(r["threads"])
+            r["stage"],
+            str(r["images"]),
+            f"{r['seconds']:.2f}",
+            f"{r['images_per_second']:.2f}",
+            str(r["threads"]),
+            f"{mb:.1f}" if mb else "",
         )
     console.print(table)
     console.print("3 wall: the whole extract() call; 3 loop: extract's own timer")
     console.print("(3 loop leaves out indexing, encoder build, store creation)")
+    console.print(
+        "4: random float16 features through the store writer; MB/s of images + masks + features, uncompressed"
+    )
+    console.print("4: its 'torch threads' column holds the writer threads; 5: images only, resized to the image size")
     console.print(
         f"ratio whole/encoder-alone (images/s): {result['ratio_whole_over_encoder']:.2f} (loop), "
         f"{result['ratio_whole_wall_over_encoder']:.2f} (wall)"

@@ -7,11 +7,14 @@
 #   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # the same steps at toy scale on the CPU
 #
 # Steps, most important first; each gets what is left of the budget, at most its own limit, so a
-# slow step cannot leave the run without its summary: the CUDA tests, synth, extract (images/s),
-# bench_step (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then F/C, then sequential
-# on some sizes; its JSON is rewritten after every part), extract with a timm ViT-B (random weights:
-# a speed figure beside the torchvision encoder's), bench_extract. Everything lands in
-# $OUT (default ./gpu-out): summary.log and one JSON file per benchmark.
+# slow step cannot leave the run without its summary: the CUDA tests, synth (in worker processes;
+# a data folder that an earlier run on this machine made with the same counts is kept), extract
+# (images/s), bench_extract (decode, encoder, whole extract, the store writer alone by writer
+# threads, JPEG decoding by workers and by nvJPEG on full-size 3024x2016 JPEGs), bench_step
+# (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then F/C, then sequential on some
+# sizes; its JSON is rewritten after every part), extract with a timm ViT-B (random weights: a
+# speed figure beside the torchvision encoder's). Everything lands in $OUT (default ./gpu-out):
+# summary.log and one JSON file per benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -24,19 +27,19 @@ fi
 
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 COLUMNS=${COLUMNS:-160}  # rich's tables keep their rows on one line in summary.log
 BUDGET=${BUDGET:-480}
 WORK=${WORK:-/tmp/featcache-gpu}
 if [[ -n ${SMOKE:-} ]]; then
   DEVICE=cpu ARCH=vit_micro SIZE=32 SYNTH=(--n-train 24 --n-val 8 --n-test 8 --image-size 48x64)
   TIMM=(--encoder timm:vit_base_patch16_224.mae --model-kwargs depth=2 --model-kwargs embed_dim=32 --model-kwargs num_heads=2)
   STEP=(--archs vit_micro --image-size 32 --steps 2) SWEEP=(--sizes 20,10 --epochs 2 --seeds 0,1 --sequential-sizes 10)
-  EXTRACT_LIMIT=16 WORKERS=2
+  EXTRACT_LIMIT=16 WORKERS=2 FULL_SIZE=2
 else
   DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
   TIMM=(--encoder timm:vit_base_patch16_224.mae)  # the torchvision vit_b_16's architecture, built by timm
   STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 40,10)
-  EXTRACT_LIMIT=512 WORKERS=12
+  EXTRACT_LIMIT=512 WORKERS=12 FULL_SIZE=32
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "gpu.sh: no wheels in .whl/ (the GPU machine lacks zarr and pydantic); run 'bash benchmarks/gpu.sh fetch' first and copy .whl/ along" >&2
     exit 1
@@ -45,7 +48,33 @@ else
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-rm -rf "$WORK" && mkdir -p "$WORK"
+mkdir -p "$WORK" && find "$WORK" -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} +
+
+# featcache synth with worker processes in place of its threads (which share one interpreter lock): the same
+# files. A folder that a finished synth run (its contact sheet is written last) made with the same counts is kept.
+read -r -d '' SYNTH_PY <<'PY'
+import argparse, json, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from featcache import synth
+p = argparse.ArgumentParser()
+p.add_argument("out", type=Path)
+for name in ("--n-train", "--n-val", "--n-test"):
+    p.add_argument(name, type=int)
+p.add_argument("--image-size")
+a = p.parse_args()
+size = tuple(int(x) for x in a.image_size.split("x")) if a.image_size else None
+counts = {"train": a.n_train, "val": a.n_val, "test": a.n_test}
+marker = a.out / synth.MARKER_NAME
+if (a.out / synth.CONTACT_SHEET_NAME).exists() and marker.exists():
+    old = json.loads(marker.read_text())
+    if old["counts"] == counts and old["image_size"] == (list(size) if size else None) and old["seed"] == 0:
+        print(f"{a.out}: kept, made earlier with the same counts")
+        sys.exit(0)
+synth.ThreadPoolExecutor = ProcessPoolExecutor
+report = synth.synthesize(a.out, a.n_train, a.n_val, a.n_test, image_size=size)
+print(f"{report.out}: {sum(report.counts.values())} images")
+PY
 
 log() { echo "== $* ($(date +%T), ${SECONDS}s)" | tee -a "$OUT/summary.log"; }
 # step LIMIT NAME CMD...: run CMD for at most LIMIT seconds and what is left of the budget; keep its output.
@@ -69,11 +98,15 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
       '| zarr', zarr.__version__, '| typer', typer.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/summary.log"
 
-step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step 150 "synth ${SYNTH[*]}" "$PYTHON" -m featcache synth "$WORK/data" "${SYNTH[@]}" || exit 1
+step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  tests/test_writer.py::test_pinned_copies_back_from_cuda
+step 150 "synth ${SYNTH[*]}" "$PYTHON" -c "$SYNTH_PY" "$WORK/data" "${SYNTH[@]}" || exit 1
 step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
   --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 32 --workers "$WORKERS" || exit 1
 "$PYTHON" -m featcache info "$WORK/store.zarr" --json > "$OUT/store_info.json"
+step 120 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
+  --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
+  --full-size "$FULL_SIZE" --json "$OUT/bench_extract.json"
 step 90 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP[@]}" --json "$OUT/bench_step.json"
 step 330 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
   --json "$OUT/bench_sweep.json"
@@ -93,7 +126,4 @@ PY
 else
   log "extract with timm: skipped, timm is not importable (add its wheels: gpu-wheels.txt)"
 fi
-step 90 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
-  --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
-  --json "$OUT/bench_extract.json"
 log "done"

@@ -42,6 +42,7 @@ from featcache.store import (
     remove_store,
     store_exists,
 )
+from featcache.writer import Block, BlockWriter
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ExtractConfig:
     ``encoder``: ``imagenet``, ``random`` or a weights file (of the torchvision ``arch``), or ``timm:NAME`` with
     ``encoder_weights`` (None: timm's own pretrained weights; ``random``; a file) and ``model_kwargs``.
     ``layers``: the blocks stored (`featcache.models.resolve_layers`; None: the last, the final normed output).
+    ``writers``: threads compressing and writing blocks (None: one for HDF5, whose library serialises every call,
+    and up to 4 for Zarr, whose codecs release the GIL).
     """
 
     data: Path
@@ -66,6 +69,7 @@ class ExtractConfig:
     dtype: str = "float16"
     batch_size: int = 32
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    writers: int | None = None
     shard_size: int = 32
     compressor: str = "auto"
     overwrite: bool = False
@@ -84,7 +88,16 @@ class ExtractConfig:
         check_at_least("--batch-size", self.batch_size, 1)
         check_at_least("--shard-size", self.shard_size, 1)
         check_at_least("--workers", self.workers, 0)
+        if self.writers is not None:
+            check_at_least("writers", self.writers, 1)
+            if self.writers > 1 and backend_kind(self.out) == "hdf5":
+                raise OptionError(f"{self.out}: an HDF5 store is written by one thread; use a .zarr store for more")
         backend_kind(self.out)
+
+    def writer_threads(self) -> int:
+        if self.writers is not None:
+            return self.writers
+        return 1 if backend_kind(self.out) == "hdf5" else min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -138,16 +151,24 @@ def view_batch(images: torch.Tensor, view_names: tuple[str, ...]) -> torch.Tenso
 
 @torch.no_grad()
 def encode_views(
-    encoder: AnyEncoder, images_u8: torch.Tensor, view_names: tuple[str, ...], device: torch.device
+    encoder: AnyEncoder,
+    images_u8: torch.Tensor,
+    view_names: tuple[str, ...],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, L*C, S/p, S/p]`` float32, on ``device``."""
+    """uint8 images ``[B, 3, S, S]`` -> features ``[B, V, L*C, S/p, S/p]`` in ``dtype``, on ``device``.
+
+    The cast to ``dtype`` (the store's) goes through float32 wherever it runs, so its result does not depend on
+    the device that casts; on a GPU it halves the bytes copied back.
+    """
     x = images_u8.to(device, non_blocking=True).float().div_(255)
     x = view_batch(x, view_names)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device):
         feats = encoder(x)
-    return feats.float().unflatten(0, (images_u8.shape[0], len(view_names)))
+    return feats.float().to(dtype).unflatten(0, (images_u8.shape[0], len(view_names)))
 
 
 #: HDF5's chunk index, object headers and id strings: measured at under 16 KiB a store plus 450 bytes a
@@ -352,7 +373,8 @@ def extract(
 ) -> ExtractReport:
     """Compute and store the features of every sample of ``cfg.data``; resumes an interrupted store.
 
-    ``on_block(start, stop)`` is called after each block is written (for progress hooks and tests).
+    ``on_block(start, stop)`` is called on the calling thread after each block is written (for progress hooks and
+    tests); blocks are written by `featcache.writer.BlockWriter` threads, so others may be in flight meanwhile.
     """
     cfg.validate()
     dist = Distributed.from_env(cfg.device)
@@ -424,14 +446,26 @@ def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> 
     n = sum(len(x) for x in rows["images"])
     room = room_needed(store.meta["backend"], _store_row_bytes(store), n, store.shard_size, new_store=False)
     check_room(str(store.path), room, f"samples {start} to {start + n - 1}", _RESUME_FIX)
+    features = rows["features"]
     with explain_write_errors(store):
         store.write_block(
             start,
             np.concatenate(rows["images"]),
             np.concatenate(rows["masks"]),
-            torch.cat(rows["features"]),
+            features[0] if len(features) == 1 else torch.cat(features),
             skipped=rows["bad"],
         )
+
+
+def _write_block(store: FeatureStore, start: int, rows: dict[str, list]) -> None:
+    write_or_explain(store, start, rows)  # looked up at each call, so a test can replace it
+
+
+def _report_blocks(writer: BlockWriter, on_block: Callable[[int, int], None] | None) -> None:
+    """Call ``on_block`` on the main thread for each block written since the last call."""
+    for start, stop in writer.completed():
+        if on_block is not None:
+            on_block(start, stop)
 
 
 def _fill(
@@ -459,16 +493,24 @@ def _fill(
         persistent_workers=False,
     )
     view_names = store.view_names
+    storage = FEATURE_DTYPES[store.meta["dtype"]][1]
+    buffer_shape = (store.shard_size, len(view_names), store.meta["width"], *store.meta["grid"])
     computed = 0
-    block_rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
     mask_problems: list[str] = []
     mask_notes: list[str] = []
     block_iter = iter(pending)
     current = next(block_iter, None)
+    block_rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
+    buffer, filled = None, 0
     started = time.perf_counter()
-    with progress_bar("images", disable=not progress or not dist.is_main, remaining=True) as bar:
+    batch_iter = iter(loader)  # the workers fork here, before the writer threads start
+    writer = BlockWriter(store, _write_block, cfg.writer_threads(), buffer_shape, storage, pin=device.type == "cuda")
+    with (
+        progress_bar("images", disable=not progress or not dist.is_main, remaining=True) as bar,
+        writer,
+    ):
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
-        for batch in loader:
+        for batch in batch_iter:
             for i, error, problem, note in zip(
                 batch["index"].tolist(), batch["error"], batch["mask_problem"], batch["mask_note"], strict=True
             ):
@@ -486,19 +528,27 @@ def _fill(
                     mask_problems.append(f"{index.samples[i].mask.name} ({problem})")
                 if note:
                     mask_notes.append(f"{index.samples[i].mask.name} ({note})")
-            feats = encode_views(encoder, batch["image"], view_names, device)
+            if buffer is None:
+                buffer = writer.buffer()
+            feats = encode_views(encoder, batch["image"], view_names, device, storage)
+            buffer[filled : filled + len(feats)].copy_(feats, non_blocking=True)
+            filled += len(feats)
             block_rows["images"].append(batch["image"].numpy())
             block_rows["masks"].append(batch["mask"].numpy())
-            block_rows["features"].append(feats.cpu())
             computed += len(batch["index"])
             bar.advance(task, len(batch["index"]))
             start, stop = current
-            if sum(len(x) for x in block_rows["images"]) == stop - start:
-                write_or_explain(store, start, block_rows)
+            if filled == stop - start:
+                block_rows["features"].append(buffer[:filled])
+                ready = torch.cuda.Event() if device.type == "cuda" else None
+                if ready is not None:
+                    ready.record()
+                writer.submit(Block(start, stop, block_rows, buffer, ready))
                 block_rows = {"images": [], "masks": [], "features": [], "bad": []}
-                if on_block is not None:
-                    on_block(start, stop)
+                buffer, filled = None, 0
                 current = next(block_iter, None)
+            _report_blocks(writer, on_block)
+    _report_blocks(writer, on_block)
     synchronize(device)
     seconds = time.perf_counter() - started
     if mask_problems:

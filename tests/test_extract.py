@@ -85,11 +85,13 @@ def test_sigkill_then_rerun_equals_uninterrupted(synth_root, tmp_path, store_suf
         extract(extract_config({str(synth_root)!r}, {str(out)!r}), progress=False, on_block=die_at_block)
     """)
     with FeatureStore.open(out, allow_incomplete=True) as store:
-        assert store.written().sum() == 12 and not store.meta["complete"]
+        # Writer threads may have finished the next block too before the kill; whole blocks only.
+        written = int(store.written().sum())
+        assert written in (12, 16, 20) and not store.meta["complete"]
     with pytest.raises(FeatcacheError, match="incomplete"):
         FeatureStore.open(out)
     report = extract(extract_config(synth_root, out), progress=False)  # the lock of the dead run is stale
-    assert report.resumed and report.computed == 12
+    assert report.resumed and report.computed == 24 - written
     extract(extract_config(synth_root, reference), progress=False)
     assert_same_store(out, reference)
 
