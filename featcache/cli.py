@@ -400,8 +400,9 @@ def train_decoder(
     grouped: bool | None = typer.Option(
         None,
         "--grouped/--sequential",
-        help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, "
-        "sequential on the CPU, where it measured slower.",
+        help="Train the seeds (and a grid's combinations) together as one grouped network (same results); "
+        "default: grouped on CUDA; on the CPU seeds one by one, where grouping them measured slower, and a grid's "
+        "combinations of each seed grouped, where that measured faster.",
     ),
     device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:

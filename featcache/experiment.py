@@ -104,8 +104,9 @@ def train_decoder(
     each combination's mean ± std and, per seed, the combination of lowest validation loss with its
     test metrics (`grid_summary`), with ``OUT/runs.csv`` and ``OUT/grid_iou.png``.
     ``grouped``: every pending run trains together as one grouped network (`fit_group`; halved
-    while the GPU runs out of memory), else one by one; None: grouped on CUDA only (on two CPU
-    cores grouping measured slower, see RESULTS.md).
+    while the GPU runs out of memory), else one by one; None: grouped on CUDA; on the CPU seeds one
+    by one (grouping them measured slower) but a grid's combinations of each seed grouped (measured
+    faster); see RESULTS.md.
     ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
     Resumable: a run whose ``results.json`` exists for the same configuration is not trained
     again, and interrupted runs continue from ``OUT/resume-*.pt`` (written at most every
@@ -120,6 +121,8 @@ def train_decoder(
     ensure_writable_dir(out)
     dist = Distributed.from_env(device)
     dev = dist.device
+    # On the CPU a grid groups each seed's combinations (measured faster, RESULTS.md); its seeds stay apart.
+    per_seed = grouped is None and dev.type == "cpu" and grid
     grouped = dev.type == "cuda" if grouped is None else grouped
     out = Path(out)
     # A run: (learning rate, weight decay, seed); its folder and identity follow.
@@ -161,7 +164,10 @@ def train_decoder(
                 finished[run] = done
         # torchrun: each rank takes its share of the runs first, then groups them.
         pending = [r for r in every_run if r not in finished][dist.rank :: dist.world_size]
-        groups = [pending] if grouped and pending else [[r] for r in pending]
+        if per_seed:
+            groups = [g for g in ([r for r in pending if r[2] == seed] for seed in seeds) if g]
+        else:
+            groups = [pending] if grouped and pending else [[r] for r in pending]
         with progress_bar("epochs", disable=not progress or not dist.is_main) as bar:
             while groups:
                 group = groups.pop(0)
