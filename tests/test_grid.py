@@ -169,7 +169,7 @@ def interrupt_at(monkeypatch, label_part: str, epoch: int) -> None:
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["one-by-one", "grouped"])
-def test_a_killed_grid_resumes_and_keeps_finished_combinations(micro_store, tmp_path, monkeypatch, grouped):
+def test_a_killed_grid_resumes_and_keeps_finished_combinations(micro_store, tmp_path, monkeypatch, capsys, grouped):
     cfg = TrainConfig(**{**QUICK, "epochs": 4})
     out, reference = tmp_path / "killed", tmp_path / "ref"
     args = dict(progress=False, checkpoint_seconds=0, grouped=grouped, lrs=LRS, weight_decays=WDS[:1])
@@ -182,7 +182,9 @@ def test_a_killed_grid_resumes_and_keeps_finished_combinations(micro_store, tmp_
     assert len(finished) == (3 if not grouped else 0)
     kept = {p: (p / "results.json").read_text() for p in finished}
     monkeypatch.undo()
+    capsys.readouterr()
     resumed = train_decoder(str(micro_store), cfg, [0, 1], out, "cpu", **args)
+    assert "(epoch 2 finished)" in capsys.readouterr().err  # the interrupted run went on from its state
     assert all((p / "results.json").read_text() == text for p, text in kept.items())  # finished runs are kept
     assert not list(out.glob("resume-*.pt"))
     for a, b in zip(resumed.results, plain.results, strict=True):
