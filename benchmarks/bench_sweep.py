@@ -14,8 +14,14 @@ store's training split allows, each over ``--seeds``, in three parts, cheapest-t
 Each part starts with an untimed one-epoch warm-up. With ``--json`` the figures are rewritten
 after every size, so a run cut short keeps what it measured.
 
+With ``--lr`` and/or ``--weight-decay`` lists (a hyperparameter grid), the bench measures the grid
+instead: per size, every (lr, weight decay, seed) run as one grouped network, the combinations of
+each seed grouped (one group per seed), and one by one; it checks that the three agree.
+
     python benchmarks/bench_sweep.py STORE.zarr --seeds 0-4                       # full protocol
     python benchmarks/bench_sweep.py STORE.zarr --sizes 20,10 --epochs 5 --seeds 0,1 --device cpu
+    python benchmarks/bench_sweep.py STORE.zarr --sizes 20 --epochs 5 --seeds 0,1 --lr 1e-4,2e-4,5e-4,1e-3 \
+        --weight-decay 1e-4,1e-3 --device cpu                                      # the grid
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from featcache.experiment import parse_list, parse_seeds, train_decoder
+from featcache.experiment import parse_list, parse_numbers, parse_seeds, train_decoder
 from featcache.models import encoder_from_provenance
 from featcache.protocol import STUDY_SIZES
 from featcache.report import STUDY_SECONDS
@@ -73,11 +80,17 @@ def main() -> None:
     parser.add_argument("--ratio-size", type=int, default=20, help="size of the F vs C comparison")
     parser.add_argument("--ratio-epochs", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--lr", default="2e-4", help="SGD learning rates; several: bench the grid")
+    parser.add_argument("--weight-decay", default="1e-4", help="SGD weight decays; several: bench the grid")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
     seeds = parse_seeds(args.seeds)
     console = Console(width=150)
+    lrs, weight_decays = parse_numbers(args.lr, "--lr"), parse_numbers(args.weight_decay, "--weight-decay")
+    if len(lrs) * len(weight_decays) > 1:
+        bench_grid(args, seeds, lrs, weight_decays, device, console)
+        return
     with FeatureStore.open(args.store) as store:
         n_train = len(store.indices("train"))
         encoder_prov = store.meta["encoder"]
@@ -129,6 +142,108 @@ def main() -> None:
             save()
     console.print(sweep_table(figures, sizes, sequential))
     save()
+
+
+GRID_WAYS = ("grouped", "per seed", "one by one")
+
+
+def timed_grid(
+    store: str,
+    cfg: TrainConfig,
+    seeds: list[int],
+    grid: tuple[list[float], list[float]],
+    out: Path,
+    way: str,
+    device: torch.device,
+) -> dict:
+    """Wall and training seconds of a grid trained ``way`` (`GRID_WAYS`), and its runs' test IoU in order."""
+    synchronize(device)
+    started = time.perf_counter()
+    calls = [seeds] if way != "per seed" else [[s] for s in seeds]
+    sweeps = [
+        train_decoder(
+            store,
+            cfg,
+            group,
+            out,
+            str(device),
+            progress=False,
+            grouped=way != "one by one",
+            lrs=grid[0],
+            weight_decays=grid[1],
+        )
+        for group in calls
+    ]
+    synchronize(device)
+    wall = time.perf_counter() - started
+    results = {(r["optimiser"]["lr"], r["optimiser"]["weight_decay"], r["seed"]): r for s in sweeps for r in s.results}
+    if way == "one by one":
+        train = sum(r["train_seconds"] for r in results.values())
+    else:
+        train = sum(s.results[0]["group"]["train_seconds"] for s in sweeps)
+    return {
+        "wall_seconds": round(wall, 3),
+        "train_seconds": round(train, 3),
+        "test_iou": {f"{k[0]:g}/{k[1]:g}/{k[2]}": r["test"]["iou"] for k, r in sorted(results.items())},
+    }
+
+
+def bench_grid(
+    args, seeds: list[int], lrs: list[float], weight_decays: list[float], device: torch.device, console: Console
+) -> None:
+    """Per size: the grid grouped, grouped per seed and one by one (each after an untimed one-epoch warm-up)."""
+    with FeatureStore.open(args.store) as store:
+        n_train = len(store.indices("train"))
+    sizes = [s for s in parse_list(args.sizes, "--sizes") if s <= n_train]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    runs = len(lrs) * len(weight_decays) * len(seeds)
+    epochs = "protocol" if args.epochs is None else args.epochs
+    console.print(
+        f"bench_sweep grid: {name}; store {args.store}; lr {lrs} x weight decay {weight_decays} x seeds {seeds} "
+        f"= {runs} runs per size; epochs {epochs}; torch threads {torch.get_num_threads()}"
+    )
+    figures: dict = {
+        "device": name,
+        "store": args.store,
+        "lrs": lrs,
+        "weight_decays": weight_decays,
+        "seeds": seeds,
+        "epochs": epochs,
+        "grid": {},
+    }
+    table = Table(title=f"C mode grid, {runs} runs per size: seconds (train-decoder --lr/--weight-decay)")
+    for col in (
+        "size",
+        *(f"{w} {k}" for w in GRID_WAYS for k in ("wall", "train")),
+        "one by one / grouped train",
+        "one by one / per seed train",
+        "max |Δ IoU|",
+    ):
+        table.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for way in GRID_WAYS:
+            warm = TrainConfig(size=min(sizes), epochs=1)
+            timed_grid(args.store, warm, seeds, (lrs, weight_decays), Path(tmp) / f"warm-{way}", way, device)
+        for size in sizes:
+            cfg = TrainConfig(size=size, epochs=args.epochs)
+            row = {
+                way: timed_grid(args.store, cfg, seeds, (lrs, weight_decays), Path(tmp) / f"{way}-{size}", way, device)
+                for way in GRID_WAYS
+            }
+            ious = np.array([list(row[w]["test_iou"].values()) for w in GRID_WAYS])
+            row["max_iou_difference"] = float(np.abs(ious - ious[-1]).max())
+            figures["grid"][size] = row
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2))
+            g, p, o = (row[w]["train_seconds"] for w in GRID_WAYS)
+            table.add_row(
+                str(size),
+                *(f"{row[w][k]:.1f}" for w in GRID_WAYS for k in ("wall_seconds", "train_seconds")),
+                f"{o / g:.2f}x",
+                f"{o / p:.2f}x",
+                f"{row['max_iou_difference']:.1e}",
+            )
+    console.print(table)
 
 
 def run_way(

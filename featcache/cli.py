@@ -372,7 +372,12 @@ def train_decoder(
     epochs: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
     batch_size: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
     val_size: int | None = typer.Option(None, help="Default: the study's protocol for --size."),
-    lr: float = typer.Option(2e-4, help="SGD learning rate (momentum 0.9, weight decay 1e-4)."),
+    lr: str = typer.Option(
+        "2e-4",
+        help="SGD learning rate (momentum 0.9), or a list (1e-4,2e-4,5e-4): a grid, every value x --weight-decay "
+        "x --seeds, grouped on CUDA, each in OUT/lr-X_wd-Y/seed-K, with the choice on validation per seed.",
+    ),
+    weight_decay: str = typer.Option("1e-4", help="SGD weight decay, or a list (1e-4,1e-3): a grid with --lr."),
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
     out: Path | None = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
     encoder: str | None = typer.Option(
@@ -395,17 +400,20 @@ def train_decoder(
     grouped: bool | None = typer.Option(
         None,
         "--grouped/--sequential",
-        help="Train the seeds together as one grouped network (same results); default: grouped on CUDA, "
-        "sequential on the CPU, where it measured slower.",
+        help="Train the seeds (and a grid's combinations) together as one grouped network (same results); "
+        "default: grouped on CUDA; on the CPU seeds one by one, where grouping them measured slower, and a grid's "
+        "combinations of each seed grouped, where that measured faster.",
     ),
     device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
-    """Train a decoder straight from the store, once per seed, and summarise over seeds."""
-    from featcache.experiment import parse_seeds
+    """Train a decoder straight from the store, once per seed (and learning rate and weight decay), and summarise
+    over seeds."""
+    from featcache.experiment import parse_numbers, parse_seeds
     from featcache.experiment import train_decoder as run_train
     from featcache.models import parse_layers
     from featcache.train import TrainConfig
 
+    lrs, weight_decays = parse_numbers(lr, "--lr"), parse_numbers(weight_decay, "--weight-decay")
     cfg = TrainConfig(
         size=size,
         augment=augment,
@@ -413,12 +421,13 @@ def train_decoder(
         epochs=epochs,
         batch_size=batch_size,
         val_size=val_size,
-        lr=lr,
+        lr=lrs[0],
+        weight_decay=weight_decays[0],
         eval_size=eval_size,
         layers=parse_layers(layers) if layers else None,
     )
     run_out = out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}"
-    from featcache.report import seeds_table
+    from featcache.report import grid_table, seeds_table
 
     sweep = run_train(
         store,
@@ -429,11 +438,18 @@ def train_decoder(
         encoder=encoder,
         grouped=grouped,
         checkpoint_seconds=checkpoint_seconds,
+        lrs=lrs,
+        weight_decays=weight_decays,
     )
     if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
         return
-    title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
-    out_console.print(seeds_table(sweep.results, sweep.summary, title))
+    if "grid" in sweep.summary:
+        n_seeds = sweep.summary["grid"][0]["n_runs"]
+        title = f"C mode, {size} training images, {len(sweep.summary['grid'])} (lr, weight decay) x {n_seeds} seeds"
+        out_console.print(grid_table(sweep.summary, f"{title} ({augment} flips): mean ± std over seeds"))
+    else:
+        title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
+        out_console.print(seeds_table(sweep.results, sweep.summary, title))
     out_console.print(f"runs and summary.json in {sweep.out}")
 
 
@@ -495,7 +511,12 @@ def compare_e2e(
     epochs: int | None = typer.Option(None, help="Default: the study's protocol per size."),
     batch_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
     val_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
-    lr: float = typer.Option(2e-4, help="SGD learning rate of every mode (the study's 2e-4)."),
+    lr: str = typer.Option(
+        "2e-4",
+        help="SGD learning rate of every mode (the study's 2e-4), or a list (2e-4,1e-4,5e-4): the --grid-modes train "
+        "at each, the others at the first; the report adds the grid.",
+    ),
+    grid_modes: str = typer.Option("C", help="The modes that train every learning rate of a --lr list."),
     augment: str = typer.Option(
         "exact",
         help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none.",
@@ -504,9 +525,11 @@ def compare_e2e(
     device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
-    from featcache.experiment import CompareConfig, parse_list, parse_seeds
+    from featcache.experiment import CompareConfig, parse_list, parse_numbers, parse_seeds
     from featcache.experiment import compare_e2e as run_compare
     from featcache.models import parse_layers
+
+    lrs = parse_numbers(lr, "--lr")
 
     cfg = CompareConfig(
         store=store,
@@ -519,17 +542,19 @@ def compare_e2e(
         epochs=epochs,
         batch_size=batch_size,
         val_size=val_size,
-        lr=lr,
+        lr=lrs[0] if len(lrs) == 1 else tuple(lrs),
         augment=augment,
         device=device or state.device,
         layers=parse_layers(layers) if layers else None,
+        grid_modes=parse_list(grid_modes, "--grid-modes", str),
     )
     from featcache.report import compare_table
 
     result = run_compare(cfg)
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    out_console.print(compare_table(result.results))
+    # A grid's other learning rates are in the report; the modes compare at the first.
+    out_console.print(compare_table([r for r in result.results if r["optimiser"]["lr"] == lrs[0]]))
     out_console.print(f"report: {result.report}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,15 @@ from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import AnyEncoder, encoder_like, encoder_provenance, rebuild_encoder
 from featcache.modes import MODES
 from featcache.progress import epoch_row, progress_bar
-from featcache.report import aggregate, plot_loss_curve, write_runs_csv
+from featcache.report import (
+    aggregate,
+    grid_summary,
+    number_name,
+    plot_grid,
+    plot_loss_curve,
+    write_grid_csv,
+    write_runs_csv,
+)
 from featcache.resume import Checkpointer
 from featcache.runtime import err_console
 from featcache.store import FeatureStore
@@ -25,7 +34,8 @@ from featcache.train import TrainConfig, check_store_run, train_mode
 
 @dataclass
 class SeedSweep:
-    """What `train_decoder` returns: every run's results and their aggregate."""
+    """What `train_decoder` returns: every run's results (combination by combination in a grid, seeds within)
+    and their aggregate (in a grid, `grid_summary`'s)."""
 
     out: Path
     results: list[dict]
@@ -52,8 +62,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_dir(out: Path, seed: int) -> Path:
-    return out / f"seed-{seed}"
+def run_dir(out: Path, seed: int, combination: str | None = None) -> Path:
+    """``OUT/seed-K``, or in a grid ``OUT/COMBINATION/seed-K``."""
+    return (out / combination if combination else out) / f"seed-{seed}"
+
+
+def combination_name(lr: float, weight_decay: float) -> str:
+    """The folder of one (learning rate, weight decay) of a grid: ``lr-2e-4_wd-1e-4``."""
+    return f"lr-{number_name(lr)}_wd-{number_name(weight_decay)}"
+
+
+def parse_numbers(text: str, option: str) -> list[float]:
+    """``"1e-4,2e-4"`` -> distinct numbers whose folder names differ too (`number_name`)."""
+    values = list(parse_list(text, option, float))
+    names = [number_name(v) for v in values]
+    if len(set(names)) != len(names):
+        raise OptionError(f"{option} {text!r} names a value twice (values are told apart to 6 significant digits)")
+    return values
 
 
 def train_decoder(
@@ -66,24 +91,47 @@ def train_decoder(
     encoder: str | None = None,
     checkpoint_seconds: float = 60.0,
     grouped: bool | None = None,
+    lrs: list[float] | None = None,
+    weight_decays: list[float] | None = None,
 ) -> SeedSweep:
-    """Train the C-mode decoder of ``cfg`` once per seed from the store; write every run's outputs.
+    """Train the C-mode decoder of ``cfg`` once per seed (and per learning rate and weight decay) from the store;
+    write every run's outputs.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's
     provenance) and ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``.
-    ``grouped``: the seeds train together as one grouped network (`fit_group`), else one by one;
-    None: grouped on CUDA only (on two CPU cores grouping measured about 0.9x, see RESULTS.md).
+    ``lrs`` x ``weight_decays`` (None: ``cfg``'s one value), when either holds several, is a grid:
+    every combination runs every seed, into ``OUT/lr-2e-4_wd-1e-4/seed-K/``, and the summary gives
+    each combination's mean ± std and, per seed, the combination of lowest validation loss with its
+    test metrics (`grid_summary`), with ``OUT/runs.csv`` and ``OUT/grid_iou.png``.
+    ``grouped``: every pending run trains together as one grouped network (`fit_group`; halved
+    while the GPU runs out of memory), else one by one; None: grouped on CUDA; on the CPU seeds one
+    by one (grouping them measured slower) but a grid's combinations of each seed grouped (measured
+    faster); see RESULTS.md.
     ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
-    Resumable: a seed whose ``results.json`` exists for the same configuration is not trained
-    again, and interrupted seeds continue from ``OUT/resume-SEEDS.pt`` (written at most every
+    Resumable: a run whose ``results.json`` exists for the same configuration is not trained
+    again, and interrupted runs continue from ``OUT/resume-*.pt`` (written at most every
     ``checkpoint_seconds``).
     """
+    lrs = list(lrs) if lrs else [cfg.lr]
+    weight_decays = list(weight_decays) if weight_decays else [cfg.weight_decay]
+    grid = len(lrs) > 1 or len(weight_decays) > 1
+    combinations = [(lr, wd) for lr in lrs for wd in weight_decays]
+    for lr, wd in combinations:
+        dataclasses.replace(cfg, lr=lr, weight_decay=wd).validate()
     ensure_writable_dir(out)
     dist = Distributed.from_env(device)
     dev = dist.device
+    # On the CPU a grid groups each seed's combinations (measured faster, RESULTS.md); its seeds stay apart.
+    per_seed = grouped is None and dev.type == "cpu" and grid
     grouped = dev.type == "cuda" if grouped is None else grouped
     out = Path(out)
-    finished: dict[int, dict] = {}
+    # A run: (learning rate, weight decay, seed); its folder and identity follow.
+    every_run = [(lr, wd, seed) for lr, wd in combinations for seed in seeds]
+
+    def directory(run: tuple[float, float, int]) -> Path:
+        return run_dir(out, run[2], combination_name(run[0], run[1]) if grid else None)
+
+    finished: dict[tuple[float, float, int], dict] = {}
     with FeatureStore.open(store_path) as store:
         if encoder is not None:
             prov = store.meta["encoder"]
@@ -97,63 +145,119 @@ def train_decoder(
             err_console.print(plan.note)
         cfg = dataclasses.replace(cfg, val_size=plan.val_size)
 
-        def identity(seed: int) -> dict:
+        def run_cfg(run: tuple[float, float, int]) -> TrainConfig:
+            return dataclasses.replace(cfg, lr=run[0], weight_decay=run[1], seed=run[2])
+
+        def identity(run: tuple[float, float, int]) -> dict:
             # The device type too: CPU and CUDA random generators cannot take each other's state.
             return {
-                "config": dataclasses.asdict(dataclasses.replace(cfg, seed=seed)),
+                "config": dataclasses.asdict(run_cfg(run)),
                 "device_type": dev.type,
                 "weights_sha256": store.meta["encoder"]["weights_sha256"],
                 "dataset": store.meta["dataset"]["fingerprint"],
             }
 
-        for seed in seeds:
-            done = finished_run(run_dir(out, seed), identity(seed))
+        for run in every_run:
+            done = finished_run(directory(run), identity(run))
             if done is not None:
-                err_console.print(f"{run_dir(out, seed)}: already finished, kept")
-                finished[seed] = done
-        # torchrun: each rank takes its share of the seeds first, then groups them.
-        pending = [s for s in seeds if s not in finished][dist.rank :: dist.world_size]
-        groups = [pending] if grouped and pending else [[s] for s in pending]
+                err_console.print(f"{directory(run)}: already finished, kept")
+                finished[run] = done
+        # torchrun: each rank takes its share of the runs first, then groups them.
+        pending = [r for r in every_run if r not in finished][dist.rank :: dist.world_size]
+        if per_seed:
+            groups = [g for g in ([r for r in pending if r[2] == seed] for seed in seeds) if g]
+        else:
+            groups = [pending] if grouped and pending else [[r] for r in pending]
         with progress_bar("epochs", disable=not progress or not dist.is_main) as bar:
-            for group in groups:
-                names = "-".join(map(str, group))
+            while groups:
+                group = groups.pop(0)
                 checkpointer = Checkpointer(
-                    out / f"resume-{names}.pt", {"runs": [identity(s) for s in group]}, checkpoint_seconds
+                    out / f"resume-{group_name(group, grid)}.pt",
+                    {"runs": [identity(r) for r in group]},
+                    checkpoint_seconds,
                 )
-                cfgs = [dataclasses.replace(cfg, seed=s) for s in group]
-                label = f"C size {cfg.size} seed{'s' if len(group) > 1 else ''} {names}"
-                runs = train_mode(store, "C", cfgs, plan, {}, dev, epoch_row(bar, label, plan.epochs), checkpointer)
-                for seed, run in zip(group, runs, strict=True):
-                    run.results["store_identity"] = identity(seed)
-                    write_run(run_dir(out, seed), run.results, run.checkpoint)
-                    finished[seed] = run.results
+                label = f"C size {cfg.size} {runs_label(group, grid)}"
+                try:
+                    outputs = train_mode(
+                        store,
+                        "C",
+                        [run_cfg(r) for r in group],
+                        plan,
+                        {},
+                        dev,
+                        epoch_row(bar, label, plan.epochs),
+                        checkpointer,
+                    )
+                except torch.OutOfMemoryError:
+                    if len(group) == 1:
+                        raise FeatcacheError(
+                            f"one run at size {cfg.size} does not fit in {dev}'s memory; use --device cpu"
+                        ) from None
+                    # Several groups where memory asks: the halves start again (this group's state cannot serve them).
+                    checkpointer.done()
+                    torch.cuda.empty_cache()
+                    half = len(group) // 2
+                    groups[:0] = [group[:half], group[half:]]
+                    err_console.print(
+                        f"{len(group)} runs together do not fit in {dev}'s memory: training them in halves"
+                    )
+                    continue
+                for run, output in zip(group, outputs, strict=True):
+                    output.results["store_identity"] = identity(run)
+                    write_run(directory(run), output.results, output.checkpoint)
+                    finished[run] = output.results
                     if progress:  # a line per run that stays in logs, where the bar leaves nothing
-                        r = run.results
+                        r = output.results
                         err_console.print(
-                            f"C size {cfg.size} seed {seed}: test IoU {r['test']['iou']:.4f}, best epoch "
+                            f"C size {cfg.size} {runs_label([run], grid)}: test IoU {r['test']['iou']:.4f}, best epoch "
                             f"{r['best_epoch']}, "
-                            f"{r['train_seconds']:.1f} s -> {run_dir(out, seed)}",
+                            f"{r['train_seconds']:.1f} s -> {directory(run)}",
                             highlight=False,
                         )
                 checkpointer.done()
     gathered = dist.gather_objects(finished)
     dist.close()
     if not dist.is_main:
-        return SeedSweep(out, [finished[s] for s in finished], {})
+        return SeedSweep(out, list(finished.values()), {})
     for part in gathered:
         finished.update(part)
-    results = [finished[s] for s in seeds]
-    summary = {
-        "mode": "C",
-        "size": cfg.size,
-        "augment": cfg.augment,
-        "decoder": cfg.decoder,
-        "store": str(store_path),
-        **aggregate(results),
-    }
+    results = [finished[r] for r in every_run]
+    head = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(store_path)}
+    if not grid:
+        summary = {**head, **aggregate(results)}
+        write_json(out / "summary.json", summary)
+        write_runs_csv(results, out / "summary.csv")
+        return SeedSweep(out, results, summary)
+    summary = {**head, **grid_summary(results, combinations, seeds)}
+    for entry in summary["grid"]:
+        entry["dir"] = combination_name(entry["lr"], entry["weight_decay"])
     write_json(out / "summary.json", summary)
-    write_runs_csv(results, out / "summary.csv")
+    write_grid_csv(summary, out / "summary.csv")
+    write_runs_csv(results, out / "runs.csv", optimiser=True)
+    plot_grid(summary, out / "grid_iou.png", f"C · {cfg.size} images · {len(seeds)} seeds")
     return SeedSweep(out, results, summary)
+
+
+def group_name(group: list[tuple[float, float, int]], grid: bool) -> str:
+    """The resume file's name of a group of runs: its seeds as today, or in a grid its one run, or a digest."""
+    if not grid:
+        return "-".join(str(seed) for _, _, seed in group)
+    if len(group) == 1:
+        lr, wd, seed = group[0]
+        return f"{combination_name(lr, wd)}-seed-{seed}"
+    digest = hashlib.sha256(json.dumps([list(r) for r in group]).encode()).hexdigest()[:12]
+    return f"grid-{digest}"
+
+
+def runs_label(group: list[tuple[float, float, int]], grid: bool) -> str:
+    """``seeds 0-1`` or, in a grid, ``lr 2e-4 wd 1e-4 seed 0`` / ``12 runs of the grid``."""
+    if not grid:
+        seeds = [seed for _, _, seed in group]
+        return f"seed{'s' if len(seeds) > 1 else ''} {'-'.join(map(str, seeds))}"
+    if len(group) == 1:
+        lr, wd, seed = group[0]
+        return f"lr {number_name(lr)} wd {number_name(wd)} seed {seed}"
+    return f"{len(group)} runs of the grid"
 
 
 def finished_run(directory: Path, identity: dict) -> dict | None:
@@ -199,15 +303,27 @@ class CompareConfig:
     epochs: int | None = None
     batch_size: int | None = None
     val_size: int | None = None
-    lr: float = 2e-4
+    lr: float | tuple[float, ...] = 2e-4  # several: a grid for grid_modes, the others train at the first
     augment: str = "exact"
     device: str = "auto"
     layers: tuple[int, ...] | None = None  # the stored blocks every mode reads (None: all)
+    grid_modes: tuple[str, ...] = ("C",)  # the modes that train every learning rate of a list
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return tuple(self.lr) if isinstance(self.lr, tuple | list) else (self.lr,)
+
+    def mode_lrs(self, mode: str) -> tuple[float, ...]:
+        """The learning rates ``mode`` trains at: every one for a grid mode, else the first."""
+        return self.lrs if mode in self.grid_modes else self.lrs[:1]
 
     def validate(self) -> None:
-        unknown = [m for m in self.modes if m not in MODES]
+        unknown = [m for m in (*self.modes, *self.grid_modes) if m not in MODES]
         if unknown or not self.modes:
-            raise OptionError(f"--modes {','.join(self.modes)}: choose from {', '.join(MODES)}")
+            raise OptionError(
+                f"--modes {','.join(self.modes)} --grid-modes {','.join(self.grid_modes)}: "
+                f"choose from {', '.join(MODES)}"
+            )
         if not self.sizes or min(self.sizes) < 1:
             raise OptionError(f"--sizes {self.sizes} must be positive training-set sizes")
 
@@ -257,7 +373,8 @@ def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> 
 
 
 def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
-    """Every (mode, size, seed) run on the same subsets and protocol, then the report."""
+    """Every (mode, size, seed) run on the same subsets and protocol, then the report; a list of learning rates
+    adds every one of them for the grid modes (`CompareConfig.mode_lrs`), each in ``runs/MODE/size-N/lr-X/``."""
     from featcache.report import write_report
 
     cfg.validate()
@@ -281,29 +398,33 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
                 val_size=cfg.val_size,
-                lr=cfg.lr,
+                lr=min(cfg.lrs),
             ).plan(store)
             if plans[size].note:
                 err_console.print(f"size {size}: {plans[size].note}")
         if any(MODES[m].reads_store for m in cfg.modes):
             check_store_run(store, TrainConfig(size=cfg.sizes[0], augment=cfg.augment))
-        # On CUDA the store runs of one size train their seeds as one grouped network; the rest run one by one.
+        # On CUDA the store runs of one size train their seeds (and learning rates) as one grouped network; the
+        # rest run one by one. A batch: (mode, size, [(learning rate, seed), ...]).
         grouped = {m: MODES[m].reads_store and device.type == "cuda" for m in cfg.modes}
         batches = [
-            (m, s, list(cfg.seeds) if grouped[m] else [k])
+            (m, s, [(x, j) for x in cfg.mode_lrs(m) for j in cfg.seeds] if grouped[m] else [(lr, k)])
             for s in cfg.sizes
+            for lr in cfg.lrs
             for k in cfg.seeds
             for m in cfg.modes
-            if not grouped[m] or k == cfg.seeds[0]
+            if lr in cfg.mode_lrs(m) and (not grouped[m] or (lr, k) == (cfg.lrs[0], cfg.seeds[0]))
         ]
+        grid = {m: len(cfg.mode_lrs(m)) > 1 for m in cfg.modes}
         # Under torchrun each rank takes every K-th batch of runs; runs are independent and seeded.
         batches = batches[dist.rank :: dist.world_size]
         n_test = len(store.indices("test"))
         case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
         cases: dict[tuple[str, int], torch.Tensor] = {}
         with progress_bar(disable=not progress or not dist.is_main) as bar:
-            overall = bar.add_task("compare-e2e runs", total=sum(len(seeds) for _, _, seeds in batches))
-            for mode, size, seeds in batches:
+            overall = bar.add_task("compare-e2e runs", total=sum(len(runs) for _, _, runs in batches))
+            for mode, size, lr_seeds in batches:
+                seeds = [k for _, k in lr_seeds]
                 plan = plans[size]
                 augment = cfg.augment if MODES[mode].reads_store else _image_augment(cfg.augment)
                 run_cfgs = [
@@ -313,18 +434,23 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                         augment=augment,
                         epochs=cfg.epochs,
                         batch_size=cfg.batch_size,
-                        lr=cfg.lr,
+                        lr=lr,
                         val_size=plan.val_size,
                         layers=cfg.layers,
                     )
-                    for seed in seeds
+                    for lr, seed in lr_seeds
                 ]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                if grid[mode]:
+                    label += f" lr {','.join(dict.fromkeys(number_name(lr) for lr, _ in lr_seeds))}"
                 runs = train_mode(store, mode, run_cfgs, plan, encoders, device, epoch_row(bar, label, plan.epochs))
-                for seed, run in zip(seeds, runs, strict=True):
-                    write_run(cfg.out / "runs" / mode / f"size-{size}" / f"seed-{seed}", run.results, None)
+                for (lr, seed), run in zip(lr_seeds, runs, strict=True):
+                    folder = cfg.out / "runs" / mode / f"size-{size}"
+                    write_run(
+                        (folder / f"lr-{number_name(lr)}" if grid[mode] else folder) / f"seed-{seed}", run.results, None
+                    )
                     results.append(run.results)
-                    if seed == cfg.seeds[0]:
+                    if seed == cfg.seeds[0] and lr == cfg.lrs[0]:
                         cases[(mode, size)] = (torch.sigmoid(run.test_logits[case_rows, 0]) > 0.5).to(torch.uint8)
                     bar.advance(overall)
         gathered = dist.gather_objects((results, cases))
@@ -333,7 +459,12 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             return Comparison(cfg.out, results, None)
         results = sorted(
             (r for part, _ in gathered for r in part),
-            key=lambda r: (cfg.sizes.index(r["size"]), r["seed"], cfg.modes.index(r["mode"])),
+            key=lambda r: (
+                cfg.sizes.index(r["size"]),
+                cfg.lrs.index(r["optimiser"]["lr"]),
+                r["seed"],
+                cfg.modes.index(r["mode"]),
+            ),
         )
         cases = {key: value for _, part in gathered for key, value in part.items()}
         extraction = store.meta.get("extraction") or {}
@@ -355,7 +486,9 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             "sizes": list(cfg.sizes),
             "seeds": list(cfg.seeds),
             "epochs": cfg.epochs,
-            "lr": cfg.lr,
+            "lr": cfg.lrs[0],
+            "lrs": list(cfg.lrs),
+            "grid_modes": [m for m in cfg.modes if grid[m]],
         }
         test_rows = store.indices("test")[case_rows.numpy()]
         case_data = {

@@ -3,7 +3,8 @@
 `run_epochs` owns what every training run does around its steps: synchronised timing (training
 steps apart from validation), resume from a `Checkpointer`, best-epoch selection on validation
 loss, stopping on a non-finite loss, and progress. What an epoch trains is an `EpochTask`.
-`fit_group` is the task of K decoders trained at once as one grouped network.
+`fit_group` is the task of K decoders trained at once as one grouped network; `GroupedSGD` gives
+each of them its own learning rate and weight decay (a hyperparameter grid in one pass).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def run_epochs(
 
 @dataclass
 class RunInputs:
-    """One run of a group: its seed, and its training and validation features and masks.
+    """One run of a group: its seed, its training and validation features and masks, and its SGD learning rate
+    and weight decay (None: the group's ``TrainConfig``'s).
 
     Masks are uint8 ``[n, S, S]`` (training) and ``[m, S, S]`` (validation) on the training device.
     """
@@ -152,6 +154,62 @@ class RunInputs:
     train_masks: torch.Tensor
     val_source: FeatureSource
     val_masks: torch.Tensor
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+class GroupedSGD(torch.optim.Optimizer):
+    """SGD with momentum over a grouped network whose K groups each have their own learning rate and weight decay.
+
+    Every parameter is its K groups' tensors concatenated along dim 0 (`featcache.models.stack_states`),
+    so group k's slice of a parameter ``p`` of ``K * c`` rows is rows ``k*c .. (k+1)*c``. The update is
+    `torch.optim.SGD`'s (no dampening, not Nesterov), with per-row factors in place of its scalars:
+    ``g = grad + wd_k * p``; ``b = g`` at the first step, then ``b = momentum * b + g``; ``p -= lr_k * b``.
+    A group therefore follows exactly the path a separate `torch.optim.SGD(lr_k, momentum, wd_k)` run takes,
+    up to floating-point rounding. The state (``momentum_buffer`` per parameter) is the same as SGD's.
+    """
+
+    def __init__(self, params, lrs: list[float], weight_decays: list[float], momentum: float) -> None:
+        if len(lrs) != len(weight_decays):
+            raise ValueError(f"{len(lrs)} learning rates for {len(weight_decays)} weight decays")
+        super().__init__(params, {"lrs": list(lrs), "weight_decays": list(weight_decays), "momentum": momentum})
+        self._factors: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _row_factors(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-lr, wd) per row of ``p``, shaped ``[K * c, 1, ...]`` to broadcast over the rest of ``p``."""
+        if p not in self._factors:
+            k_groups = len(group["lrs"])
+            if p.ndim == 0 or p.shape[0] % k_groups:
+                raise ValueError(f"a parameter of shape {tuple(p.shape)} is not {k_groups} groups along dim 0")
+            shape = (-1,) + (1,) * (p.ndim - 1)
+
+            def rows(values: list[float]) -> torch.Tensor:
+                per_group = torch.tensor(values, dtype=p.dtype, device=p.device)
+                return per_group.repeat_interleave(p.shape[0] // k_groups).view(shape)
+
+            self._factors[p] = (rows([-lr for lr in group["lrs"]]), rows(group["weight_decays"]))
+        return self._factors[p]
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError("GroupedSGD takes no closure")
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                neg_lr, wd = self._row_factors(p, group)
+                grad = torch.addcmul(p.grad, wd, p)
+                if momentum != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = grad.detach().clone()
+                    else:
+                        buf.mul_(momentum).add_(grad)
+                    grad = buf
+                p.addcmul_(grad, neg_lr)
 
 
 @dataclass
@@ -201,8 +259,9 @@ class _DecoderTask:
 
     Each run keeps its own subset, random stream (batch order, views), batch statistics (its own
     BatchNorm channels), optimiser state (SGD is elementwise, and the summed loss gives each group
-    exactly its own gradient) and model selection, so the K results equal K separate runs up to
-    floating-point order.
+    exactly its own gradient), learning rate and weight decay, and model selection, so the K results
+    equal K separate runs up to floating-point order. Runs that share one learning rate and weight
+    decay train with `torch.optim.SGD` itself; a grid of them with `GroupedSGD`.
     """
 
     def __init__(
@@ -218,7 +277,15 @@ class _DecoderTask:
         if self.trains_encoder and self.runs > 1:
             raise ValueError("runs that train the encoder cannot be grouped")
         params = list(decoder.parameters()) + runs[0].train_source.parameters()
-        self.optimiser = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.lrs = [cfg.lr if r.lr is None else r.lr for r in runs]
+        self.weight_decays = [cfg.weight_decay if r.weight_decay is None else r.weight_decay for r in runs]
+        self.grid = len(set(zip(self.lrs, self.weight_decays, strict=True))) > 1
+        if not self.grid:
+            self.optimiser = torch.optim.SGD(
+                params, lr=self.lrs[0], momentum=cfg.momentum, weight_decay=self.weight_decays[0]
+            )
+        else:
+            self.optimiser = GroupedSGD(params, self.lrs, self.weight_decays, cfg.momentum)
         # Batch order and views are drawn on the training device: no host round trip per step.
         self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in runs]
         self.n = len(runs[0].train_masks)
@@ -288,6 +355,16 @@ class _DecoderTask:
             generator.set_state(saved)
 
     def divergence(self, epoch: int, runs: list[int]) -> FeatcacheError:
+        if self.grid:
+            which = "; ".join(
+                f"seed {self.inputs[k].seed} at lr {self.lrs[k]:g}, weight decay {self.weight_decays[k]:g}"
+                for k in runs
+            )
+            return FeatcacheError(
+                f"training diverged: the loss of {which} at size {self.plan.size} is not finite at epoch {epoch} "
+                f"(stopping the {self.runs} runs trained together); drop the largest --lr "
+                f"(now {max(self.lrs[k] for k in runs):g}); runs already finished are kept"
+            )
         seeds = [self.inputs[k].seed for k in runs]
         which = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         stopped = ""
@@ -295,7 +372,7 @@ class _DecoderTask:
             stopped = f" (stopping seeds {', '.join(str(r.seed) for r in self.inputs)}, trained together)"
         return FeatcacheError(
             f"training diverged: the loss of {which} at size {self.plan.size} is not finite at epoch {epoch}{stopped}; "
-            f"lower --lr (now {self.cfg.lr:g}); runs already finished are kept"
+            f"lower --lr (now {self.lrs[0]:g}); runs already finished are kept"
         )
 
 
@@ -309,8 +386,9 @@ def fit_group(
     checkpointer: Checkpointer | None = None,
 ) -> list[FitResult]:
     """Train K decoders at once (``decoder`` has ``groups=K``, one run each) with SGD and BCE, keeping each run's
-    epoch of lowest validation loss. ``cfg`` gives what the runs share (optimiser, augmentation, evaluation
-    batch); ``plan`` the epochs and batch size. The timings are of the whole group."""
+    epoch of lowest validation loss. ``cfg`` gives what the runs share (momentum, augmentation, evaluation
+    batch) and the learning rate and weight decay of runs that name none; ``plan`` the epochs and batch size.
+    The timings are of the whole group."""
     result = run_epochs(_DecoderTask(decoder, runs, plan, cfg, device), plan.epochs, device, checkpointer, progress)
     return [
         FitResult(best, history, result.train_seconds, result.total_seconds)

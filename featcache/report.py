@@ -89,14 +89,160 @@ def seeds_table(results: list[dict], summary: dict, title: str) -> Table:
     return table
 
 
-def write_runs_csv(results: list[dict], path: Path) -> None:
-    """One row per run: mode, size, seed, test metrics, best epoch, timings."""
-    fields = ["mode", "size", "seed", *METRICS, "best_epoch", "train_seconds", "total_seconds", "augment", "device"]
+def write_runs_csv(results: list[dict], path: Path, optimiser: bool = False) -> None:
+    """One row per run: mode, size, seed (``optimiser``: its learning rate and weight decay), test metrics,
+    best epoch, timings."""
+    fields = ["mode", "size", "seed", *(("lr", "weight_decay") if optimiser else ()), *METRICS]
+    fields += ["best_epoch", "train_seconds", "total_seconds", "augment", "device"]
+
+    def cell(r: dict, k: str):
+        return r[k] if k in r else r["optimiser"][k] if k in ("lr", "weight_decay") else r["test"][k]
+
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
         for r in results:
-            writer.writerow([r[k] if k in r else r["test"][k] for k in fields])
+            writer.writerow([cell(r, k) for k in fields])
+
+
+# ----- hyperparameter grids -------------------------------------------------------------------
+
+SELECTED = "selected on validation"
+
+
+def number_name(x: float) -> str:
+    """A learning rate or weight decay as folder names and tables write it: ``2e-4``, ``2.5e-4``, ``1e0``."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def select_on_validation(runs: list[dict]) -> dict:
+    """Of one seed's runs over a grid, the one of lowest validation loss (the first of equals); test metrics
+    choose nothing."""
+    return min(runs, key=lambda r: r["best_val_loss"])
+
+
+def grid_summary(results: list[dict], combinations: list[tuple[float, float]], seeds: list[int]) -> dict:
+    """Each (learning rate, weight decay)'s `aggregate` over seeds, and per seed the combination selected on
+    validation with its test metrics, aggregated over seeds too."""
+    by_combination: dict[tuple[float, float], list[dict]] = {}
+    for r in results:
+        by_combination.setdefault((r["optimiser"]["lr"], r["optimiser"]["weight_decay"]), []).append(r)
+    chosen = [select_on_validation([r for r in results if r["seed"] == seed]) for seed in seeds]
+    return {
+        "lrs": list(dict.fromkeys(lr for lr, _ in combinations)),
+        "weight_decays": list(dict.fromkeys(wd for _, wd in combinations)),
+        "grid": [{"lr": lr, "weight_decay": wd, **aggregate(by_combination[(lr, wd)])} for lr, wd in combinations],
+        "selected_on_validation": {
+            "criterion": "per seed, the combination of lowest validation loss; test metrics choose nothing",
+            "choices": [
+                {
+                    "seed": r["seed"],
+                    "lr": r["optimiser"]["lr"],
+                    "weight_decay": r["optimiser"]["weight_decay"],
+                    "best_val_loss": r["best_val_loss"],
+                    "test": r["test"],
+                }
+                for r in chosen
+            ],
+            **aggregate(chosen),
+        },
+    }
+
+
+def grid_table(summary: dict, title: str) -> Table:
+    """A row per (learning rate, weight decay): mean ± std over seeds; then the selection on validation."""
+    table = Table(title=title)
+    for name in ("lr", "weight decay", *(SHORT_NAMES[k] for k in METRICS), "best epoch", "train s"):
+        table.add_column(name, justify="right", overflow="fold")
+
+    def cells(entry: dict) -> list[str]:
+        mean, std = entry["mean"], entry["std"]
+        return [
+            *(f"{mean[k]:.3f}±{std[k]:.3f}" for k in METRICS),
+            f"{mean['best_epoch']:.0f}",
+            f"{mean['train_seconds']:.1f}",
+        ]
+
+    for entry in summary["grid"]:
+        table.add_row(number_name(entry["lr"]), number_name(entry["weight_decay"]), *cells(entry))
+    selected = summary["selected_on_validation"]
+    table.add_row(SELECTED, "per seed", *cells(selected), style="bold")
+    table.caption = f"{SELECTED}: " + "; ".join(
+        f"seed {c['seed']} → lr {number_name(c['lr'])}, wd {number_name(c['weight_decay'])}"
+        for c in selected["choices"]
+    )
+    return table
+
+
+def write_grid_csv(summary: dict, path: Path) -> None:
+    """A row per (learning rate, weight decay) with mean and std over seeds, then the selection on validation
+    (its learning rates and weight decays per seed, ``;``-separated)."""
+    keys = [*METRICS, "best_epoch", "train_seconds"]
+    fields = ["selection", "lr", "weight_decay", "n_runs", *(f"{k}_{s}" for k in keys for s in ("mean", "std"))]
+    selected = summary["selected_on_validation"]
+    rows = [["fixed", e["lr"], e["weight_decay"], e] for e in summary["grid"]]
+    rows.append(
+        [
+            SELECTED,
+            ";".join(str(c["lr"]) for c in selected["choices"]),
+            ";".join(str(c["weight_decay"]) for c in selected["choices"]),
+            selected,
+        ]
+    )
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for selection, lr, wd, e in rows:
+            stats = [e[s][k] for k in keys for s in ("mean", "std")]
+            writer.writerow([selection, lr, wd, e["n_runs"], *stats])
+
+
+def plot_iou_against_lr(
+    series: dict[str, dict[float, tuple[float, float]]], path: Path, title: str, selected: dict[str, float]
+) -> None:
+    """Test IoU against the learning rate (log axis): per series ``{lr: (mean, std over seeds)}`` a line with
+    error bars; per entry of ``selected`` (its label: the mean test IoU of runs selected on validation) a dashed
+    level."""
+    fig = Figure(figsize=(6.4, 4))
+    ax = fig.subplots()
+    for i, (label, by_lr) in enumerate(series.items()):
+        xs = sorted(by_lr)
+        ax.errorbar(
+            xs,
+            [by_lr[x][0] for x in xs],
+            yerr=[by_lr[x][1] for x in xs],
+            marker="o",
+            capsize=3,
+            label=label,
+            color=f"C{i % 10}",
+        )
+    for i, (label, level) in enumerate(selected.items()):
+        ax.axhline(level, linestyle="--", color=f"{0.2 + 0.2 * (i % 3):.1f}", label=label)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ticks = sorted({lr for by_lr in series.values() for lr in by_lr})
+    ax.set_xticks(ticks, [number_name(lr) for lr in ticks])
+    ax.set_xlabel("SGD learning rate")
+    ax.set_ylabel("test IoU (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_grid(summary: dict, path: Path, title: str) -> None:
+    """`train-decoder`'s grid: test IoU against the learning rate, one line per weight decay, and the mean test
+    IoU of the runs selected on validation."""
+    series: dict[str, dict[float, tuple[float, float]]] = {}
+    for e in summary["grid"]:
+        series.setdefault(f"weight decay {number_name(e['weight_decay'])}", {})[e["lr"]] = (
+            e["mean"]["iou"],
+            e["std"]["iou"],
+        )
+    selected = {f"{SELECTED} (per seed)": summary["selected_on_validation"]["mean"]["iou"]}
+    plot_iou_against_lr(series, path, title, selected)
 
 
 # ----- compare-e2e report ---------------------------------------------------------------------
@@ -277,12 +423,66 @@ def plot_cases(case_data: dict, modes, sizes, path: Path) -> None:
     save_figure(fig, path)
 
 
+def lr_grid_section(results: list[dict], context: dict, out: Path) -> list[str]:
+    """The report's learning-rate grid: per grid mode a table of mean ± std test IoU per (size, learning rate)
+    beside the runs selected on validation (per seed, the learning rate of lowest validation loss), and
+    ``lr_grid.png``."""
+    lines = [
+        "",
+        "## Learning-rate grid",
+        "",
+        f"{', '.join(context['grid_modes'])} trained at every SGD learning rate of "
+        f"{', '.join(number_name(lr) for lr in context['lrs'])} (the other modes and the tables above at "
+        f"{number_name(context['lr'])}). *{SELECTED}*: per seed, the learning rate whose run reached the lowest "
+        "validation loss, and that run's test IoU; test metrics choose nothing.",
+    ]
+    series: dict[str, dict[float, tuple[float, float]]] = {}
+    selected: dict[str, float] = {}
+    for mode in context["grid_modes"]:
+        lines += [
+            "",
+            f"**{mode}**: test IoU (mean ± std over seeds)",
+            "",
+            "| size | " + " | ".join(f"lr {number_name(lr)}" for lr in context["lrs"]) + f" | {SELECTED} | chosen lr |",
+            "|---|" + "---|" * (len(context["lrs"]) + 2),
+        ]
+        for size in sorted(context["sizes"], reverse=True):
+            runs = [r for r in results if r["mode"] == mode and r["size"] == size]
+            cells = []
+            for lr in context["lrs"]:
+                ious = [r["test"]["iou"] for r in runs if r["optimiser"]["lr"] == lr]
+                std = float(np.std(ious, ddof=1)) if len(ious) > 1 else float("nan")
+                cells.append(f"{_fmt(float(np.mean(ious)))} ± {_fmt(std)}")
+                series.setdefault(f"{mode} · {size} images", {})[lr] = (
+                    float(np.mean(ious)),
+                    0.0 if np.isnan(std) else std,
+                )
+            chosen = [select_on_validation([r for r in runs if r["seed"] == k]) for k in context["seeds"]]
+            ious = [r["test"]["iou"] for r in chosen]
+            std = float(np.std(ious, ddof=1)) if len(ious) > 1 else float("nan")
+            cells.append(f"{_fmt(float(np.mean(ious)))} ± {_fmt(std)}")
+            cells.append(", ".join(number_name(r["optimiser"]["lr"]) for r in chosen))
+            selected[f"{mode} · {size} images: {SELECTED}"] = float(np.mean(ious))
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    plot_iou_against_lr(series, out / "lr_grid.png", "test IoU against the learning rate", selected)
+    lines += ["", "![test IoU against the learning rate](lr_grid.png)"]
+    return lines
+
+
 def write_report(results: list[dict], context: dict, out: Path, case_data: dict) -> Path:
-    """``OUT/report.md`` with its PNGs and ``results.csv``; returns the report's path."""
+    """``OUT/report.md`` with its PNGs and ``results.csv``; returns the report's path.
+
+    With a learning-rate grid (``context["grid_modes"]``), the tables and figures compare the modes at
+    ``context["lr"]`` and `lr_grid_section` adds the grid."""
+    grid_modes = context.get("grid_modes") or []
+    write_runs_csv(results, out / "results.csv", optimiser=bool(grid_modes))
+    grid_lines = lr_grid_section(results, context, out) if grid_modes else []
+    # The store served every C run, the grid's too: its extraction time is shared among them all.
+    n_c = sum(1 for r in results if r["mode"] == "C")
+    results = [r for r in results if r["optimiser"]["lr"] == context["lr"]] if grid_modes else results
     groups = group_runs(results)
     modes = [m for m in context["modes"]]
     sizes = sorted(context["sizes"], reverse=True)
-    write_runs_csv(results, out / "results.csv")
     plot_metrics_vs_size(groups, modes, sizes, out / "metrics_vs_size.png")
     plot_loss_curves(groups, modes, sizes, out / "loss_curves.png")
     plot_cases(case_data, modes, sizes, out / "cases.png")
@@ -297,7 +497,6 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         k: float(np.std([r["test"]["iou"] for r in v], ddof=1)) if len(v) > 1 else float("nan")
         for k, v in groups.items()
     }
-    n_c = sum(1 for r in results if r["mode"] == "C")
     extraction = context.get("extraction_seconds")
     share = extraction / n_c if extraction and n_c else None
 
@@ -403,6 +602,7 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         "Validation loss per epoch for the first seed (C dashed); the dotted line marks the kept epoch.",
         "",
         "![validation loss curves](loss_curves.png)",
+        *grid_lines,
         "",
         "## Cases",
         "",
@@ -412,8 +612,8 @@ def write_report(results: list[dict], context: dict, out: Path, case_data: dict)
         "",
         "## Files",
         "",
-        "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json`: each run in full, with its "
-        "loss curve.",
+        "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json` (a grid mode's: "
+        "`runs/MODE/size-N/lr-X/seed-K/`): each run in full, with its loss curve.",
         "",
     ]
     report = out / "report.md"

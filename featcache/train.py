@@ -61,6 +61,8 @@ class TrainConfig:
         check_choice("--eval-size", self.eval_size, EVAL_SIZES)
         if self.lr <= 0:
             raise OptionError(f"--lr {self.lr} must be positive")
+        if self.weight_decay < 0:
+            raise OptionError(f"--weight-decay {self.weight_decay} must not be negative")
 
     def plan(self, store: FeatureStore) -> Plan:
         """The plan of this run on ``store``: options checked, protocol defaults applied, sizes checked against
@@ -161,11 +163,13 @@ def train_group_from_store(
     checkpointer: Checkpointer | None = None,
     plan: Plan | None = None,
 ) -> list[RunOutput]:
-    """C mode, one size and several seeds trained together as one grouped decoder (`fit_group`).
+    """C mode, one size and several runs trained together as one grouped decoder (`fit_group`).
 
-    ``plan``: the runs' plan when the caller resolved it already (else resolved here from ``cfgs[0]``).
-    Each run's ``results.json`` reports its share of the group's time (``train_seconds`` divided
-    by the number of runs) and the group's own under ``group``.
+    The runs differ in seed and may differ in learning rate and weight decay (a grid, each run's
+    own applied by `featcache.loop.GroupedSGD`); everything else is ``cfgs[0]``'s. ``plan``: the
+    runs' plan when the caller resolved it already (else resolved here from ``cfgs[0]``). Each run's
+    ``results.json`` reports its share of the group's time (``train_seconds`` divided by the number
+    of runs) and the group's own under ``group``.
     """
     cfg = cfgs[0]
     plan = plan or cfg.plan(store)
@@ -192,6 +196,8 @@ def train_group_from_store(
             train_masks[tp],
             StoreFeatures(val_feats, "none", vp),
             val_masks[vp],
+            c.lr,
+            c.weight_decay,
         )
         for c, tp, vp in zip(cfgs, train_pos, val_pos, strict=True)
     ]
@@ -214,6 +220,9 @@ def train_group_from_store(
                 "train_seconds": round(fitted.train_seconds, 4),
                 "total_seconds": round(fitted.total_seconds, 4),
             }
+            if len({(x.lr, x.weight_decay) for x in cfgs}) > 1:
+                results["group"]["lrs"] = [x.lr for x in cfgs]
+                results["group"]["weight_decays"] = [x.weight_decay for x in cfgs]
             results["train_seconds"] = round(fitted.train_seconds / k_runs, 4)
             results["total_seconds"] = round(fitted.total_seconds / k_runs, 4)
         outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results), logits[:, k : k + 1]))
