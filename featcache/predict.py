@@ -42,15 +42,15 @@ def find_checkpoint(run_dir: Path) -> Path:
         raise FeatcacheError(f"run folder {run_dir} does not exist; pass a train-decoder output folder")
     if (run_dir / "decoder.pt").is_file():
         return run_dir / "decoder.pt"
-    candidates = sorted(run_dir.glob("seed-*/decoder.pt"))
+    # A sweep's seeds, or a grid's (lr, weight decay) combinations and their seeds.
+    candidates = sorted(run_dir.glob("seed-*/decoder.pt")) or sorted(run_dir.glob("*/seed-*/decoder.pt"))
     if not candidates:
         raise FeatcacheError(
             f"{run_dir} holds no decoder.pt (nor seed-*/decoder.pt); pass a train-decoder output folder"
         )
     best = min(candidates, key=lambda p: safe_torch_load(p)["results"]["best_val_loss"])
-    err_console.print(
-        f"{run_dir}: {best.parent.name} has the lowest validation loss of {len(candidates)} seeds; predicting with it"
-    )
+    run = best.parent.relative_to(run_dir).as_posix()
+    err_console.print(f"{run_dir}: {run} has the lowest validation loss of {len(candidates)} runs; predicting with it")
     return best
 
 
