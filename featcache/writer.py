@@ -37,9 +37,10 @@ class Block:
 class BlockWriter:
     """``threads`` writer threads over a pool of ``threads + 1`` block buffers ``[shard_size, *feature_shape]``.
 
-    Use as a context manager: leaving it normally waits for every block and raises the first writer error;
-    leaving it on an error (or an interrupt) lets the writes in progress finish, drops the blocks not yet
-    started (their ``written`` flags stay unset, so the next run computes them) and re-raises the first.
+    Use as a context manager: leaving it waits for every submitted block to be written, also when the caller
+    leaves on an error or an interrupt (those blocks are computed already: nothing computed is lost), and raises
+    the first writer error. Once a writer fails (a full disk), the blocks not yet started are dropped: their
+    ``written`` flags stay unset, so the next run computes them.
     """
 
     def __init__(
@@ -69,8 +70,6 @@ class BlockWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None:
-            self._fail(exc)
         for _ in self._workers:
             self._todo.put(None)
         for worker in self._workers:
