@@ -94,13 +94,6 @@ def test_grouped_grid_equals_separate_runs_cuda(micro_store):
     assert_same_runs(grouped, separate, rtol=2e-2, atol=2e-3, metric_atol=2e-2)
 
 
-def number_dir(result: dict) -> str:
-    """The grid folder of a run, as train-decoder names it."""
-    from featcache.experiment import number_name
-
-    return f"lr-{number_name(result['optimiser']['lr'])}_wd-{number_name(result['optimiser']['weight_decay'])}"
-
-
 def test_grid_outputs_summary_and_selection_on_validation(micro_store, tmp_path, cli):
     out = tmp_path / "grid"
     sweep = train_decoder(
@@ -112,10 +105,12 @@ def test_grid_outputs_summary_and_selection_on_validation(micro_store, tmp_path,
             run = out / name / f"seed-{seed}"
             assert {"results.json", "decoder.pt", "loss_curve.png"} <= {p.name for p in run.iterdir()}
     assert not (out / "seed-0").exists()
+    from featcache.experiment import combination_name
     from featcache.predict import find_checkpoint
 
     best = min(sweep.results, key=lambda r: r["best_val_loss"])  # predict on the grid's folder: its best run
-    assert find_checkpoint(out) == out / number_dir(best) / f"seed-{best['seed']}" / "decoder.pt"
+    folder = combination_name(best["optimiser"]["lr"], best["optimiser"]["weight_decay"])
+    assert find_checkpoint(out) == out / folder / f"seed-{best['seed']}" / "decoder.pt"
     summary = json.loads((out / "summary.json").read_text())
     assert [e["dir"] for e in summary["grid"]] == names and summary["lrs"] == LRS and summary["weight_decays"] == WDS
     by_run = {(r["optimiser"]["lr"], r["optimiser"]["weight_decay"], r["seed"]): r for r in sweep.results}
