@@ -86,6 +86,14 @@ def store_suffix(request) -> str:
     return request.param
 
 
+#: `extract_config`'s settings as `featcache extract` options.
+MICRO_EXTRACT = (
+    "--encoder random --arch vit_micro --image-size 64 --views flips --batch-size 3 --shard-size 4 --workers 0".split()
+)
+#: A small six-image, two-seed train-decoder run on `micro_store`, as command-line options.
+SMALL_SWEEP = "--size 6 --seeds 0,1 --epochs 3 --batch-size 3 --val-size 3".split()
+
+
 def extract_config(data: Path, out: Path | str, **overrides):
     """An ExtractConfig for the micro ViT at 64 px, small blocks so resume has something to do."""
     from featcache.extract import ExtractConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_store, extract_config, run_then_sigkill, run_torchrun
+from conftest import MICRO_EXTRACT, assert_same_store, extract_config, run_then_sigkill, run_torchrun
 from featcache.errors import FeatcacheError
 from featcache.extract import encode_views, extract
 from featcache.models import build_encoder, encoder_provenance
@@ -121,28 +121,7 @@ def test_fsspec_memory_url(synth_root, micro_store):
 
 def test_torchrun_two_cpu_ranks_equal_one_process(synth_root, micro_store, tmp_path):
     out = tmp_path / "ranks.zarr"
-    result = run_torchrun(
-        "extract",
-        synth_root,
-        "--out",
-        out,
-        "--encoder",
-        "random",
-        "--arch",
-        "vit_micro",
-        "--image-size",
-        "64",
-        "--views",
-        "flips",
-        "--dtype",
-        "float32",
-        "--batch-size",
-        "3",
-        "--shard-size",
-        "4",
-        "--workers",
-        "0",
-    )
+    result = run_torchrun("extract", synth_root, "--out", out, *MICRO_EXTRACT, "--dtype", "float32")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_store(out, micro_store)
     with FeatureStore.open(out) as store:
@@ -151,22 +130,8 @@ def test_torchrun_two_cpu_ranks_equal_one_process(synth_root, micro_store, tmp_p
 
 def test_cli_extract_and_info(synth_root, tmp_path, cli):
     out = tmp_path / "s.h5"
-    result = cli(
-        "extract",
-        synth_root,
-        "--out",
-        out,
-        "--encoder",
-        "random",
-        "--arch",
-        "vit_micro",
-        "--image-size",
-        "64",
-        "--views",
-        "flips",
-        "--workers",
-        "0",
-    )
+    micro_defaults = "--encoder random --arch vit_micro --image-size 64 --views flips --workers 0".split()
+    result = cli("extract", synth_root, "--out", out, *micro_defaults)  # default batch and shard sizes
     assert result.returncode == 0, result.stderr
     assert "24 of 24 samples" in result.stdout
     info = cli("info", out)

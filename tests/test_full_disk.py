@@ -8,29 +8,12 @@ import sys
 
 import pytest
 
-from conftest import assert_same_store, extract_config, one_line_error
+from conftest import MICRO_EXTRACT, assert_same_store, extract_config, one_line_error
 from featcache.errors import FeatcacheError
 from featcache.extract import Room, check_room, extract
 from featcache.store import FeatureStore
 
-OPTIONS = (
-    "--encoder",
-    "random",
-    "--arch",
-    "vit_micro",
-    "--image-size",
-    "64",
-    "--views",
-    "flips",
-    "--batch-size",
-    "3",
-    "--shard-size",
-    "4",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-)
+OPTIONS = (*MICRO_EXTRACT, "--device", "cpu")
 
 # Runs the extract command line in this process after arranging for its file-size limit to drop to
 # what the store holds when the extraction reaches sample START: the disk filling up under a running

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import (
+    SMALL_SWEEP,
     copy_zarr_arrays,
     extract_config,
     one_line_error,
@@ -307,22 +308,7 @@ def test_protocol_validation_size_is_capped_at_the_split_but_an_explicit_one_is_
 def test_torchrun_spreads_seeds_over_ranks(micro_store, tmp_path):
     cfg = quick_train(size=6, batch_size=3, val_size=3)
     single = train_decoder(str(micro_store), cfg, [0, 1], tmp_path / "one", "cpu", progress=False)
-    result = run_torchrun(
-        "train-decoder",
-        micro_store,
-        "--size",
-        "6",
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "3",
-        "--val-size",
-        "3",
-        "--out",
-        tmp_path / "two",
-    )
+    result = run_torchrun("train-decoder", micro_store, *SMALL_SWEEP, "--out", tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]
@@ -337,23 +323,7 @@ def test_torchrun_rank_that_fails_stops_the_others(micro_store, tmp_path):
     from featcache.io import torch_save
 
     torch_save({"identity": {"another": "run"}, "state": {}}, tmp_path / "run" / "resume-1.pt")
-    result = run_torchrun(
-        "train-decoder",
-        micro_store,
-        "--size",
-        "6",
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "3",
-        "--val-size",
-        "3",
-        "--out",
-        tmp_path / "run",
-        timeout=180,
-    )
+    result = run_torchrun("train-decoder", micro_store, *SMALL_SWEEP, "--out", tmp_path / "run", timeout=180)
     assert result.returncode != 0
     assert "resume-1.pt holds an interrupted run of another configuration" in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
