@@ -24,6 +24,9 @@ import os, resource, sys
 from featcache import cli, extract, store
 
 moment, start_at = sys.argv[1], int(sys.argv[2])
+# One writer thread: the limit is process-wide, so with several it would also cut another block's write in
+# flight, and which error ends the run would be a matter of timing.
+extract.ExtractConfig.writer_threads = lambda self: 1
 
 def drop_limit(out):
     # HDF5: the file cannot grow at all; Zarr: no new file can take more than 1 KiB (a shard is bigger).
