@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from featcache.errors import FeatcacheError, OptionError
 from featcache.io import ensure_writable_dir, torch_save, write_json
 from featcache.models import AnyEncoder, encoder_like, encoder_provenance, rebuild_encoder
 from featcache.modes import MODES
-from featcache.progress import epoch_row, progress_bar
+from featcache.progress import EpochCallback, epoch_row, progress_bar
 from featcache.report import (
     aggregate,
     grid_summary,
@@ -29,7 +30,7 @@ from featcache.report import (
 from featcache.resume import Checkpointer
 from featcache.runtime import err_console
 from featcache.store import FeatureStore
-from featcache.train import TrainConfig, check_store_run, train_mode
+from featcache.train import SizeGroup, TrainConfig, check_store_run, train_mode, train_sizes_from_store
 
 
 @dataclass
@@ -423,11 +424,10 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
         cases: dict[tuple[str, int], torch.Tensor] = {}
         with progress_bar(disable=not progress or not dist.is_main) as bar:
             overall = bar.add_task("compare-e2e runs", total=sum(len(runs) for _, _, runs in batches))
-            for mode, size, lr_seeds in batches:
-                seeds = [k for _, k in lr_seeds]
-                plan = plans[size]
+
+            def batch_cfgs(mode: str, size: int, lr_seeds: list[tuple[float, int]]) -> list[TrainConfig]:
                 augment = cfg.augment if MODES[mode].reads_store else _image_augment(cfg.augment)
-                run_cfgs = [
+                return [
                     TrainConfig(
                         size=size,
                         seed=seed,
@@ -435,15 +435,20 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                         epochs=cfg.epochs,
                         batch_size=cfg.batch_size,
                         lr=lr,
-                        val_size=plan.val_size,
+                        val_size=plans[size].val_size,
                         layers=cfg.layers,
                     )
                     for lr, seed in lr_seeds
                 ]
+
+            def batch_row(mode: str, size: int, lr_seeds: list[tuple[float, int]]) -> Callable[[], EpochCallback]:
+                seeds = [k for _, k in lr_seeds]
                 label = f"{mode} size {size} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
                 if grid[mode]:
                     label += f" lr {','.join(dict.fromkeys(number_name(lr) for lr, _ in lr_seeds))}"
-                runs = train_mode(store, mode, run_cfgs, plan, encoders, device, epoch_row(bar, label, plan.epochs))
+                return lambda: epoch_row(bar, label, plans[size].epochs)
+
+            def record(mode: str, size: int, lr_seeds: list[tuple[float, int]], runs: list) -> None:
                 for (lr, seed), run in zip(lr_seeds, runs, strict=True):
                     folder = cfg.out / "runs" / mode / f"size-{size}"
                     write_run(
@@ -453,6 +458,21 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                     if seed == cfg.seeds[0] and lr == cfg.lrs[0]:
                         cases[(mode, size)] = (torch.sigmoid(run.test_logits[case_rows, 0]) > 0.5).to(torch.uint8)
                     bar.advance(overall)
+
+            # The store's runs first, all sizes from one read of the store, the sizes at the same time on CUDA
+            # (`train_sizes_from_store`); then the encoder modes, one batch after another.
+            from_store = [b for b in batches if MODES[b[0]].reads_store]
+            if from_store:
+                train_sizes_from_store(
+                    store,
+                    [SizeGroup(plans[s], batch_cfgs(m, s, r), batch_row(m, s, r)) for m, s, r in from_store],
+                    device,
+                    lambda i, runs: record(*from_store[i], runs),
+                )
+            for mode, size, lr_seeds in batches:
+                if not MODES[mode].reads_store:
+                    cfgs, row = batch_cfgs(mode, size, lr_seeds), batch_row(mode, size, lr_seeds)()
+                    record(mode, size, lr_seeds, train_mode(store, mode, cfgs, plans[size], encoders, device, row))
         gathered = dist.gather_objects((results, cases))
         dist.close()
         if not dist.is_main:

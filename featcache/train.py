@@ -9,6 +9,9 @@ starts either, as `featcache.modes.MODES` says.
 from __future__ import annotations
 
 import copy
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from featcache.modes import MODES
 from featcache.progress import EpochCallback
 from featcache.protocol import Plan, plan_run, subset
 from featcache.resume import Checkpointer
-from featcache.runtime import seeded
+from featcache.runtime import err_console, seeded
 from featcache.sources import EncoderFeatures, StoreFeatures
 from featcache.store import FeatureStore, placement
 
@@ -108,12 +111,6 @@ def select_rows(store: FeatureStore, plan: Plan, seed: int) -> RunData:
     return RunData(train_rows, val_rows, store.indices("test"), [store.ids[i] for i in train_rows])
 
 
-def shared_rows(row_sets: list[np.ndarray]) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """The sorted union of several runs' store rows, and each run's positions ``[m_k]`` into it."""
-    union = np.unique(np.concatenate(row_sets))
-    return union, [torch.from_numpy(np.searchsorted(union, r)) for r in row_sets]
-
-
 def refuse_empty_masks(store: FeatureStore, masks: torch.Tensor, cfg: TrainConfig) -> None:
     """Refuse a training subset whose masks ``[n, S, S]`` (on the CPU: no device sync) hold no lesion pixel.
 
@@ -155,6 +152,59 @@ def train_from_store(
     return train_group_from_store(store, [cfg], device, progress, checkpointer)[0]
 
 
+@dataclass
+class SharedSplits:
+    """The store data of several C runs on the training device, each split read once: the sorted union of the
+    runs' training rows with their features ``[n, V, C, h, w]`` (V = 1 unless ``exact`` flips are needed) and
+    masks ``[n, S, S]`` uint8, the same for validation, and the test split's features.
+
+    The seeds' subsets overlap, and those of a sweep's sizes nest (at the largest size they are all the
+    whole training split), so every run indexes into one copy (`positions`).
+    """
+
+    train_rows: np.ndarray
+    train_features: torch.Tensor
+    train_masks: torch.Tensor
+    val_rows: np.ndarray
+    val_features: torch.Tensor
+    val_masks: torch.Tensor
+    test_rows: np.ndarray
+    test_features: torch.Tensor
+
+    def positions(self, split: str, rows: np.ndarray) -> torch.Tensor:
+        """Where the store rows ``rows`` of ``split`` (train or val) are in this copy: ``[m]`` on its device."""
+        union = self.train_rows if split == "train" else self.val_rows
+        device = self.train_features.device
+        return torch.from_numpy(np.searchsorted(union, rows)).to(device)
+
+
+def load_splits(store: FeatureStore, runs: list[tuple[TrainConfig, RunData]], device: torch.device) -> SharedSplits:
+    """Read the rows of every run in ``runs`` (configs that share augmentation and layers) once, refuse a run
+    whose training masks are all empty, and place the copy on ``device``."""
+    cfg = runs[0][0]
+    train_rows = np.unique(np.concatenate([r.train_rows for _, r in runs]))
+    val_rows = np.unique(np.concatenate([r.val_rows for _, r in runs]))
+    train_masks = store.masks(train_rows)
+    for c, r in runs:
+        refuse_empty_masks(store, train_masks[np.searchsorted(train_rows, r.train_rows)], c)
+    train_feats = store.features(train_rows, identity_only=cfg.augment != "exact", layers=cfg.layers)
+    val_feats = store.features(val_rows, identity_only=True, layers=cfg.layers)
+    test_rows = runs[0][1].test_rows
+    test_feats = store.features(test_rows, identity_only=True, layers=cfg.layers)
+    if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
+        raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
+    return SharedSplits(
+        train_rows,
+        train_feats.to(device),
+        train_masks.to(device),
+        val_rows,
+        val_feats.to(device),
+        store.masks(val_rows, device),
+        test_rows,
+        test_feats.to(device),
+    )
+
+
 def train_group_from_store(
     store: FeatureStore,
     cfgs: list[TrainConfig],
@@ -162,51 +212,44 @@ def train_group_from_store(
     progress: EpochCallback | None = None,
     checkpointer: Checkpointer | None = None,
     plan: Plan | None = None,
+    data: SharedSplits | None = None,
+    graphs: bool | None = None,
 ) -> list[RunOutput]:
     """C mode, one size and several runs trained together as one grouped decoder (`fit_group`).
 
     The runs differ in seed and may differ in learning rate and weight decay (a grid, each run's
     own applied by `featcache.loop.GroupedSGD`); everything else is ``cfgs[0]``'s. ``plan``: the
-    runs' plan when the caller resolved it already (else resolved here from ``cfgs[0]``). Each run's
-    ``results.json`` reports its share of the group's time (``train_seconds`` divided by the number
-    of runs) and the group's own under ``group``.
+    runs' plan when the caller resolved it already (else resolved here from ``cfgs[0]``). ``data``:
+    the store's rows already on the device (`load_splits`, holding at least these runs' rows), else
+    read here. ``graphs``: as `fit_group`'s. Each run's ``results.json`` reports its share of the
+    group's time (``train_seconds`` divided by the number of runs) and the group's own under ``group``.
     """
     cfg = cfgs[0]
     plan = plan or cfg.plan(store)
     check_store_run(store, cfg)
     rows = [select_rows(store, plan, c.seed) for c in cfgs]
-    # The seeds' subsets overlap (at the largest size they are all the whole split): each row is read once.
-    train_union, train_pos = shared_rows([r.train_rows for r in rows])
-    val_union, val_pos = shared_rows([r.val_rows for r in rows])
-    train_masks = store.masks(train_union)
-    for c, p in zip(cfgs, train_pos, strict=True):
-        refuse_empty_masks(store, train_masks[p], c)
-    train_feats = store.features(train_union, identity_only=cfg.augment != "exact", layers=cfg.layers)
-    val_feats = store.features(val_union, identity_only=True, layers=cfg.layers)
-    test_feats = store.features(rows[0].test_rows, identity_only=True, layers=cfg.layers)
-    if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
-        raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
-    train_feats, val_feats = train_feats.to(device), val_feats.to(device)
-    train_masks, val_masks = train_masks.to(device), store.masks(val_union, device)
-    train_pos, val_pos = [p.to(device) for p in train_pos], [p.to(device) for p in val_pos]
-    runs = [
-        RunInputs(
-            c.seed,
-            StoreFeatures(train_feats, cfg.augment, tp),
-            train_masks[tp],
-            StoreFeatures(val_feats, "none", vp),
-            val_masks[vp],
-            c.lr,
-            c.weight_decay,
+    if data is None:
+        data = load_splits(store, list(zip(cfgs, rows, strict=True)), device)
+    runs = []
+    for c, r in zip(cfgs, rows, strict=True):
+        tp, vp = data.positions("train", r.train_rows), data.positions("val", r.val_rows)
+        runs.append(
+            RunInputs(
+                c.seed,
+                StoreFeatures(data.train_features, cfg.augment, tp),
+                data.train_masks[tp],
+                StoreFeatures(data.val_features, "none", vp),
+                data.val_masks[vp],
+                c.lr,
+                c.weight_decay,
+            )
         )
-        for c, tp, vp in zip(cfgs, train_pos, val_pos, strict=True)
-    ]
-    test_source = StoreFeatures(test_feats.to(device), "none")
+    test_source = StoreFeatures(data.test_features, "none")
     width, k_runs = store.feature_width(cfg.layers), len(cfgs)
     decoder = build_decoder(cfg.decoder, width, k_runs, store.patch_size)
     decoder.load_state_dict(stack_states([seeded_decoder(c, width, store.patch_size).state_dict() for c in cfgs]))
     decoder.to(device)
-    fits = fit_group(decoder, runs, plan, cfg, device, progress, checkpointer)
+    fits = fit_group(decoder, runs, plan, cfg, device, progress, checkpointer, graphs)
     decoder.load_state_dict(stack_states([f.best.weights["decoder"] for f in fits]))
     logits = predict_logits(decoder, [test_source] * k_runs, len(rows[0].test_rows), cfg.eval_batch_size, device)
     outputs = []
@@ -226,6 +269,91 @@ def train_group_from_store(
             results["train_seconds"] = round(fitted.train_seconds / k_runs, 4)
             results["total_seconds"] = round(fitted.total_seconds / k_runs, 4)
         outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results), logits[:, k : k + 1]))
+    return outputs
+
+
+@dataclass
+class SizeGroup:
+    """One group of a sweep: the runs of one size trained together (as `train_group_from_store` does) and its
+    plan; ``row`` makes its progress callback when it starts (None: no progress)."""
+
+    plan: Plan
+    cfgs: list[TrainConfig]
+    row: Callable[[], EpochCallback] | None = None
+
+
+def train_sizes_from_store(
+    store: FeatureStore,
+    groups: list[SizeGroup],
+    device: torch.device,
+    done: Callable[[int, list[RunOutput]], None] | None = None,
+    concurrent: bool | None = None,
+) -> list[list[RunOutput]]:
+    """C mode, several groups (a sweep's sizes) from one read of the store (`load_splits`): each group's outputs,
+    also handed to ``done(index, outputs)`` in the calling thread as each group finishes.
+
+    ``concurrent`` (None: on CUDA): the groups train at the same time on one GPU, each in a thread with its
+    own CUDA stream, so the small sizes, which alone leave most of the GPU idle, overlap the large one. Each
+    group's results are those it gets alone (its own seeds, subsets, generators; `fit_group`), and its
+    ``train_seconds`` are measured on its own stream while the others run. Groups must share augmentation and
+    layers. A group that runs out of GPU memory beside the others trains again after them, alone. Ctrl-C (or
+    a group's error) stops the other groups at the end of their current epoch.
+    """
+    runs = [(c, select_rows(store, g.plan, c.seed)) for g in groups for c in g.cfgs]
+    data = load_splits(store, runs, device)
+    concurrent = device.type == "cuda" and len(groups) > 1 if concurrent is None else concurrent
+    outputs: list[list[RunOutput] | None] = [None] * len(groups)
+    stop = threading.Event()
+
+    def train(i: int) -> list[RunOutput]:
+        row = groups[i].row() if groups[i].row is not None else None
+
+        def progress(epoch: int, epochs: int, train_loss: float, val_loss: float, best_epoch: int) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if row is not None:
+                row(epoch, epochs, train_loss, val_loss, best_epoch)
+
+        return train_group_from_store(store, groups[i].cfgs, device, progress, None, groups[i].plan, data)
+
+    def finish(i: int, result: list[RunOutput]) -> None:
+        outputs[i] = result
+        if done is not None:
+            done(i, result)
+
+    if not concurrent:
+        for i in range(len(groups)):
+            finish(i, train(i))
+        return outputs
+
+    def on_own_stream(i: int) -> list[RunOutput]:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the shared data was copied on the caller's stream
+        with torch.cuda.stream(stream):
+            result = train(i)
+        stream.synchronize()
+        return result
+
+    # Largest first: it bounds the sweep's wall time, so it should not wait behind the others' starts.
+    order = sorted(range(len(groups)), key=lambda i: -groups[i].plan.size * groups[i].plan.epochs)
+    out_of_memory = []
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="featcache-size") as pool:
+        futures = {pool.submit(on_own_stream, i): i for i in order}
+        try:
+            for future in as_completed(futures):
+                try:
+                    finish(futures[future], future.result())
+                except torch.OutOfMemoryError:
+                    out_of_memory.append(futures[future])
+        except BaseException:
+            stop.set()  # Ctrl-C or a failed group: the others stop at their next epoch instead of running on
+            raise
+    if out_of_memory:
+        torch.cuda.empty_cache()
+        sizes = ", ".join(str(groups[i].plan.size) for i in out_of_memory)
+        err_console.print(f"size {sizes}: out of GPU memory beside the other sizes; training again alone")
+        for i in sorted(out_of_memory):
+            finish(i, train(i))
     return outputs
 
 
