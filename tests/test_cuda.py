@@ -1,5 +1,5 @@
 """The CUDA paths (bf16 autocast, channels_last, pinned memory, GPU-resident store, grouped seeds,
-resume, the encoder modes, pretraining, predict): skipped without a GPU.
+CUDA graphs, concurrent sizes, resume, the encoder modes, pretraining, predict): skipped without a GPU.
 
 Under bf16 autocast, runs that take different kernels (grouped against separate, resumed against
 uninterrupted with cuDNN's autotuning) agree to bf16's precision, not bit for bit: the tolerances
@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import extract_config, quick_pretrain, quick_train
 from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
+from featcache.loop import EpochGraph
 from featcache.metrics import METRICS
 from featcache.models import build_decoder, build_encoder, encoder_from_provenance
 from featcache.predict import predict
@@ -21,11 +22,26 @@ from featcache.pretrain import pretrain
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast
 from featcache.store import FeatureStore, placement
-from featcache.train import train_from_store, train_group_from_store, train_mode
+from featcache.train import SizeGroup, train_from_store, train_group_from_store, train_mode, train_sizes_from_store
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DEVICE = torch.device("cuda")
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """Every CUDA graph capture the training loop tries: (pass name, captured)."""
+    log = []
+    capture = EpochGraph._capture
+
+    def logged(self, inputs):
+        captured = capture(self, inputs)
+        log.append((self.name, captured))
+        return captured
+
+    monkeypatch.setattr(EpochGraph, "_capture", logged)
+    return log
 
 
 def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
@@ -86,6 +102,58 @@ def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
     assert grouped[0].results["history"]["train_loss"] != grouped[1].results["history"]["train_loss"]
 
 
+def test_a_pass_replayed_as_a_cuda_graph_computes_what_the_eager_pass_computes():
+    def make():
+        state = torch.zeros(4, device=DEVICE)
+
+        def body(x, absent):  # an input may be None (a run without flips), and stays None
+            assert absent is None
+            state.mul_(0.5).add_(x.sum(dim=0))  # side effects on the device are replayed too
+            return state * 2
+
+        return state, body
+
+    inputs = [torch.randn(3, 4, device=DEVICE) for _ in range(5)]
+    eager_state, eager_body = make()
+    graph_state, graph_body = make()
+    graphed = EpochGraph(graph_body, "test", torch.cuda.Stream(DEVICE), enabled=True)
+    with torch.cuda.stream(graphed.stream):
+        for x in inputs:
+            torch.testing.assert_close(graphed(x, None), eager_body(x, None))
+    torch.cuda.synchronize()
+    assert graphed.graph is not None and graphed.calls == 5
+    torch.testing.assert_close(graph_state, eager_state)
+
+
+@pytest.mark.parametrize("lrs", [(0.01, 0.01), (0.01, 0.03)], ids=["seeds", "grid"])
+def test_training_replayed_as_cuda_graphs_matches_eager_training(micro_store, captures, lrs):
+    cfgs = [quick_train(epochs=4, batch_size=3, seed=s, lr=lr) for s, lr in zip((0, 1), lrs, strict=True)]
+    with FeatureStore.open(micro_store) as store:
+        eager = train_group_from_store(store, cfgs, DEVICE, graphs=False)
+        assert captures == []
+        graphed = train_group_from_store(store, cfgs, DEVICE, graphs=True)
+    # The training epoch (8 images in batches of 3: a short last batch) and the validation pass.
+    assert [captured for _, captured in captures] == [True, True]
+    for e, g in zip(eager, graphed, strict=True):
+        assert e.results["train_ids"] == g.results["train_ids"]
+        np.testing.assert_allclose(g.results["history"]["train_loss"], e.results["history"]["train_loss"], rtol=3e-2)
+        np.testing.assert_allclose(g.results["history"]["val_loss"], e.results["history"]["val_loss"], rtol=3e-2)
+    assert graphed[0].results["history"]["train_loss"] != graphed[1].results["history"]["train_loss"]
+
+
+def test_sizes_trained_concurrently_on_cuda_match_sizes_trained_alone(micro_store, captures):
+    with FeatureStore.open(micro_store) as store:
+        cfgs = {size: [quick_train(size=size, seed=s, epochs=4) for s in (0, 1)] for size in (8, 4)}
+        groups = [SizeGroup(runs[0].plan(store), runs) for runs in cfgs.values()]
+        alone = train_sizes_from_store(store, groups, DEVICE, concurrent=False)
+        together = train_sizes_from_store(store, groups, DEVICE, concurrent=True)
+    assert len(captures) == 8 and all(captured for _, captured in captures)
+    for group_alone, group_together in zip(alone, together, strict=True):
+        for a, t in zip(group_alone, group_together, strict=True):
+            assert a.results["train_ids"] == t.results["train_ids"]
+            np.testing.assert_allclose(t.results["history"]["val_loss"], a.results["history"]["val_loss"], rtol=3e-2)
+
+
 def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(
     micro_store, synth_root, tmp_path
 ):
@@ -121,7 +189,7 @@ def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["E", "F"])
-def test_encoder_modes_on_cuda(micro_store, mode):
+def test_encoder_modes_on_cuda(micro_store, captures, mode):
     with FeatureStore.open(micro_store) as store:
         prov = store.meta["encoder"]
         encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
@@ -133,6 +201,8 @@ def test_encoder_modes_on_cuda(micro_store, mode):
     assert all(np.isfinite(results["history"]["train_loss"])) and set(METRICS) <= set(results["test"])
     # train_mode trains a copy: the encoder handed in is left as it was, in E mode too.
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    # The encoder's steps are captured with the decoder's, so E, F and C get the same treatment.
+    assert [captured for _, captured in captures] == [True, True]
 
 
 def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):

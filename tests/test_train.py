@@ -306,6 +306,23 @@ def test_a_sweep_reads_each_split_once_and_each_size_gets_what_it_gets_alone(mic
             assert a.results["history"] == b.results["history"] and a.results["test"] == b.results["test"]
 
 
+def test_the_cpu_loop_runs_eagerly_and_times_every_epoch(micro_store):
+    with FeatureStore.open(micro_store) as store:
+        cfg = quick_train(epochs=3)
+        rows = select_rows(store, cfg.plan(store), cfg.seed)
+        features = StoreFeatures(store.features(rows.train_rows), cfg.augment)
+        val = StoreFeatures(store.features(rows.val_rows, identity_only=True), "none")
+        run = RunInputs(0, features, store.masks(rows.train_rows), val, store.masks(rows.val_rows))
+        decoder = seeded_decoder(cfg, store.feature_width(), store.patch_size)
+        with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+            fit(decoder, run, cfg.plan(store), cfg, torch.device("cpu"), graphs=True)
+        fitted = fit(decoder, run, cfg.plan(store), cfg, torch.device("cpu"))
+    assert len(fitted.epoch_train_seconds) == 3 and sum(fitted.epoch_train_seconds) == pytest.approx(
+        fitted.train_seconds
+    )
+    assert all(v.device.type == "cpu" for v in fitted.best.weights["decoder"].values())
+
+
 def test_protocol_validation_size_is_capped_at_the_split_but_an_explicit_one_is_refused(micro_store):
     with FeatureStore.open(micro_store) as store:
         n_val = len(store.indices("val"))
