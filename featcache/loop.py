@@ -6,18 +6,18 @@ loss, stopping on a non-finite loss, and progress. What an epoch trains is an `E
 `fit_group` is the task of K decoders trained at once as one grouped network; `GroupedSGD` gives
 each of them its own learning rate and weight decay (a hyperparameter grid in one pass).
 
-On CUDA a task's training epoch and validation pass each run as one CUDA graph (`EpochGraph`), captured
-after a first eager epoch: one launch per epoch instead of thousands of small kernels, which is what
-bounds the small sizes of the protocol. The CPU path is the eager one, unchanged.
+On CUDA a task's training epoch and validation pass each run as one CUDA graph
+(`featcache.graphs.EpochGraph`), captured after a first eager epoch: one launch per epoch instead of
+thousands of small kernels, which is what bounds the small sizes of the protocol. The CPU path is
+the eager one, unchanged.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.errors import FeatcacheError
+from featcache.graphs import EpochGraph
 from featcache.models import group_state
 from featcache.progress import EpochCallback
 from featcache.protocol import Plan
 from featcache.resume import Checkpointer
-from featcache.runtime import autocast, err_console, wait_for_stream
+from featcache.runtime import autocast, wait_for_stream
 from featcache.sources import FeatureSource, flip_per_sample, stacked
 
 if TYPE_CHECKING:
@@ -162,59 +163,6 @@ def on_cpu(weights):
     return weights.cpu() if isinstance(weights, torch.Tensor) else weights
 
 
-#: One CUDA graph capture at a time in the process (the threads of a concurrent sweep each capture their own).
-_CAPTURE = threading.Lock()
-
-
-class EpochGraph:
-    """A whole pass (a training epoch, a validation pass) run eagerly once, then as one CUDA graph.
-
-    ``body(*inputs)`` is the pass: device tensors (or None) in, one device tensor out, no host
-    synchronisation, the same shapes at every call. The first call runs eagerly: cuDNN's autotuning,
-    the optimiser's lazily made state and every allocation happen there, as CUDA graphs need. The
-    second captures ``body`` on ``stream`` (the caller's side stream, current during every call) with
-    static copies of the inputs and replays it; later calls copy their inputs in and replay. A capture
-    is only recorded, not run, so the results are those of the eager loop. A capture that fails (an
-    operation CUDA graphs cannot hold) is said in one line and the pass stays eager. Disabled (the
-    CPU): every call is the eager ``body``.
-    """
-
-    def __init__(
-        self, body: Callable[..., torch.Tensor], name: str, stream: torch.cuda.Stream | None, enabled: bool
-    ) -> None:
-        self.body, self.name, self.stream, self.enabled = body, name, stream, enabled
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.inputs: tuple[torch.Tensor | None, ...] = ()
-        self.output: torch.Tensor | None = None
-
-    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        self.calls += 1
-        if not self.enabled or self.calls == 1:
-            return self.body(*inputs)
-        if self.graph is None and not self._capture(inputs):
-            return self.body(*inputs)
-        for static, value in zip(self.inputs, inputs, strict=True):
-            if static is not None:
-                static.copy_(value)
-        self.graph.replay()
-        return self.output.clone()  # the static output is overwritten by the next replay
-
-    def _capture(self, inputs: tuple[torch.Tensor | None, ...]) -> bool:
-        static = tuple(x.clone() if x is not None else None for x in inputs)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with _CAPTURE, torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                output = self.body(*static)
-        except RuntimeError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            err_console.print(f"{self.name}: not captured as a CUDA graph ({reason}); it runs without one")
-            self.enabled = False
-            return False
-        self.graph, self.inputs, self.output = graph, static, output
-        return True
-
-
 @dataclass
 class RunInputs:
     """One run of a group: its seed, its training and validation features and masks, and its SGD learning rate
@@ -278,14 +226,14 @@ class GroupedSGD(torch.optim.Optimizer):
             grads = torch._foreach_addcmul([p.grad for p in params], [wd for _, wd in factors], params)
             if group["momentum"] != 0:
                 states = [self.state[p] for p in params]
-                if any("momentum_buffer" not in state for state in states):
-                    for state, grad in zip(states, grads, strict=True):
-                        state["momentum_buffer"] = grad
-                else:
-                    buffers = [state["momentum_buffer"] for state in states]
+                started = [k for k, state in enumerate(states) if "momentum_buffer" in state]
+                for k, state in enumerate(states):  # a parameter's first step: the buffer is its gradient
+                    state.setdefault("momentum_buffer", grads[k])
+                if started:
+                    buffers = [states[k]["momentum_buffer"] for k in started]
                     torch._foreach_mul_(buffers, group["momentum"])
-                    torch._foreach_add_(buffers, grads)
-                    grads = buffers
+                    torch._foreach_add_(buffers, [grads[k] for k in started])
+                grads = [state["momentum_buffer"] for state in states]
             torch._foreach_addcmul_(params, grads, [neg_lr for neg_lr, _ in factors])
 
 
@@ -387,7 +335,8 @@ class _DecoderTask:
         self.stream = torch.cuda.Stream(device) if graphs else None
         label = f"size {plan.size}"
         self.train_pass = EpochGraph(self._train_steps, f"training ({label})", self.stream, graphs)
-        self.val_pass = EpochGraph(self._val_losses, f"validation ({label})", self.stream, graphs)
+        # Validation replays only after training, on the same stream: it can reuse the training graph's memory.
+        self.val_pass = EpochGraph(self._val_losses, f"validation ({label})", self.stream, graphs, self.train_pass)
 
     @contextmanager
     def _on_stream(self) -> Iterator[None]:
@@ -397,9 +346,18 @@ class _DecoderTask:
             return
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
-        with torch.cuda.stream(self.stream):
-            yield
-        caller.wait_stream(self.stream)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
+
+    def close(self) -> None:
+        """Free the CUDA graphs, once nothing of this task runs on its stream any more."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        self.val_pass.close()
+        self.train_pass.close()
 
     def train_epoch(self) -> torch.Tensor:
         self.decoder.train()
@@ -515,7 +473,10 @@ def fit_group(
     ``graphs``: each epoch and validation pass as a CUDA graph after the first (`EpochGraph`); None: on CUDA.
     The timings are of the whole group."""
     task = _DecoderTask(decoder, runs, plan, cfg, device, graphs)
-    result = run_epochs(task, plan.epochs, device, checkpointer, progress)
+    try:
+        result = run_epochs(task, plan.epochs, device, checkpointer, progress)
+    finally:
+        task.close()  # here, not whenever the garbage collector finds the task: maybe during another capture
     return [
         FitResult(best, history, result.train_seconds, result.total_seconds, result.epoch_train_seconds)
         for best, history in zip(result.bests, result.histories, strict=True)

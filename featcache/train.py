@@ -9,6 +9,7 @@ starts either, as `featcache.modes.MODES` says.
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from torch import nn
 
 from featcache.data import SplitConfig, find_samples, load_mask_full
 from featcache.errors import FeatcacheError, OptionError, check_choice
+from featcache.graphs import GATE
 from featcache.loop import FitResult, RunInputs, fit, fit_group, predict_logits
 from featcache.metrics import METRICS, confusion, mean_scores, scores
 from featcache.models import DECODERS, AnyEncoder, build_decoder, stack_states
@@ -313,6 +315,7 @@ def train_sizes_from_store(
                 raise KeyboardInterrupt
             if row is not None:
                 row(epoch, epochs, train_loss, val_loss, best_epoch)
+            GATE.pause()  # between epochs: where another thread's CUDA graph capture may run
 
         return train_group_from_store(store, groups[i].cfgs, device, progress, None, groups[i].plan, data)
 
@@ -326,12 +329,12 @@ def train_sizes_from_store(
             finish(i, train(i))
         return outputs
 
+    torch.cuda.current_stream(device).synchronize()  # the shared data is on the device before any thread reads it
+
     def on_own_stream(i: int) -> list[RunOutput]:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))  # the shared data was copied on the caller's stream
-        with torch.cuda.stream(stream):
+        with GATE.working(), torch.cuda.stream(torch.cuda.Stream(device)):
             result = train(i)
-        stream.synchronize()
+            torch.cuda.current_stream(device).synchronize()
         return result
 
     # Largest first: it bounds the sweep's wall time, so it should not wait behind the others' starts.
@@ -349,6 +352,7 @@ def train_sizes_from_store(
             stop.set()  # Ctrl-C or a failed group: the others stop at their next epoch instead of running on
             raise
     if out_of_memory:
+        gc.collect()  # what the failed threads left in reference cycles, before the cache is emptied
         torch.cuda.empty_cache()
         sizes = ", ".join(str(groups[i].plan.size) for i in out_of_memory)
         err_console.print(f"size {sizes}: out of GPU memory beside the other sizes; training again alone")

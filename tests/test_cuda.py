@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import extract_config, quick_pretrain, quick_train
 from featcache.experiment import CompareConfig, compare_e2e, train_decoder
 from featcache.extract import extract
-from featcache.loop import EpochGraph
+from featcache.graphs import EpochGraph
 from featcache.metrics import METRICS
 from featcache.models import build_decoder, build_encoder, encoder_from_provenance
 from featcache.predict import predict
@@ -117,12 +117,36 @@ def test_a_pass_replayed_as_a_cuda_graph_computes_what_the_eager_pass_computes()
     eager_state, eager_body = make()
     graph_state, graph_body = make()
     graphed = EpochGraph(graph_body, "test", torch.cuda.Stream(DEVICE), enabled=True)
+    graphed.stream.wait_stream(torch.cuda.current_stream(DEVICE))  # the inputs were made on the default stream
     with torch.cuda.stream(graphed.stream):
         for x in inputs:
             torch.testing.assert_close(graphed(x, None), eager_body(x, None))
     torch.cuda.synchronize()
     assert graphed.graph is not None and graphed.calls == 5
     torch.testing.assert_close(graph_state, eager_state)
+    graphed.close()
+    assert graphed.graph is None
+
+
+def test_a_pass_that_cannot_be_captured_says_so_and_runs_eagerly(capsys):
+    def body(x):
+        return x * float(x.sum().item())  # a host synchronisation: not allowed in a capture
+
+    graphed = EpochGraph(body, "the test pass", torch.cuda.Stream(DEVICE), enabled=True)
+    x = torch.arange(3.0, device=DEVICE)
+    graphed.stream.wait_stream(torch.cuda.current_stream(DEVICE))
+    with torch.cuda.stream(graphed.stream):
+        outputs = [graphed(x) for _ in range(3)]
+    assert all(torch.equal(out, x * 3) for out in outputs) and graphed.graph is None and not graphed.enabled
+    assert "the test pass: not captured as a CUDA graph" in capsys.readouterr().err
+    graphed.close()
+    # The process can still capture and replay after the failed capture.
+    ok = EpochGraph(lambda v: v * 2, "next", torch.cuda.Stream(DEVICE), enabled=True)
+    ok.stream.wait_stream(torch.cuda.current_stream(DEVICE))
+    with torch.cuda.stream(ok.stream):
+        assert [ok(x).tolist() for _ in range(3)] == [[0.0, 2.0, 4.0]] * 3
+    assert ok.graph is not None
+    torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize("lrs", [(0.01, 0.01), (0.01, 0.03)], ids=["seeds", "grid"])
