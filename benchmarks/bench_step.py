@@ -14,6 +14,7 @@ captures its CUDA graphs after it, so the last is the steady state.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from featcache.experiment import parse_list
 from featcache.loop import RunInputs, fit
@@ -50,13 +52,16 @@ def machine(device: torch.device) -> str:
 EPOCHS = 3  # the first a warm-up, CUDA graphs captured after it; the last one counted
 
 
-def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, device: torch.device) -> float:
-    """Training seconds per sample of the last of `EPOCHS` epochs, each ``steps`` batches of ``batch`` images."""
+def seconds_per_sample(
+    mode: str, template: nn.Module, batch: int, steps: int, size: int, device: torch.device
+) -> float:
+    """Training seconds per sample of the last of `EPOCHS` epochs, each ``steps`` batches of ``batch`` images, with
+    a copy of the encoder ``template``."""
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
     masks = (images[:, 0] > 127).to(torch.uint8)
-    encoder = build_encoder(arch, "random").to(device)
+    encoder = copy.deepcopy(template).to(device)
     if device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
     cfg = TrainConfig(size=n, epochs=EPOCHS, batch_size=batch, val_size=1, augment="exact")
@@ -74,9 +79,9 @@ def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, 
     return fit(decoder, run, plan, cfg, device).epoch_train_seconds[-1] / n
 
 
-def step_row(arch: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
+def step_row(arch: str, template: nn.Module, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
     """Seconds per sample of E, F and C for one (arch, batch), and their ratios."""
-    t = {m: seconds_per_sample(m, arch, batch, args.steps, args.image_size, device) for m in ("E", "F", "C")}
+    t = {m: seconds_per_sample(m, template, batch, args.steps, args.image_size, device) for m in ("E", "F", "C")}
     return {
         "arch": arch,
         "batch_size": batch,
@@ -113,8 +118,9 @@ def main() -> None:
         table.add_column(col, justify="right")
     rows = []
     for arch in args.archs.split(","):
+        template = build_encoder(arch, "random")  # copied for every run: one random initialisation per arch
         for batch in batches:
-            row = step_row(arch, batch, args, device)
+            row = step_row(arch, template, batch, args, device)
             rows.append(row)
             table.add_row(
                 arch,
