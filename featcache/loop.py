@@ -5,13 +5,20 @@ steps apart from validation), resume from a `Checkpointer`, best-epoch selection
 loss, stopping on a non-finite loss, and progress. What an epoch trains is an `EpochTask`.
 `fit_group` is the task of K decoders trained at once as one grouped network; `GroupedSGD` gives
 each of them its own learning rate and weight decay (a hyperparameter grid in one pass).
+
+On CUDA a task's training epoch and validation pass each run as one CUDA graph (`EpochGraph`), captured
+after a first eager epoch: one launch per epoch instead of thousands of small kernels, which is what
+bounds the small sizes of the protocol. The CPU path is the eager one, unchanged.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,7 +31,7 @@ from featcache.models import group_state
 from featcache.progress import EpochCallback
 from featcache.protocol import Plan
 from featcache.resume import Checkpointer
-from featcache.runtime import autocast, synchronize
+from featcache.runtime import autocast, err_console, wait_for_stream
 from featcache.sources import FeatureSource, flip_per_sample, stacked
 
 if TYPE_CHECKING:
@@ -42,12 +49,14 @@ class BestEpoch:
 
 @dataclass
 class LoopResult:
-    """Per run: the best epoch and the loss history; for the whole loop: synchronised seconds."""
+    """Per run: the best epoch and the loss history; for the whole loop: synchronised seconds, in total and
+    the training seconds of each epoch this call ran (a resumed loop's earlier epochs are not in the list)."""
 
     bests: list[BestEpoch]
     histories: list[dict[str, list[float]]]
     train_seconds: float
     total_seconds: float
+    epoch_train_seconds: list[float] = field(default_factory=list)
 
 
 class EpochTask(Protocol):
@@ -64,7 +73,8 @@ class EpochTask(Protocol):
         ...
 
     def snapshot(self, runs: list[int]) -> list[dict]:
-        """The weights to keep (CPU or detached copies) of each run in ``runs``, at a new best epoch."""
+        """The weights to keep (detached copies, on the device or the CPU) of each run in ``runs``, at a new
+        best epoch."""
         ...
 
     def state_dict(self) -> dict:
@@ -88,13 +98,15 @@ def run_epochs(
     """Train ``task`` for ``epochs`` epochs, validating after each, and keep each run's best epoch.
 
     ``train_seconds`` covers the training steps only and ``total_seconds`` adds validation, both
-    synchronised with the device; the resume state is written outside both, at most as often as
-    ``checkpointer`` allows and always after the last epoch. A non-finite loss stops the loop with
-    the task's one-line error and deletes the resume state (resumed, the run would diverge again).
+    synchronised with the current CUDA stream (other threads' streams are not waited for); the resume
+    state is written outside both, at most as often as ``checkpointer`` allows and always after the
+    last epoch. A non-finite loss stops the loop with the task's one-line error and deletes the
+    resume state (resumed, the run would diverge again). The kept weights are returned on the CPU.
     """
     histories: list[dict[str, list[float]]] = [{"train_loss": [], "val_loss": []} for _ in range(task.runs)]
     bests = [BestEpoch() for _ in range(task.runs)]
     train_seconds = total_seconds = 0.0
+    epoch_train_seconds: list[float] = []
     first = 1
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
@@ -105,15 +117,16 @@ def run_epochs(
         bests = [BestEpoch(**b) for b in saved["bests"]]
         train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
     for epoch in range(first, epochs + 1):
-        synchronize(device)
+        wait_for_stream(device)
         started = time.perf_counter()
         train_loss = task.train_epoch()
-        synchronize(device)
+        wait_for_stream(device)
         trained = time.perf_counter()
         val_loss = task.validate()
         losses = torch.stack([train_loss, val_loss]).tolist()  # the one host sync per epoch
         total_seconds += time.perf_counter() - started
         train_seconds += trained - started
+        epoch_train_seconds.append(trained - started)
         diverged = [k for k in range(task.runs) if not (math.isfinite(losses[0][k]) and math.isfinite(losses[1][k]))]
         if diverged:
             if checkpointer is not None:
@@ -131,14 +144,75 @@ def run_epochs(
                     "epoch": epoch,
                     "task": task.state_dict(),
                     "histories": histories,
-                    "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": b.weights} for b in bests],
+                    "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": on_cpu(b.weights)} for b in bests],
                     "train_seconds": train_seconds,
                     "total_seconds": total_seconds,
                 }
             )
         if progress is not None:
             progress(epoch, epochs, sum(losses[0]) / task.runs, sum(losses[1]) / task.runs, bests[0].epoch)
-    return LoopResult(bests, histories, train_seconds, total_seconds)
+    bests = [BestEpoch(b.epoch, b.val_loss, on_cpu(b.weights)) for b in bests]
+    return LoopResult(bests, histories, train_seconds, total_seconds, epoch_train_seconds)
+
+
+def on_cpu(weights):
+    """``weights`` (nested dicts of tensors, or None) with every tensor on the CPU."""
+    if isinstance(weights, dict):
+        return {name: on_cpu(value) for name, value in weights.items()}
+    return weights.cpu() if isinstance(weights, torch.Tensor) else weights
+
+
+#: One CUDA graph capture at a time in the process (the threads of a concurrent sweep each capture their own).
+_CAPTURE = threading.Lock()
+
+
+class EpochGraph:
+    """A whole pass (a training epoch, a validation pass) run eagerly once, then as one CUDA graph.
+
+    ``body(*inputs)`` is the pass: device tensors (or None) in, one device tensor out, no host
+    synchronisation, the same shapes at every call. The first call runs eagerly: cuDNN's autotuning,
+    the optimiser's lazily made state and every allocation happen there, as CUDA graphs need. The
+    second captures ``body`` on ``stream`` (the caller's side stream, current during every call) with
+    static copies of the inputs and replays it; later calls copy their inputs in and replay. A capture
+    is only recorded, not run, so the results are those of the eager loop. A capture that fails (an
+    operation CUDA graphs cannot hold) is said in one line and the pass stays eager. Disabled (the
+    CPU): every call is the eager ``body``.
+    """
+
+    def __init__(
+        self, body: Callable[..., torch.Tensor], name: str, stream: torch.cuda.Stream | None, enabled: bool
+    ) -> None:
+        self.body, self.name, self.stream, self.enabled = body, name, stream, enabled
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor | None, ...] = ()
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        if not self.enabled or self.calls == 1:
+            return self.body(*inputs)
+        if self.graph is None and not self._capture(inputs):
+            return self.body(*inputs)
+        for static, value in zip(self.inputs, inputs, strict=True):
+            if static is not None:
+                static.copy_(value)
+        self.graph.replay()
+        return self.output.clone()  # the static output is overwritten by the next replay
+
+    def _capture(self, inputs: tuple[torch.Tensor | None, ...]) -> bool:
+        static = tuple(x.clone() if x is not None else None for x in inputs)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with _CAPTURE, torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                output = self.body(*static)
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            err_console.print(f"{self.name}: not captured as a CUDA graph ({reason}); it runs without one")
+            self.enabled = False
+            return False
+        self.graph, self.inputs, self.output = graph, static, output
+        return True
 
 
 @dataclass
@@ -176,7 +250,8 @@ class GroupedSGD(torch.optim.Optimizer):
         self._factors: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _row_factors(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-lr, wd) per row of ``p``, shaped ``[K * c, 1, ...]`` to broadcast over the rest of ``p``."""
+        """(-lr, wd) of each element of ``p``: tensors of ``p``'s shape and memory layout, as the fast path of
+        the multi-tensor ops needs (they would fall back to one kernel per tensor to broadcast)."""
         if p not in self._factors:
             k_groups = len(group["lrs"])
             if p.ndim == 0 or p.shape[0] % k_groups:
@@ -185,7 +260,7 @@ class GroupedSGD(torch.optim.Optimizer):
 
             def rows(values: list[float]) -> torch.Tensor:
                 per_group = torch.tensor(values, dtype=p.dtype, device=p.device)
-                return per_group.repeat_interleave(p.shape[0] // k_groups).view(shape)
+                return torch.empty_like(p).copy_(per_group.repeat_interleave(p.shape[0] // k_groups).view(shape))
 
             self._factors[p] = (rows([-lr for lr in group["lrs"]]), rows(group["weight_decays"]))
         return self._factors[p]
@@ -195,31 +270,35 @@ class GroupedSGD(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("GroupedSGD takes no closure")
         for group in self.param_groups:
-            momentum = group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                neg_lr, wd = self._row_factors(p, group)
-                grad = torch.addcmul(p.grad, wd, p)
-                if momentum != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = grad.detach().clone()
-                    else:
-                        buf.mul_(momentum).add_(grad)
-                    grad = buf
-                p.addcmul_(grad, neg_lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            factors = [self._row_factors(p, group) for p in params]
+            # Multi-tensor ops: a handful of kernels per step, not four per parameter.
+            grads = torch._foreach_addcmul([p.grad for p in params], [wd for _, wd in factors], params)
+            if group["momentum"] != 0:
+                states = [self.state[p] for p in params]
+                if any("momentum_buffer" not in state for state in states):
+                    for state, grad in zip(states, grads, strict=True):
+                        state["momentum_buffer"] = grad
+                else:
+                    buffers = [state["momentum_buffer"] for state in states]
+                    torch._foreach_mul_(buffers, group["momentum"])
+                    torch._foreach_add_(buffers, grads)
+                    grads = buffers
+            torch._foreach_addcmul_(params, grads, [neg_lr for neg_lr, _ in factors])
 
 
 @dataclass
 class FitResult:
-    """One run's best epoch (weights ``{"decoder": ..., "encoder": ... or None}``), history and the group's seconds."""
+    """One run's best epoch (weights ``{"decoder": ..., "encoder": ... or None}``), history and the group's seconds
+    (in total, and the training seconds of each epoch this call ran)."""
 
     best: BestEpoch
     history: dict[str, list[float]]
     train_seconds: float
     total_seconds: float
+    epoch_train_seconds: list[float] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -265,7 +344,13 @@ class _DecoderTask:
     """
 
     def __init__(
-        self, decoder: nn.Module, runs: list[RunInputs], plan: Plan, cfg: TrainConfig, device: torch.device
+        self,
+        decoder: nn.Module,
+        runs: list[RunInputs],
+        plan: Plan,
+        cfg: TrainConfig,
+        device: torch.device,
+        graphs: bool | None = None,
     ) -> None:
         self.decoder, self.inputs, self.plan, self.cfg, self.device = decoder, runs, plan, cfg, device
         self.runs = len(runs)
@@ -281,30 +366,62 @@ class _DecoderTask:
         self.weight_decays = [cfg.weight_decay if r.weight_decay is None else r.weight_decay for r in runs]
         self.grid = len(set(zip(self.lrs, self.weight_decays, strict=True))) > 1
         if not self.grid:
+            # Fused on CUDA: the whole update in one kernel. The CPU keeps the default implementation.
             self.optimiser = torch.optim.SGD(
-                params, lr=self.lrs[0], momentum=cfg.momentum, weight_decay=self.weight_decays[0]
+                params,
+                lr=self.lrs[0],
+                momentum=cfg.momentum,
+                weight_decay=self.weight_decays[0],
+                fused=device.type == "cuda" or None,
             )
         else:
             self.optimiser = GroupedSGD(params, self.lrs, self.weight_decays, cfg.momentum)
         # Batch order and views are drawn on the training device: no host round trip per step.
         self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in runs]
         self.n = len(runs[0].train_masks)
+        graphs = device.type == "cuda" if graphs is None else graphs
+        if graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        # The task's own stream: CUDA graphs are captured off the legacy default stream, and their eager first
+        # pass runs on the stream they are captured on, as torch's documentation asks.
+        self.stream = torch.cuda.Stream(device) if graphs else None
+        label = f"size {plan.size}"
+        self.train_pass = EpochGraph(self._train_steps, f"training ({label})", self.stream, graphs)
+        self.val_pass = EpochGraph(self._val_losses, f"validation ({label})", self.stream, graphs)
+
+    @contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """Run the block on the task's stream (after the caller's queued work), then make the caller's wait."""
+        if self.stream is None:
+            yield
+            return
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        with torch.cuda.stream(self.stream):
+            yield
+        caller.wait_stream(self.stream)
 
     def train_epoch(self) -> torch.Tensor:
         self.decoder.train()
-        sources = [r.train_source for r in self.inputs]
-        for src in sources:
-            src.train(True)
+        for r in self.inputs:
+            r.train_source.train(True)
+        n, device = self.n, self.device
+        with self._on_stream():
+            orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in self.generators])
+            views = None
+            if self.cfg.augment != "none":
+                views = torch.stack([torch.randint(0, 4, (n,), generator=g, device=device) for g in self.generators])
+            return self.train_pass(orders, views)
+
+    def _train_steps(self, orders: torch.Tensor, all_views: torch.Tensor | None) -> torch.Tensor:
+        """One epoch of steps over each run's batch order ``orders`` ``[K, n]`` and views ``all_views`` ``[K, n]``
+        (or None): the mean training loss per run ``[K]``."""
         n, batch, device = self.n, self.plan.batch_size, self.device
-        orders = [torch.randperm(n, generator=g, device=device) for g in self.generators]
-        draw_views = self.cfg.augment != "none"
-        views_all = [
-            torch.randint(0, 4, (n,), generator=g, device=device) if draw_views else None for g in self.generators
-        ]
+        sources = [r.train_source for r in self.inputs]
         epoch_loss = torch.zeros(self.runs, device=device)
         for start in range(0, n, batch):
-            rows = [order[start : start + batch] for order in orders]
-            views = [v[start : start + batch] if v is not None else None for v in views_all]
+            rows = list(orders[:, start : start + batch].unbind())
+            views = [None] * self.runs if all_views is None else list(all_views[:, start : start + batch].unbind())
             target = torch.stack(
                 [
                     flip_per_sample(r.train_masks[i], v) if v is not None else r.train_masks[i]
@@ -325,6 +442,10 @@ class _DecoderTask:
         self.decoder.eval()
         for r in self.inputs:
             r.train_source.train(False)
+        with self._on_stream():
+            return self.val_pass()
+
+    def _val_losses(self) -> torch.Tensor:
         return eval_losses(
             self.decoder,
             [r.val_source for r in self.inputs],
@@ -334,9 +455,11 @@ class _DecoderTask:
         )
 
     def snapshot(self, runs: list[int]) -> list[dict]:
-        state = self.decoder.state_dict()
-        encoder = copy.deepcopy(self.encoder.state_dict()) if self.trains_encoder else None
-        return [{"decoder": group_state(state, k, self.runs), "encoder": encoder} for k in runs]
+        # Copies on the device (no wait for the GPU); `run_epochs` moves the kept ones to the CPU at the end.
+        with self._on_stream():
+            state = self.decoder.state_dict()
+            encoder = copy.deepcopy(self.encoder.state_dict()) if self.trains_encoder else None
+            return [{"decoder": group_state(state, k, self.runs, self.device), "encoder": encoder} for k in runs]
 
     def state_dict(self) -> dict:
         return {
@@ -384,14 +507,17 @@ def fit_group(
     device: torch.device,
     progress: EpochCallback | None = None,
     checkpointer: Checkpointer | None = None,
+    graphs: bool | None = None,
 ) -> list[FitResult]:
     """Train K decoders at once (``decoder`` has ``groups=K``, one run each) with SGD and BCE, keeping each run's
     epoch of lowest validation loss. ``cfg`` gives what the runs share (momentum, augmentation, evaluation
     batch) and the learning rate and weight decay of runs that name none; ``plan`` the epochs and batch size.
+    ``graphs``: each epoch and validation pass as a CUDA graph after the first (`EpochGraph`); None: on CUDA.
     The timings are of the whole group."""
-    result = run_epochs(_DecoderTask(decoder, runs, plan, cfg, device), plan.epochs, device, checkpointer, progress)
+    task = _DecoderTask(decoder, runs, plan, cfg, device, graphs)
+    result = run_epochs(task, plan.epochs, device, checkpointer, progress)
     return [
-        FitResult(best, history, result.train_seconds, result.total_seconds)
+        FitResult(best, history, result.train_seconds, result.total_seconds, result.epoch_train_seconds)
         for best, history in zip(result.bests, result.histories, strict=True)
     ]
 
@@ -404,6 +530,7 @@ def fit(
     device: torch.device,
     progress: EpochCallback | None = None,
     checkpointer: Checkpointer | None = None,
+    graphs: bool | None = None,
 ) -> FitResult:
     """`fit_group` for one run."""
-    return fit_group(decoder, [run], plan, cfg, device, progress, checkpointer)[0]
+    return fit_group(decoder, [run], plan, cfg, device, progress, checkpointer, graphs)[0]

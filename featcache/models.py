@@ -284,12 +284,17 @@ def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {k: v if v.ndim == 0 else torch.cat([s[k] for s in states]) for k, v in states[0].items()}
 
 
-def group_state(state: dict[str, torch.Tensor], k: int, groups: int) -> dict[str, torch.Tensor]:
-    """Group ``k``'s slice of a grouped decoder's state dict: a plain (``groups=1``) decoder's state, on the CPU.
+def group_state(
+    state: dict[str, torch.Tensor], k: int, groups: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Group ``k``'s slice of a grouped decoder's state dict: a plain (``groups=1``) decoder's state, copied.
 
-    On the CPU so that slices taken at different times (some loaded from a resume state) stack together.
+    On the CPU by default, so that slices taken at different times (some loaded from a resume state) stack
+    together; the training loop keeps its copies on the device until the run ends (`featcache.loop.on_cpu`).
     """
-    return {name: (v if v.ndim == 0 else v.chunk(groups)[k]).detach().to("cpu", copy=True) for name, v in state.items()}
+    return {
+        name: (v if v.ndim == 0 else v.chunk(groups)[k]).detach().to(device, copy=True) for name, v in state.items()
+    }
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -52,9 +52,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def wait_for_stream(device: torch.device) -> None:
+    """Wait for the work queued on this thread's current CUDA stream (a no-op on the CPU): timings of one
+    training loop, not of whatever other threads run on the same GPU."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, off on the CPU (where bf16 matmuls are slower and change results)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast on CUDA, off on the CPU (where bf16 matmuls are slower and change results).
+
+    Without autocast's cache of cast weights: a CUDA graph must not capture casts that the cache would
+    skip on replay, and a training step uses each weight once, so the cache saves nothing there.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False)
 
 
 def compute_precision(device: torch.device) -> str:
