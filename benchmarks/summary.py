@@ -139,7 +139,7 @@ def summary_table(out: Path) -> Table:
         *bench_extract_rows(load(out, "bench_extract.json")),
         *step_rows(load(out, "bench_step.json")),
         *sweep_rows(load(out, "bench_sweep.json")),
-        *extract_rows(load(out, "store_info_timm.json"), "extract, timm"),
+        *extract_rows(load(out, "store_info_timm.json"), "extract"),
     ]
     for row in rows:
         table.add_row(*row)
