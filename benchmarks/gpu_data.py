@@ -27,12 +27,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from featcache import synth
-from featcache.data import find_samples, header_hw
+from featcache.data import SPLITS, find_samples, header_hw
 
 MARKER = "gpu-data.json"
 # Real ISIC ids stay below 0100000 (2017: up to 0015xxx); synthetic ones start far above them.
 SYNTH_ID_OFFSET = 9_000_000
-SPLIT_FOLDERS = ("train", "val", "test")
+# The source's training folders: (name, files copied, the synth function naming the copy's folder).
+TRAINING_FOLDERS = (
+    ("ISIC-2017_Training_Data", "ISIC_*.jpg", synth.data_dir),
+    ("ISIC-2017_Training_Part1_GroundTruth", "ISIC_*_segmentation.png", synth.truth_dir),
+)
 
 
 def synthesize(out: Path, n_train: int, n_val: int, n_test: int, image_size: tuple[int, int] | None) -> None:
@@ -52,19 +56,20 @@ def synthesize(out: Path, n_train: int, n_val: int, n_test: int, image_size: tup
     synth.synthesize(out, n_train, n_val, n_test, image_size=image_size)
 
 
-def copy_isic_training(src: Path, out: Path) -> int:
-    """Copy ``src``'s ISIC 2017 training images and masks into ``out``'s training folders; returns the pair count."""
-    images = sorted((src / "ISIC-2017_Training_Data").glob("ISIC_*.jpg"))
-    if not images:
+def check_source(src: Path) -> None:
+    """Exit with a message when ``src`` holds no ISIC 2017 training images."""
+    if not any((src / TRAINING_FOLDERS[0][0]).glob(TRAINING_FOLDERS[0][1])):
         raise SystemExit(f"{src}: no ISIC-2017_Training_Data/ISIC_*.jpg; pass the folder of the ISIC 2017 training set")
-    for src_dir, dst_dir, pattern in (
-        ("ISIC-2017_Training_Data", synth.data_dir(out, "train"), "ISIC_*.jpg"),
-        ("ISIC-2017_Training_Part1_GroundTruth", synth.truth_dir(out, "train"), "ISIC_*_segmentation.png"),
-    ):
-        dst_dir.mkdir(parents=True)
-        for path in sorted((src / src_dir).glob(pattern)):
-            shutil.copyfile(path, dst_dir / path.name)
-    return len(images)
+
+
+def copy_isic_training(src: Path, out: Path) -> int:
+    """Copy ``src``'s ISIC 2017 training images and masks into ``out``'s training folders; returns the image count."""
+    for name, pattern, folder in TRAINING_FOLDERS:
+        target = folder(out, "train")
+        target.mkdir(parents=True)
+        for path in sorted((src / name).glob(pattern)):
+            shutil.copyfile(path, target / path.name)
+    return len(list(synth.data_dir(out, "train").iterdir()))
 
 
 def add_synthetic_splits(out: Path, n_val: int, n_test: int, image_size: tuple[int, int]) -> None:
@@ -83,8 +88,9 @@ def add_synthetic_splits(out: Path, n_val: int, n_test: int, image_size: tuple[i
                     )
 
 
-def build_isic(src: Path, out: Path, n_val: int, n_test: int) -> dict:
-    """``out`` rebuilt from ``src``'s training images and synthetic val/test; returns its marker's content."""
+def build_isic(src: Path, out: Path, n_val: int, n_test: int) -> None:
+    """``out`` rebuilt from ``src``'s training images and synthetic val/test, its `MARKER` written last."""
+    check_source(src)
     if out.exists():
         if any(out.iterdir()) and not (out / MARKER).exists():
             raise SystemExit(f"{out} is not empty and holds no {MARKER}; pass a new or empty folder")
@@ -101,7 +107,6 @@ def build_isic(src: Path, out: Path, n_val: int, n_test: int) -> dict:
         "synthetic_image_size": list(image_size),
     }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return marker
 
 
 def describe(root: Path, json_path: Path | None) -> None:
@@ -110,7 +115,7 @@ def describe(root: Path, json_path: Path | None) -> None:
     marker = root / MARKER
     kind = json.loads(marker.read_text())["kind"] if marker.exists() else "synthetic (featcache synth)"
     counts = index.counts()
-    print(f"data: {kind}; {'/'.join(str(counts[s]) for s in SPLIT_FOLDERS)} train/val/test images in {root}")
+    print(f"data: {kind}; {'/'.join(str(counts[s]) for s in SPLITS)} train/val/test images in {root}")
     if index.split_note:
         raise SystemExit(f"{root}: {index.split_note}; the GPU run needs every split in its own folder")
     if json_path:
