@@ -1,17 +1,20 @@
-"""Seconds per training sample for the E, F and C modes, and the ratios E/C and F/C.
+"""Seconds per training sample for the E, F and C modes, and the ratios E/C and F/C, per batch size.
 
-Each mode runs featcache's own training loop (`featcache.loop.fit`) for a few epochs on the same
-random 224 px images: E trains encoder + decoder, F runs the frozen encoder at every step, C reads
-features computed beforehand (as from the store). Only ``train_seconds`` is used (training steps,
-device synchronised); the first epoch is a warm-up and is not counted.
+Each mode runs featcache's own training loop (`featcache.loop.fit`) on the same random 224 px
+images: E trains encoder + decoder, F runs the frozen encoder at every step, C reads features
+computed beforehand (as from the store). One `fit` of 3 epochs per (arch, batch, mode), each
+epoch ``--steps`` batches; only the last epoch's training seconds count
+(``FitResult.epoch_train_seconds``, device synchronised): the first is a warm-up and the loop
+captures its CUDA graphs after it, so the last is the steady state.
 
     python benchmarks/bench_step.py                        # vit_b_16 and vit_ti_16 on the default device
-    python benchmarks/bench_step.py --archs vit_ti_16 --batch-size 10 --steps 3 --device cpu
+    python benchmarks/bench_step.py --archs vit_ti_16 --batch-size 5,10,50 --steps 3 --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -20,7 +23,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
+from featcache.experiment import parse_list
 from featcache.loop import RunInputs, fit
 from featcache.models import build_encoder
 from featcache.modes import MODES
@@ -44,20 +49,26 @@ def machine(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, device: torch.device) -> float:
-    """Mean training seconds per sample over ``steps`` batches of one counted epoch (after a warm-up epoch)."""
+EPOCHS = 3  # the first a warm-up, CUDA graphs captured after it; the last one counted
+
+
+def seconds_per_sample(
+    mode: str, template: nn.Module, batch: int, steps: int, size: int, device: torch.device
+) -> float:
+    """Training seconds per sample of the last of `EPOCHS` epochs, each ``steps`` batches of ``batch`` images, with
+    a copy of the encoder ``template``."""
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
     masks = (images[:, 0] > 127).to(torch.uint8)
-    encoder = build_encoder(arch, "random").to(device)
+    encoder = copy.deepcopy(template).to(device)
     if device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
-    cfg = TrainConfig(size=n, epochs=1, batch_size=batch, val_size=1, augment="exact")
-    plan = Plan(size=n, epochs=1, batch_size=batch, val_size=1)
+    cfg = TrainConfig(size=n, epochs=EPOCHS, batch_size=batch, val_size=1, augment="exact")
+    plan = Plan(size=n, epochs=EPOCHS, batch_size=batch, val_size=1)
     if MODES[mode].reads_store:
         with torch.no_grad():
-            feats = torch.stack([encoder(images[i : i + 1].float() / 255)[0] for i in range(n)])
+            feats = torch.cat([encoder(images[i : i + batch].float() / 255) for i in range(0, n, batch)])
         source = StoreFeatures(feats[:, None].repeat(1, 4, 1, 1, 1), "exact")
         val = StoreFeatures(feats[:1, None], "none")
     else:
@@ -65,50 +76,62 @@ def seconds_per_sample(mode: str, arch: str, batch: int, steps: int, size: int, 
         val = EncoderFeatures(encoder, images[:1], trainable=False)
     decoder = seeded_decoder(cfg, encoder.width).to(device)
     run = RunInputs(0, source, masks, val, masks[:1])
-    fit(decoder, run, plan, cfg, device)  # warm-up: allocations, kernel choice
-    return fit(decoder, run, plan, cfg, device).train_seconds / n
+    return fit(decoder, run, plan, cfg, device).epoch_train_seconds[-1] / n
+
+
+def step_row(arch: str, template: nn.Module, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """Seconds per sample of E, F and C for one (arch, batch), and their ratios."""
+    t = {m: seconds_per_sample(m, template, batch, args.steps, args.image_size, device) for m in ("E", "F", "C")}
+    return {
+        "arch": arch,
+        "batch_size": batch,
+        **t,
+        "E/C": t["E"] / t["C"],
+        "F/C": t["F"] / t["C"],
+        "E/F": t["E"] / t["F"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="vit_b_16,vit_ti_16")
-    parser.add_argument("--batch-size", type=int, default=10, help="the study's batch for 20-160 images")
-    parser.add_argument("--steps", type=int, default=2, help="batches in the counted epoch")
+    parser.add_argument(
+        "--batch-size", default="10", help="comma-separated; the study's batches are 5 (size 10), 10 and 50 (2000)"
+    )
+    parser.add_argument("--steps", type=int, default=2, help="batches in each epoch, the counted last one too")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    batches = parse_list(args.batch_size, "--batch-size")
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     console = Console()
     console.print(
-        f"bench_step: {machine(device)}; torch {torch.__version__}; batch {args.batch_size}, "
-        f"{args.steps} steps counted after a warm-up epoch, {args.image_size} px; "
+        f"bench_step: {machine(device)}; torch {torch.__version__}; batches {','.join(map(str, batches))}, "
+        f"{EPOCHS} epochs of {args.steps} steps, the last counted; {args.image_size} px; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     )
     table = Table(title="training seconds per sample")
-    for col in ("arch", "E", "F", "C", "E/C", "F/C", "E/F"):
+    for col in ("arch", "batch", "E", "F", "C", "E/C", "F/C", "E/F"):
         table.add_column(col, justify="right")
     rows = []
     for arch in args.archs.split(","):
-        t = {
-            m: seconds_per_sample(m, arch, args.batch_size, args.steps, args.image_size, device)
-            for m in ("E", "F", "C")
-        }
-        rows.append({"arch": arch, **t, "E/C": t["E"] / t["C"], "F/C": t["F"] / t["C"], "E/F": t["E"] / t["F"]})
-        table.add_row(
-            arch,
-            *(f"{t[m]:.4f}" for m in ("E", "F", "C")),
-            f"{t['E'] / t['C']:.1f}x",
-            f"{t['F'] / t['C']:.1f}x",
-            f"{t['E'] / t['F']:.1f}x",
-        )
+        template = build_encoder(arch, "random")  # copied for every run: one random initialisation per arch
+        for batch in batches:
+            row = step_row(arch, template, batch, args, device)
+            rows.append(row)
+            table.add_row(
+                arch,
+                str(batch),
+                *(f"{row[m]:.4f}" for m in ("E", "F", "C")),
+                *(f"{row[r]:.1f}x" for r in ("E/C", "F/C", "E/F")),
+            )
     console.print(table)
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine(device), "batch_size": args.batch_size, "rows": rows}, indent=2)
-        )
+        figures = {"machine": machine(device), "steps": args.steps, "epochs": EPOCHS, "rows": rows}
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
-"""The study's protocol x seeds in C mode from a store, grouped against sequential seeds, and F/C.
+"""The study's protocol x seeds in C mode from a store: as one call, grouped against sequential seeds, and F/C.
 
-Runs `featcache.experiment.train_decoder` in C mode over every size of the protocol that the
-store's training split allows, each over ``--seeds``, in three parts, cheapest-to-lose last:
+Runs the C mode over every size of the protocol that the store's training split allows, each over
+``--seeds``, in four parts, cheapest-to-lose last:
 
-1. the whole sweep with the seeds of each size trained together as one grouped network (what
-   `train-decoder --seeds` does on CUDA): wall seconds and training seconds per size, beside the
-   study's F-series times (an RTX 4070 Ti Super: another GPU, shown for orientation);
-2. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
+1. the protocol sweep as one call: `featcache.experiment.compare_e2e` in C mode over every size
+   and seed (what `compare-e2e --modes C` does; on CUDA it reads each split once and trains the
+   sizes concurrently): its wall seconds (report included) and, per size, the runs' training
+   seconds from the results;
+2. the whole sweep size by size with `featcache.experiment.train_decoder`, the seeds of each size
+   trained together as one grouped network (what `train-decoder --seeds` does on CUDA): wall
+   seconds and training seconds per size, beside the study's F-series times (an RTX 4070 Ti
+   Super: another GPU, shown for orientation);
+3. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
    one size and seed, so the F/C ratio is measured here, not taken from the study;
-3. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
+4. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
    ratio on this machine.
 
-Each part starts with an untimed one-epoch warm-up. With ``--json`` the figures are rewritten
-after every size, so a run cut short keeps what it measured.
+Each part starts with an untimed one-epoch warm-up (on the smallest size). With ``--json`` the
+figures are rewritten after every part and every size, so a run cut short keeps what it measured.
 
 With ``--lr`` and/or ``--weight-decay`` lists (a hyperparameter grid), the bench measures the grid
 instead: per size, every (lr, weight decay, seed) run as one grouped network, the combinations of
@@ -38,13 +43,53 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from featcache.experiment import parse_list, parse_numbers, parse_seeds, train_decoder
+from featcache.experiment import CompareConfig, compare_e2e, parse_list, parse_numbers, parse_seeds, train_decoder
 from featcache.models import encoder_from_provenance
 from featcache.protocol import STUDY_SIZES
 from featcache.report import STUDY_SECONDS
 from featcache.runtime import resolve_device, synchronize
 from featcache.store import FeatureStore
 from featcache.train import TrainConfig, train_mode
+
+
+def timed_protocol(
+    store: str, sizes: list[int], seeds: list[int], epochs: int | None, out: Path, device: torch.device
+) -> dict:
+    """Wall seconds of one C-mode `compare_e2e` call over ``sizes`` x ``seeds``; per size its runs' training seconds
+    and test IoU, in seed order."""
+    cfg = CompareConfig(
+        store=store, out=out, modes=("C",), sizes=tuple(sizes), seeds=tuple(seeds), device=str(device), epochs=epochs
+    )
+    synchronize(device)
+    started = time.perf_counter()
+    comparison = compare_e2e(cfg, progress=False)
+    synchronize(device)
+    wall = time.perf_counter() - started
+    runs = {
+        size: sorted((r for r in comparison.results if r["size"] == size), key=lambda r: r["seed"]) for size in sizes
+    }
+    return {
+        "wall_seconds": round(wall, 3),
+        "sizes": {
+            size: {
+                "train_seconds": [round(r["train_seconds"], 3) for r in rows],
+                "test_iou": [round(r["test"]["iou"], 4) for r in rows],
+            }
+            for size, rows in runs.items()
+        },
+    }
+
+
+def protocol_table(protocol: dict, n_seeds: int) -> Table:
+    """Per size the runs' training seconds (a grouped run reports its share of the group's), then the call's wall."""
+    title = f"protocol sweep, one call (compare-e2e, C mode, {n_seeds} seeds per size): seconds"
+    table = Table(title=title, min_width=len(title))
+    for col in ("size", "train, per run", "train, sum of runs"):
+        table.add_column(col, justify="right")
+    for size, row in protocol["sizes"].items():
+        table.add_row(str(size), " ".join(f"{t:.2f}" for t in row["train_seconds"]), f"{sum(row['train_seconds']):.1f}")
+    table.add_row("all, wall", "", f"{protocol['wall_seconds']:.1f}")
+    return table
 
 
 def timed_sweep(
@@ -113,6 +158,7 @@ def main() -> None:
         "arch": encoder_prov["arch"],
         "seeds": seeds,
         "epochs": epochs,
+        "protocol": None,
         "grouped": {},
         "sequential": {},
         "ratio": None,
@@ -124,6 +170,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the process's one-time costs (CUDA context, kernel selection) would fall on the first size.
+        timed_protocol(args.store, [min(sizes)], seeds, 1, Path(tmp) / "warm-up-protocol", device)
+        figures["protocol"] = timed_protocol(args.store, sizes, seeds, args.epochs, Path(tmp) / "protocol", device)
+        console.print(protocol_table(figures["protocol"], len(seeds)))
+        save()
         for grouped in (True, False):
             timed_sweep(args.store, min(sizes), seeds, 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
         for size in sizes:

@@ -1,34 +1,52 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks at the study's scale (2,000 synthetic images, vit_b_16) on one
-# H100-class GPU, within a time budget (default 480 s):
+# GPU checks and benchmarks at the study's scale (2,000 training images, vit_b_16) on one H100-class
+# GPU, within a time budget (default 420 s):
 #
-#   bash benchmarks/gpu.sh fetch      # where pip reaches a registry: the wheels of gpu-wheels.txt -> .whl/
-#   bash benchmarks/gpu.sh            # on the GPU machine: output under $OUT (copy the git-ignored .whl/ along)
+#   bash benchmarks/gpu.sh fetch         # where pip reaches a registry: the wheels of gpu-wheels.txt -> .whl/
+#   bash benchmarks/gpu.sh data [PATH]   # the ISIC 2017 training images at PATH -> .gpu-data/ (see below)
+#   bash benchmarks/gpu.sh               # on the GPU machine: output under $OUT (copy the git-ignored .whl/
+#                                        # and, if made, .gpu-data/ along)
 #   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu.sh   # the same steps at toy scale on the CPU
 #
-# Steps, most important first; each gets what is left of the budget, at most its own limit, so a
-# slow step cannot leave the run without its summary: the CUDA tests, synth (in worker processes;
-# a data folder that an earlier run on this machine made with the same counts is kept), extract
-# (images/s), bench_extract (decode, encoder, whole extract, the store writer alone by writer
-# threads, JPEG decoding by workers and by nvJPEG on full-size 3024x2016 JPEGs), bench_step
-# (E/F/C), bench_sweep (the full protocol x 5 seeds grouped, then F/C, then sequential on some
-# sizes; its JSON is rewritten after every part), extract with a timm ViT-B (random weights: a
-# speed figure beside the torchvision encoder's). Everything lands in $OUT (default ./gpu-out):
-# summary.log and one JSON file per benchmark.
+# Data: `gpu.sh data` copies the 2,000 real ISIC 2017 training images (PATH, default
+# ../shared/data/isic2017-train-256) into the git-ignored $GPU_DATA (default .gpu-data/) as the training
+# split, beside synthetic validation and test folders (150 / 600 images); the GPU run uses that folder
+# when it is there, else it synthesises 2,000/150/600 images (in worker processes; a data folder that an
+# earlier run on this machine made with the same counts is kept). SMOKE runs always synthesise.
+#
+# Steps, most important first; each gets what is left of the budget, at most its own limit (the limits
+# add up to less than the budget, so every step gets its own): the CUDA tests, data, extract
+# (images/s), bench_extract (decode, encoder, whole extract, the store writer alone by writer threads,
+# JPEG decoding by workers and by nvJPEG on full-size 3024x2016 JPEGs), bench_step (E/F/C at the
+# protocol's batches 5, 10, 50), bench_sweep (the full protocol x 5 seeds as one compare-e2e call,
+# then size by size grouped, F/C, sequential on size 10; its JSON is rewritten after every part, and
+# what its limit cuts off is the cheapest to lose), extract with a timm ViT-B (random weights: a speed
+# figure beside the torchvision encoder's). Everything lands in $OUT (default ./gpu-out): summary.log,
+# one JSON file per benchmark, and last, in summary.log too, one table of every figure (summary.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+
+GPU_DATA=${GPU_DATA:-.gpu-data}
+BATCHES=5,10,50  # the protocol's batches: size 10, sizes 20-160, size 2000
 
 if [[ ${1:-} == fetch ]]; then
   exec "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt
 fi
+if [[ ${1:-} == data ]]; then
+  PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD "$PYTHON" benchmarks/gpu_data.py isic \
+    "${2:-../shared/data/isic2017-train-256}" "$GPU_DATA" --n-val 150 --n-test 600 || exit 1
+  exec du -sh "$GPU_DATA"
+fi
 
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
+# An earlier run's figures must not be summarised as this run's.
+rm -f "$OUT"/{summary.log,data.json,store_info.json,bench_extract.json,bench_step.json,bench_sweep.json,store_info_timm.json}
 export PYTHONUNBUFFERED=1 COLUMNS=${COLUMNS:-160}  # rich's tables keep their rows on one line in summary.log
-BUDGET=${BUDGET:-480}
+BUDGET=${BUDGET:-420}
 WORK=${WORK:-/tmp/featcache-gpu}
 if [[ -n ${SMOKE:-} ]]; then
   DEVICE=cpu ARCH=vit_micro SIZE=32 SYNTH=(--n-train 24 --n-val 8 --n-test 8 --image-size 48x64)
@@ -38,7 +56,7 @@ if [[ -n ${SMOKE:-} ]]; then
 else
   DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
   TIMM=(--encoder timm:vit_base_patch16_224.mae)  # the torchvision vit_b_16's architecture, built by timm
-  STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 40,10)
+  STEP=(--archs vit_b_16,vit_ti_16 --steps 10) SWEEP=(--seeds 0-4 --sequential-sizes 10)
   EXTRACT_LIMIT=512 WORKERS=12 FULL_SIZE=32
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "gpu.sh: no wheels in .whl/ (the GPU machine lacks zarr and pydantic); run 'bash benchmarks/gpu.sh fetch' first and copy .whl/ along" >&2
@@ -49,32 +67,8 @@ else
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 mkdir -p "$WORK" && find "$WORK" -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} +
-
-# featcache synth with worker processes in place of its threads (which share one interpreter lock): the same
-# files. A folder that a finished synth run (its contact sheet is written last) made with the same counts is kept.
-read -r -d '' SYNTH_PY <<'PY'
-import argparse, json, sys
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from featcache import synth
-p = argparse.ArgumentParser()
-p.add_argument("out", type=Path)
-for name in ("--n-train", "--n-val", "--n-test"):
-    p.add_argument(name, type=int)
-p.add_argument("--image-size")
-a = p.parse_args()
-size = tuple(int(x) for x in a.image_size.split("x")) if a.image_size else None
-counts = {"train": a.n_train, "val": a.n_val, "test": a.n_test}
-marker = a.out / synth.MARKER_NAME
-if (a.out / synth.CONTACT_SHEET_NAME).exists() and marker.exists():
-    old = json.loads(marker.read_text())
-    if old["counts"] == counts and old["image_size"] == (list(size) if size else None) and old["seed"] == 0:
-        print(f"{a.out}: kept, made earlier with the same counts")
-        sys.exit(0)
-synth.ThreadPoolExecutor = ProcessPoolExecutor
-report = synth.synthesize(a.out, a.n_train, a.n_val, a.n_test, image_size=size)
-print(f"{report.out}: {sum(report.counts.values())} images")
-PY
+DATA=$WORK/data
+[[ -z ${SMOKE:-} && -f $GPU_DATA/gpu-data.json ]] && DATA=$(realpath "$GPU_DATA")
 
 log() { echo "== $* ($(date +%T), ${SECONDS}s)" | tee -a "$OUT/summary.log"; }
 # step LIMIT NAME CMD...: run CMD for at most LIMIT seconds and what is left of the budget; keep its output.
@@ -98,32 +92,30 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
       '| zarr', zarr.__version__, '| typer', typer.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/summary.log"
 
-step 150 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+step 55 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/test_writer.py::test_pinned_copies_back_from_cuda
-step 150 "synth ${SYNTH[*]}" "$PYTHON" -c "$SYNTH_PY" "$WORK/data" "${SYNTH[@]}" || exit 1
-step 150 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
+if [[ $DATA == "$WORK/data" ]]; then
+  step 30 "data: synth ${SYNTH[*]}" "$PYTHON" benchmarks/gpu_data.py synth "$DATA" "${SYNTH[@]}" --json "$OUT/data.json" || exit 1
+else
+  step 30 "data: $GPU_DATA" "$PYTHON" benchmarks/gpu_data.py describe "$DATA" --json "$OUT/data.json" || exit 1
+fi
+step 40 "extract $ARCH, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$DATA" \
   --out "$WORK/store.zarr" --encoder random --arch "$ARCH" --image-size "$SIZE" --views flips --batch-size 32 --workers "$WORKERS" || exit 1
 "$PYTHON" -m featcache info "$WORK/store.zarr" --json > "$OUT/store_info.json"
-step 120 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$WORK/data" --arch "$ARCH" --image-size "$SIZE" --views flips \
+step 50 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$DATA" --arch "$ARCH" --image-size "$SIZE" --views flips \
   --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
   --full-size "$FULL_SIZE" --json "$OUT/bench_extract.json"
-step 90 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP[@]}" --json "$OUT/bench_step.json"
-step 330 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
+step 60 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size "$BATCHES" "${STEP[@]}" \
+  --json "$OUT/bench_step.json"
+step 125 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
   --json "$OUT/bench_sweep.json"
 if "$PYTHON" -c "import timm" 2>/dev/null; then
-  step 120 "extract ${TIMM[1]}, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$WORK/data" \
+  step 35 "extract ${TIMM[1]}, flips, float16" "$PYTHON" -m featcache --device "$DEVICE" extract "$DATA" \
     --out "$WORK/store-timm.zarr" "${TIMM[@]}" --encoder-weights random --image-size "$SIZE" --views flips --batch-size 32 \
     --workers "$WORKERS" && "$PYTHON" -m featcache info "$WORK/store-timm.zarr" --json > "$OUT/store_info_timm.json"
-  "$PYTHON" - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/summary.log"
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-for name in ("store_info.json", "store_info_timm.json"):
-    path = out / name
-    info = json.loads(path.read_text()) if path.exists() and path.stat().st_size else None
-    if info:
-        print(f"extract images/s, {info['encoder']['arch']}: {info['extraction']['images_per_second']}")
-PY
 else
   log "extract with timm: skipped, timm is not importable (add its wheels: gpu-wheels.txt)"
 fi
+log "summary"
+timeout 60 "$PYTHON" benchmarks/summary.py "$OUT" 2>&1 | tee -a "$OUT/summary.log"
 log "done"

@@ -6,9 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from featcache.data import find_samples
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_SH = ROOT / "benchmarks" / "gpu.sh"
 
 
 @pytest.mark.slow
@@ -20,12 +25,55 @@ def test_gpu_script_smoke_mode_runs_every_step(tmp_path):
         "OUT": str(tmp_path / "out"),
         "WORK": str(tmp_path / "work"),
     }
-    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env)
+    result = subprocess.run(["bash", str(GPU_SH)], capture_output=True, text=True, env=env)
     log = (tmp_path / "out" / "summary.log").read_text()
     assert result.returncode == 0 and "exit code" not in log and "budget is spent" not in log, log[-3000:]
     assert "== done" in log
     sweep = json.loads((tmp_path / "out" / "bench_sweep.json").read_text())
+    assert list(sweep).index("protocol") < list(sweep).index("grouped")
+    assert set(sweep["protocol"]["sizes"]) == {"20", "10"} and sweep["protocol"]["wall_seconds"] > 0
+    assert all(len(row["train_seconds"]) == 2 for row in sweep["protocol"]["sizes"].values())
     assert set(sweep["grouped"]) == {"20", "10"} and set(sweep["sequential"]) == {"10"} and sweep["ratio"]["F"] > 0
     step = json.loads((tmp_path / "out" / "bench_step.json").read_text())
-    assert step and json.loads((tmp_path / "out" / "bench_extract.json").read_text())
+    assert [(r["arch"], r["batch_size"]) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
+    assert json.loads((tmp_path / "out" / "bench_extract.json").read_text())
     assert json.loads((tmp_path / "out" / "store_info.json").read_text())["complete"] is True
+    assert json.loads((tmp_path / "out" / "data.json").read_text())["kind"].startswith("synthetic")
+    summary = log[log.index("== summary") :]
+    for figure in ("data: synthetic", "protocol x 2 seeds, one call (C), wall", "bench_step vit_micro, batch 50"):
+        assert figure in summary, summary
+
+
+def fake_isic(root: Path, n: int) -> Path:
+    """``n`` tiny image/mask pairs in the ISIC 2017 training folders under ``root``."""
+    images, masks = root / "ISIC-2017_Training_Data", root / "ISIC-2017_Training_Part1_GroundTruth"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(images / f"ISIC_{i:07d}.jpg")
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4:12, 6:20] = 255
+        Image.fromarray(mask).save(masks / f"ISIC_{i:07d}_segmentation.png")
+    return root
+
+
+def test_gpu_script_data_step_pairs_real_training_images_with_synthetic_val_and_test(tmp_path):
+    src = fake_isic(tmp_path / "isic", 6)
+    out = tmp_path / "gpu-data"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_DATA": str(out)}
+    result = subprocess.run(["bash", str(GPU_SH), "data", str(src)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "real ISIC 2017 training images" in result.stdout
+    index = find_samples(out)
+    assert index.counts() == {"train": 6, "val": 150, "test": 600} and not index.split_note
+    for sample in index.split("train"):
+        assert sample.image.read_bytes() == (src / "ISIC-2017_Training_Data" / sample.image.name).read_bytes()
+    assert {s.orig_hw for s in index.samples} == {(24, 32)}
+    assert json.loads((out / "gpu-data.json").read_text())["counts"]["train"] == 6
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    env["GPU_DATA"] = str(foreign)
+    result = subprocess.run(["bash", str(GPU_SH), "data", str(src)], capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and (foreign / "notes.txt").exists()

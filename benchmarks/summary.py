@@ -1,0 +1,156 @@
+"""Every figure of one `benchmarks/gpu.sh` run as one table, beside the targets of issue 13 where it sets one.
+
+Reads the JSON files gpu.sh writes into its output folder (data.json, store_info.json,
+bench_extract.json, bench_step.json, bench_sweep.json, store_info_timm.json); a file that is
+missing, empty or cut short gives "–" for its figures. The table is in Markdown, to paste as it is.
+
+    python benchmarks/summary.py gpu-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from featcache.store import VIEWS
+
+DASH = "–"
+# Issue 13's targets, for one run on one H100/H200 (the E/C one is for the CPU).
+TARGET_WHOLE_OVER_ENCODER = 0.8
+TARGET_ENCODER_VIEWS_PER_SECOND = 10_000
+TARGET_PROTOCOL_SECONDS = 60
+TARGET_CPU_E_OVER_C = 10
+
+Row = tuple[str, str, str, str]  # what, value, unit, target
+
+
+def load(out: Path, name: str) -> dict | None:
+    """The JSON object in ``out/name``, or None when it is missing, empty or not (yet) whole."""
+    try:
+        return json.loads((out / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    """``value`` with thousands separators and ``digits`` decimals; "–" for None."""
+    return DASH if value is None else f"{value:,.{digits}f}"
+
+
+def data_rows(data: dict | None) -> list[Row]:
+    """What the run trained and extracted on: real or synthetic, images per split."""
+    if data is None:
+        return [("data", DASH, "train/val/test images", "")]
+    counts = "/".join(str(data["counts"][s]) for s in ("train", "val", "test"))
+    return [(f"data: {data['kind']}", counts, "train/val/test images", "")]
+
+
+def extract_rows(info: dict | None, what: str) -> list[Row]:
+    """The images/s `featcache extract` recorded in a store."""
+    if info is None:
+        return [(what, DASH, "images/s", "")]
+    rate = info["extraction"]["images_per_second"]
+    arch = info["encoder"]["arch"]
+    views = len(info["views"])
+    return [(f"{what}, {arch}, {views} views, {info['dtype']}, {info['n']} images", number(rate), "images/s", "")]
+
+
+def bench_extract_rows(bench: dict | None) -> list[Row]:
+    """Each bench_extract stage (images/s; MB/s for the writer alone), encoder views/s, the whole/encoder ratios."""
+    if bench is None:
+        return [("bench_extract", DASH, "", "")]
+    views = len(VIEWS[bench["options"]["views"]])
+    rows: list[Row] = []
+    for stage in bench["stages"]:
+        what = f"bench_extract {stage['stage']}"
+        if "skipped" in stage:
+            rows.append((what, f"skipped: {stage['skipped']}", "", ""))
+        elif stage.get("mb_per_second") is not None:
+            rows.append((what, number(stage["mb_per_second"]), "MB/s", ""))
+        else:
+            rows.append((what, number(stage["images_per_second"]), "images/s", ""))
+        if stage["stage"].startswith("2 encoder alone"):
+            target = f"≥ {TARGET_ENCODER_VIEWS_PER_SECOND:,} (H200)"
+            rows.append(
+                ("bench_extract encoder alone, views/s", number(stage["images_per_second"] * views), "views/s", target)
+            )
+    target = f"≥ {TARGET_WHOLE_OVER_ENCODER}"
+    for key, what in (("ratio_whole_over_encoder", "loop"), ("ratio_whole_wall_over_encoder", "wall")):
+        rows.append((f"extraction whole ({what}) / encoder alone", number(bench.get(key), 2), "ratio", target))
+    return rows
+
+
+def step_rows(step: dict | None) -> list[Row]:
+    """Per (arch, batch): seconds per sample of E, F, C and the ratios E/C, F/C."""
+    if step is None:
+        return [("bench_step E / F / C", DASH, "s per sample", "")]
+    rows: list[Row] = []
+    for r in step["rows"]:
+        label = f"bench_step {r['arch']}, batch {r['batch_size']}"
+        rows.append((f"{label}: E / F / C", " / ".join(f"{r[m]:.4f}" for m in ("E", "F", "C")), "s per sample", ""))
+        target = f"≥ {TARGET_CPU_E_OVER_C}x (CPU)" if r["arch"] == "vit_b_16" else ""
+        rows.append((f"{label}: E/C, F/C", f"{r['E/C']:.1f}x, {r['F/C']:.1f}x", "ratio", target))
+    return rows
+
+
+def sweep_rows(sweep: dict | None) -> list[Row]:
+    """The protocol x seeds as one call (wall, training per size), the size-by-size grouped sweep, F/C, sequential."""
+    target = f"< {TARGET_PROTOCOL_SECONDS} s (H100/H200, 5 seeds)"
+    if sweep is None or not sweep.get("protocol"):
+        return [("protocol x seeds, one call (C), wall", DASH, "s", target)]
+    protocol, n_seeds = sweep["protocol"], len(sweep["seeds"])
+    rows: list[Row] = [
+        (f"protocol x {n_seeds} seeds, one call (C), wall", number(protocol["wall_seconds"]), "s", target)
+    ]
+    for size, row in protocol["sizes"].items():
+        rows.append((f"  size {size}: training, {n_seeds} runs", number(sum(row["train_seconds"])), "s", ""))
+    grouped = sweep.get("grouped") or {}
+    if grouped:
+        wall = sum(r["wall_seconds"] for r in grouped.values())
+        train = sum(r["train_seconds"] for r in grouped.values())
+        what = f"size by size, grouped seeds ({len(grouped)} of {len(protocol['sizes'])} sizes): wall (training)"
+        rows.append((what, f"{wall:,.1f} ({train:,.1f})", "s", ""))
+    ratio = sweep.get("ratio")
+    if ratio:
+        what = f"F/C, size {ratio['size']}, {ratio['epochs']} epochs, training"
+        rows.append((what, f"{ratio['F'] / ratio['C']:.1f}x", "ratio", ""))
+    shared = [s for s in sweep.get("sequential") or {} if s in grouped]
+    if shared:
+        over = sum(sweep["sequential"][s]["train_seconds"] for s in shared) / sum(
+            grouped[s]["train_seconds"] for s in shared
+        )
+        rows.append((f"sequential / grouped seeds, training (sizes {','.join(shared)})", f"{over:.1f}x", "ratio", ""))
+    return rows
+
+
+def summary_table(out: Path) -> Table:
+    """One table of every figure in ``out``."""
+    table = Table(title=f"gpu.sh summary: {out}", box=box.MARKDOWN)
+    for col, justify in (("what", "left"), ("value", "right"), ("unit", "left"), ("target (issue 13)", "left")):
+        table.add_column(col, justify=justify)
+    rows = [
+        *data_rows(load(out, "data.json")),
+        *extract_rows(load(out, "store_info.json"), "extract"),
+        *bench_extract_rows(load(out, "bench_extract.json")),
+        *step_rows(load(out, "bench_step.json")),
+        *sweep_rows(load(out, "bench_sweep.json")),
+        *extract_rows(load(out, "store_info_timm.json"), "extract"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="gpu.sh's output folder")
+    Console().print(summary_table(parser.parse_args().out))
+
+
+if __name__ == "__main__":
+    main()
