@@ -15,7 +15,7 @@
 # earlier run on this machine made with the same counts is kept). SMOKE runs always synthesise.
 #
 # Steps, most important first; each gets what is left of the budget, at most its own limit (the limits
-# add up to less than the budget, so every step gets its own): the CUDA tests, data, extract
+# add up to the budget; the last step, the timm extract, gets what is left): the CUDA tests, data, extract
 # (images/s), bench_extract (decode, encoder, whole extract, the store writer alone by writer threads,
 # JPEG decoding by workers and by nvJPEG on full-size 3024x2016 JPEGs), bench_step (E/F/C at the
 # protocol's batches 5, 10, 50), bench_sweep (the full protocol x 5 seeds as one compare-e2e call,
@@ -92,7 +92,7 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
       '| zarr', zarr.__version__, '| typer', typer.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/summary.log"
 
-step 55 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+step 80 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
   tests/test_writer.py::test_pinned_copies_back_from_cuda
 if [[ $DATA == "$WORK/data" ]]; then
   step 30 "data: synth ${SYNTH[*]}" "$PYTHON" benchmarks/gpu_data.py synth "$DATA" "${SYNTH[@]}" --json "$OUT/data.json" || exit 1
