@@ -5,7 +5,8 @@ images: E trains encoder + decoder, F runs the frozen encoder at every step, C r
 computed beforehand (as from the store). One `fit` of 3 epochs per (arch, batch, mode), each
 epoch ``--steps`` batches; only the last epoch's training seconds count
 (``FitResult.epoch_train_seconds``, device synchronised): the first is a warm-up and the loop
-captures its CUDA graphs after it, so the last is the steady state.
+captures its CUDA graphs after it, so the last is the steady state. On CUDA, C runs a second time
+without CUDA graphs ("C eager"): the graphs' own speed-up, measured in the same call.
 
     python benchmarks/bench_step.py                        # vit_b_16 and vit_ti_16 on the default device
     python benchmarks/bench_step.py --archs vit_ti_16 --batch-size 5,10,50 --steps 3 --device cpu
@@ -53,10 +54,10 @@ EPOCHS = 3  # the first a warm-up, CUDA graphs captured after it; the last one c
 
 
 def seconds_per_sample(
-    mode: str, template: nn.Module, batch: int, steps: int, size: int, device: torch.device
+    mode: str, template: nn.Module, batch: int, steps: int, size: int, device: torch.device, graphs: bool | None = None
 ) -> float:
     """Training seconds per sample of the last of `EPOCHS` epochs, each ``steps`` batches of ``batch`` images, with
-    a copy of the encoder ``template``."""
+    a copy of the encoder ``template``; ``graphs`` as `fit`'s (None: on CUDA)."""
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
@@ -76,20 +77,18 @@ def seconds_per_sample(
         val = EncoderFeatures(encoder, images[:1], trainable=False)
     decoder = seeded_decoder(cfg, encoder.width).to(device)
     run = RunInputs(0, source, masks, val, masks[:1])
-    return fit(decoder, run, plan, cfg, device).epoch_train_seconds[-1] / n
+    return fit(decoder, run, plan, cfg, device, graphs=graphs).epoch_train_seconds[-1] / n
 
 
 def step_row(arch: str, template: nn.Module, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
     """Seconds per sample of E, F and C for one (arch, batch), and their ratios."""
     t = {m: seconds_per_sample(m, template, batch, args.steps, args.image_size, device) for m in ("E", "F", "C")}
-    return {
-        "arch": arch,
-        "batch_size": batch,
-        **t,
-        "E/C": t["E"] / t["C"],
-        "F/C": t["F"] / t["C"],
-        "E/F": t["E"] / t["F"],
-    }
+    row = {"arch": arch, "batch_size": batch, **t}
+    row.update({"E/C": t["E"] / t["C"], "F/C": t["F"] / t["C"], "E/F": t["E"] / t["F"]})
+    if device.type == "cuda":
+        row["C eager"] = seconds_per_sample("C", template, batch, args.steps, args.image_size, device, graphs=False)
+        row["C eager/C"] = row["C eager"] / t["C"]
+    return row
 
 
 def main() -> None:
@@ -114,7 +113,8 @@ def main() -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     )
     table = Table(title="training seconds per sample")
-    for col in ("arch", "batch", "E", "F", "C", "E/C", "F/C", "E/F"):
+    eager = ("C eager", "C eager/C") if device.type == "cuda" else ()
+    for col in ("arch", "batch", "E", "F", "C", "E/C", "F/C", "E/F", *eager):
         table.add_column(col, justify="right")
     rows = []
     for arch in args.archs.split(","):
@@ -127,6 +127,7 @@ def main() -> None:
                 str(batch),
                 *(f"{row[m]:.4f}" for m in ("E", "F", "C")),
                 *(f"{row[r]:.1f}x" for r in ("E/C", "F/C", "E/F")),
+                *((f"{row['C eager']:.4f}", f"{row['C eager/C']:.1f}x") if eager else ()),
             )
     console.print(table)
     if args.json:

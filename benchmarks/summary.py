@@ -95,6 +95,8 @@ def step_rows(step: dict | None) -> list[Row]:
         rows.append((f"{label}: E / F / C", " / ".join(f"{r[m]:.4f}" for m in ("E", "F", "C")), "s per sample", ""))
         target = f"≥ {TARGET_CPU_E_OVER_C}x (CPU)" if r["arch"] == "vit_b_16" else ""
         rows.append((f"{label}: E/C, F/C", f"{r['E/C']:.1f}x, {r['F/C']:.1f}x", "ratio", target))
+        if "C eager/C" in r:
+            rows.append((f"{label}: C without / with CUDA graphs", f"{r['C eager/C']:.1f}x", "ratio", ""))
     return rows
 
 

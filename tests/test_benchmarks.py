@@ -77,3 +77,15 @@ def test_gpu_script_data_step_pairs_real_training_images_with_synthetic_val_and_
     env["GPU_DATA"] = str(foreign)
     result = subprocess.run(["bash", str(GPU_SH), "data", str(src)], capture_output=True, text=True, env=env)
     assert result.returncode != 0 and (foreign / "notes.txt").exists()
+
+
+def test_summary_shows_the_cuda_graphs_speed_up_that_only_a_gpu_run_measures(tmp_path):
+    row = {"arch": "vit_b_16", "batch_size": 5, "E": 0.004, "F": 0.002, "C": 0.0002, "E/C": 20.0, "F/C": 10.0}
+    row.update({"E/F": 2.0, "C eager": 0.0008, "C eager/C": 4.0})
+    (tmp_path / "bench_step.json").write_text(json.dumps({"rows": [row]}))
+    summary = [sys.executable, str(ROOT / "benchmarks" / "summary.py"), str(tmp_path)]
+    # As gpu.sh runs it: wide enough for one row per line.
+    result = subprocess.run(summary, capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "C without / with CUDA graphs" in x)
+    assert "4.0x" in line
