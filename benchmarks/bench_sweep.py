@@ -6,13 +6,14 @@ Runs the C mode over every size of the protocol that the store's training split 
 1. the protocol sweep as one call: `featcache.experiment.compare_e2e` in C mode over every size
    and seed (what `compare-e2e --modes C` does; on CUDA it reads each split once and trains the
    sizes concurrently): its wall seconds (report included) and, per size, the runs' training
-   seconds from the results;
-2. the whole sweep size by size with `featcache.experiment.train_decoder`, the seeds of each size
+   seconds from the results and when the size finished. Stopped from outside (Ctrl-C, or the
+   SIGTERM of gpu.sh's step limit), it keeps the sizes that finished and the script ends there;
+2. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
+   one size and seed, so the F/C ratio is measured here, not taken from the study;
+3. the whole sweep size by size with `featcache.experiment.train_decoder`, the seeds of each size
    trained together as one grouped network (what `train-decoder --seeds` does on CUDA): wall
    seconds and training seconds per size, beside the study's F-series times (an RTX 4070 Ti
    Super: another GPU, shown for orientation);
-3. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
-   one size and seed, so the F/C ratio is measured here, not taken from the study;
 4. the sizes in ``--sequential-sizes`` again with the seeds one by one, for the grouped/sequential
    ratio on this machine.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -52,43 +54,64 @@ from featcache.store import FeatureStore
 from featcache.train import TrainConfig, train_mode
 
 
+def protocol_config(
+    store: str, sizes: list[int], seeds: list[int], epochs: int | None, out: Path, device: torch.device
+) -> CompareConfig:
+    """`compare-e2e --modes C` over ``sizes`` x ``seeds``."""
+    return CompareConfig(
+        store=store, out=out, modes=("C",), sizes=tuple(sizes), seeds=tuple(seeds), device=str(device), epochs=epochs
+    )
+
+
 def timed_protocol(
     store: str, sizes: list[int], seeds: list[int], epochs: int | None, out: Path, device: torch.device
 ) -> dict:
     """Wall seconds of one C-mode `compare_e2e` call over ``sizes`` x ``seeds``; per size its runs' training seconds
-    and test IoU, in seed order."""
-    cfg = CompareConfig(
-        store=store, out=out, modes=("C",), sizes=tuple(sizes), seeds=tuple(seeds), device=str(device), epochs=epochs
-    )
+    and test IoU, in seed order, and when the size finished (seconds after the start: on CUDA the sizes train side
+    by side). Stopped from outside (Ctrl-C, or SIGTERM: see `main`), it keeps the sizes that finished, with
+    ``wall_seconds`` None and ``stopped_after_seconds``."""
     synchronize(device)
-    started = time.perf_counter()
-    comparison = compare_e2e(cfg, progress=False)
+    started, started_at = time.perf_counter(), time.time()
+    stopped = False
+    try:
+        compare_e2e(protocol_config(store, sizes, seeds, epochs, out, device), progress=False)
+    except KeyboardInterrupt:
+        stopped = True
     synchronize(device)
     wall = time.perf_counter() - started
-    runs = {
-        size: sorted((r for r in comparison.results if r["size"] == size), key=lambda r: r["seed"]) for size in sizes
-    }
-    return {
-        "wall_seconds": round(wall, 3),
-        "sizes": {
-            size: {
+    figures: dict = {"wall_seconds": None if stopped else round(wall, 3), "sizes": {}}
+    if stopped:
+        figures["stopped_after_seconds"] = round(wall, 3)
+    for size in sizes:
+        paths = sorted((out / "runs" / "C" / f"size-{size}").glob("seed-*/results.json"))
+        rows = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: r["seed"])
+        if len(rows) == len(seeds):
+            figures["sizes"][size] = {
                 "train_seconds": [round(r["train_seconds"], 3) for r in rows],
                 "test_iou": [round(r["test"]["iou"], 4) for r in rows],
+                "finished_seconds": round(max(path.stat().st_mtime for path in paths) - started_at, 1),
             }
-            for size, rows in runs.items()
-        },
-    }
+    return figures
 
 
 def protocol_table(protocol: dict, n_seeds: int) -> Table:
-    """Per size the runs' training seconds (a grouped run reports its share of the group's), then the call's wall."""
+    """Per size the runs' training seconds (a grouped run reports its share of the group's) and when the size
+    finished, then the call's wall."""
     title = f"protocol sweep, one call (compare-e2e, C mode, {n_seeds} seeds per size): seconds"
     table = Table(title=title, min_width=len(title))
-    for col in ("size", "train, per run", "train, sum of runs"):
+    for col in ("size", "train, per run", "train, sum of runs", "finished after"):
         table.add_column(col, justify="right")
     for size, row in protocol["sizes"].items():
-        table.add_row(str(size), " ".join(f"{t:.2f}" for t in row["train_seconds"]), f"{sum(row['train_seconds']):.1f}")
-    table.add_row("all, wall", "", f"{protocol['wall_seconds']:.1f}")
+        table.add_row(
+            str(size),
+            " ".join(f"{t:.2f}" for t in row["train_seconds"]),
+            f"{sum(row['train_seconds']):.1f}",
+            f"{row['finished_seconds']:.1f}",
+        )
+    if protocol["wall_seconds"] is None:
+        table.add_row("all, wall", "", "", f"stopped after {protocol['stopped_after_seconds']:.1f}")
+    else:
+        table.add_row("all, wall", "", "", f"{protocol['wall_seconds']:.1f}")
     return table
 
 
@@ -114,7 +137,13 @@ def timed_sweep(
     }
 
 
+def stop_on_sigterm(signum: int, frame) -> None:
+    """`timeout` (gpu.sh's step limit) sends SIGTERM: stop as Ctrl-C does, so the parts measured are kept."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("store")
     parser.add_argument("--sizes", default=",".join(map(str, STUDY_SIZES)))
@@ -170,15 +199,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the process's one-time costs (CUDA context, kernel selection) would fall on the first size.
-        timed_protocol(args.store, [min(sizes)], seeds, 1, Path(tmp) / "warm-up-protocol", device)
+        warm_up = protocol_config(args.store, [min(sizes)], seeds, 1, Path(tmp) / "warm-up-protocol", device)
+        compare_e2e(warm_up, progress=False)
         figures["protocol"] = timed_protocol(args.store, sizes, seeds, args.epochs, Path(tmp) / "protocol", device)
         console.print(protocol_table(figures["protocol"], len(seeds)))
         save()
-        for grouped in (True, False):
-            timed_sweep(args.store, min(sizes), seeds, 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
-        for size in sizes:
-            run_way(figures, "grouped", size, args, seeds, Path(tmp), device, console)
-            save()
+        if figures["protocol"]["wall_seconds"] is None:
+            return  # stopped from outside: what finished is saved
         figures["ratio"] = f_vs_c(
             args.store,
             encoder_prov,
@@ -187,9 +214,18 @@ def main() -> None:
             console,
         )
         save()
-        for size in sequential:
-            run_way(figures, "sequential", size, args, seeds, Path(tmp), device, console)
-            save()
+        try:
+            for grouped in (True, False):
+                timed_sweep(args.store, min(sizes), seeds, 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
+            for size in sizes:
+                run_way(figures, "grouped", size, args, seeds, Path(tmp), device, console)
+                save()
+            for size in sequential:
+                run_way(figures, "sequential", size, args, seeds, Path(tmp), device, console)
+                save()
+        except KeyboardInterrupt:
+            console.print("bench_sweep: stopped from outside; the sizes measured so far are saved")
+            return
     console.print(sweep_table(figures, sizes, sequential))
     save()
 

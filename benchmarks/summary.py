@@ -1,7 +1,7 @@
 """Every figure of one `benchmarks/gpu.sh` run as one table, beside the targets of issue 13 where it sets one.
 
 Reads the JSON files gpu.sh writes into its output folder (data.json, store_info.json,
-bench_extract.json, bench_step.json, bench_sweep.json, store_info_timm.json); a file that is
+bench_extract.json, bench_step.json, bench_profile.json, bench_sweep.json, store_info_timm.json); a file that is
 missing, empty or cut short gives "–" for its figures. The table is in Markdown, to paste as it is.
 
     python benchmarks/summary.py gpu-out
@@ -100,17 +100,30 @@ def step_rows(step: dict | None) -> list[Row]:
     return rows
 
 
+def profile_rows(profile: dict | None) -> list[Row]:
+    """The profiled grouped step at size 2000's batch: ms per step, achieved TFLOP/s, the top three operators."""
+    if profile is None:
+        return [("bench_profile, grouped step", DASH, "ms", "")]
+    what = f"bench_profile, {profile['runs']} runs grouped, batch {profile['batch_size']}: step (decoder TFLOP/s)"
+    top = ", ".join(f"{e['name']} {e['self_us'] / 1e3:.0f} ms" for e in profile["top"][:3])
+    return [
+        (what, f"{profile['ms_per_step']:.2f} ({profile['tflops']:.1f})", "ms", ""),
+        ("  top operators, one epoch", top, "", ""),
+    ]
+
+
 def sweep_rows(sweep: dict | None) -> list[Row]:
     """The protocol x seeds as one call (wall, training per size), the size-by-size grouped sweep, F/C, sequential."""
     target = f"< {TARGET_PROTOCOL_SECONDS} s (H100/H200, 5 seeds)"
     if sweep is None or not sweep.get("protocol"):
         return [("protocol x seeds, one call (C), wall", DASH, "s", target)]
     protocol, n_seeds = sweep["protocol"], len(sweep["seeds"])
-    rows: list[Row] = [
-        (f"protocol x {n_seeds} seeds, one call (C), wall", number(protocol["wall_seconds"]), "s", target)
-    ]
+    wall = protocol["wall_seconds"]
+    value = number(wall) if wall is not None else f"stopped after {number(protocol['stopped_after_seconds'])}"
+    rows: list[Row] = [(f"protocol x {n_seeds} seeds, one call (C), wall", value, "s", target)]
     for size, row in protocol["sizes"].items():
-        rows.append((f"  size {size}: training, {n_seeds} runs", number(sum(row["train_seconds"])), "s", ""))
+        what = f"  size {size}: training of {n_seeds} runs (finished after)"
+        rows.append((what, f"{number(sum(row['train_seconds']))} ({number(row['finished_seconds'])})", "s", ""))
     grouped = sweep.get("grouped") or {}
     if grouped:
         wall = sum(r["wall_seconds"] for r in grouped.values())
@@ -140,6 +153,7 @@ def summary_table(out: Path) -> Table:
         *extract_rows(load(out, "store_info.json"), "extract"),
         *bench_extract_rows(load(out, "bench_extract.json")),
         *step_rows(load(out, "bench_step.json")),
+        *profile_rows(load(out, "bench_profile.json")),
         *sweep_rows(load(out, "bench_sweep.json")),
         *extract_rows(load(out, "store_info_timm.json"), "extract"),
     ]

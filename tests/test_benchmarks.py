@@ -31,16 +31,20 @@ def test_gpu_script_smoke_mode_runs_every_step(tmp_path):
     assert "== done" in log
     sweep = json.loads((tmp_path / "out" / "bench_sweep.json").read_text())
     assert list(sweep).index("protocol") < list(sweep).index("grouped")
-    assert set(sweep["protocol"]["sizes"]) == {"20", "10"} and sweep["protocol"]["wall_seconds"] > 0
-    assert all(len(row["train_seconds"]) == 2 for row in sweep["protocol"]["sizes"].values())
+    protocol = sweep["protocol"]
+    assert set(protocol["sizes"]) == {"20", "10"} and protocol["wall_seconds"] > 0
+    for row in protocol["sizes"].values():
+        assert len(row["train_seconds"]) == 2 and 0 < row["finished_seconds"] <= protocol["wall_seconds"]
     assert set(sweep["grouped"]) == {"20", "10"} and set(sweep["sequential"]) == {"10"} and sweep["ratio"]["F"] > 0
     step = json.loads((tmp_path / "out" / "bench_step.json").read_text())
     assert [(r["arch"], r["batch_size"]) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
     assert json.loads((tmp_path / "out" / "bench_extract.json").read_text())
+    assert json.loads((tmp_path / "out" / "bench_profile.json").read_text())["top"]
     assert json.loads((tmp_path / "out" / "store_info.json").read_text())["complete"] is True
     assert json.loads((tmp_path / "out" / "data.json").read_text())["kind"].startswith("synthetic")
     summary = log[log.index("== summary") :]
-    for figure in ("data: synthetic", "protocol x 2 seeds, one call (C), wall", "bench_step vit_micro, batch 50"):
+    figures = ("data: synthetic", "protocol x 2 seeds, one call (C), wall", "bench_step vit_micro, batch 50")
+    for figure in (*figures, "bench_profile, 5 runs grouped, batch 4"):
         assert figure in summary, summary
 
 
