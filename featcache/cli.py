@@ -32,6 +32,14 @@ class GlobalOptions:
 
 state = GlobalOptions()
 
+#: train-decoder's and compare-e2e's switch for `featcache.graphs`.
+CUDA_GRAPHS = typer.Option(
+    True,
+    "--cuda-graphs/--no-cuda-graphs",
+    help="On CUDA, replay each training epoch and validation pass as a CUDA graph after the first (same "
+    "results, far fewer launches); --no-cuda-graphs runs every step eagerly, e.g. to rule graphs out.",
+)
+
 
 @app.callback()
 def _global(
@@ -404,6 +412,7 @@ def train_decoder(
         "default: grouped on CUDA; on the CPU seeds one by one, where grouping them measured slower, and a grid's "
         "combinations of each seed grouped, where that measured faster.",
     ),
+    cuda_graphs: bool = CUDA_GRAPHS,
     device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train a decoder straight from the store, once per seed (and learning rate and weight decay), and summarise
@@ -440,6 +449,7 @@ def train_decoder(
         checkpoint_seconds=checkpoint_seconds,
         lrs=lrs,
         weight_decays=weight_decays,
+        cuda_graphs=cuda_graphs,
     )
     if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
         return
@@ -522,6 +532,7 @@ def compare_e2e(
         help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none.",
     ),
     out: Path = typer.Option(Path("runs/compare-e2e"), help="REPORT_DIR."),
+    cuda_graphs: bool = CUDA_GRAPHS,
     device: str | None = typer.Option(None, help="Overrides the global --device."),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
@@ -547,6 +558,7 @@ def compare_e2e(
         device=device or state.device,
         layers=parse_layers(layers) if layers else None,
         grid_modes=parse_list(grid_modes, "--grid-modes", str),
+        cuda_graphs=cuda_graphs,
     )
     from featcache.report import compare_table
 

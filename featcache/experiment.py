@@ -94,6 +94,7 @@ def train_decoder(
     grouped: bool | None = None,
     lrs: list[float] | None = None,
     weight_decays: list[float] | None = None,
+    cuda_graphs: bool = True,
 ) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed (and per learning rate and weight decay) from the store;
     write every run's outputs.
@@ -109,6 +110,7 @@ def train_decoder(
     by one (grouping them measured slower) but a grid's combinations of each seed grouped (measured
     faster); see RESULTS.md.
     ``encoder`` (a weights file, imagenet or random), when given, must be the store's encoder.
+    ``cuda_graphs``: on CUDA, replay each epoch as a CUDA graph (`featcache.graphs`); False runs eagerly.
     Resumable: a run whose ``results.json`` exists for the same configuration is not trained
     again, and interrupted runs continue from ``OUT/resume-*.pt`` (written at most every
     ``checkpoint_seconds``).
@@ -188,6 +190,7 @@ def train_decoder(
                         dev,
                         epoch_row(bar, label, plan.epochs),
                         checkpointer,
+                        None if cuda_graphs else False,
                     )
                 except torch.OutOfMemoryError:
                     if len(group) == 1:
@@ -309,6 +312,7 @@ class CompareConfig:
     device: str = "auto"
     layers: tuple[int, ...] | None = None  # the stored blocks every mode reads (None: all)
     grid_modes: tuple[str, ...] = ("C",)  # the modes that train every learning rate of a list
+    cuda_graphs: bool = True  # on CUDA, each epoch replayed as a CUDA graph; False: eager (debugging)
 
     @property
     def lrs(self) -> tuple[float, ...]:
@@ -417,6 +421,7 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
             if lr in cfg.mode_lrs(m) and (not grouped[m] or (lr, k) == (cfg.lrs[0], cfg.seeds[0]))
         ]
         grid = {m: len(cfg.mode_lrs(m)) > 1 for m in cfg.modes}
+        graphs = None if cfg.cuda_graphs else False
         # Under torchrun each rank takes every K-th batch of runs; runs are independent and seeded.
         batches = batches[dist.rank :: dist.world_size]
         n_test = len(store.indices("test"))
@@ -468,11 +473,13 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                     [SizeGroup(plans[s], batch_cfgs(m, s, r), batch_row(m, s, r)) for m, s, r in from_store],
                     device,
                     lambda i, runs: record(*from_store[i], runs),
+                    graphs=graphs,
                 )
             for mode, size, lr_seeds in batches:
                 if not MODES[mode].reads_store:
                     cfgs, row = batch_cfgs(mode, size, lr_seeds), batch_row(mode, size, lr_seeds)()
-                    record(mode, size, lr_seeds, train_mode(store, mode, cfgs, plans[size], encoders, device, row))
+                    runs = train_mode(store, mode, cfgs, plans[size], encoders, device, row, graphs=graphs)
+                    record(mode, size, lr_seeds, runs)
         gathered = dist.gather_objects((results, cases))
         dist.close()
         if not dist.is_main:

@@ -247,6 +247,7 @@ class FitResult:
     train_seconds: float
     total_seconds: float
     epoch_train_seconds: list[float] = field(default_factory=list)
+    cuda_graphs: bool = False  # whether its training epochs were replayed as a CUDA graph
 
 
 @torch.no_grad()
@@ -475,10 +476,11 @@ def fit_group(
     task = _DecoderTask(decoder, runs, plan, cfg, device, graphs)
     try:
         result = run_epochs(task, plan.epochs, device, checkpointer, progress)
+        replayed = task.train_pass.graph is not None
     finally:
         task.close()  # here, not whenever the garbage collector finds the task: maybe during another capture
     return [
-        FitResult(best, history, result.train_seconds, result.total_seconds, result.epoch_train_seconds)
+        FitResult(best, history, result.train_seconds, result.total_seconds, result.epoch_train_seconds, replayed)
         for best, history in zip(result.bests, result.histories, strict=True)
     ]
 

@@ -290,6 +290,7 @@ def train_sizes_from_store(
     device: torch.device,
     done: Callable[[int, list[RunOutput]], None] | None = None,
     concurrent: bool | None = None,
+    graphs: bool | None = None,
 ) -> list[list[RunOutput]]:
     """C mode, several groups (a sweep's sizes) from one read of the store (`load_splits`): each group's outputs,
     also handed to ``done(index, outputs)`` in the calling thread as each group finishes.
@@ -299,7 +300,7 @@ def train_sizes_from_store(
     group's results are those it gets alone (its own seeds, subsets, generators; `fit_group`), and its
     ``train_seconds`` are measured on its own stream while the others run. Groups must share augmentation and
     layers. A group that runs out of GPU memory beside the others trains again after them, alone. Ctrl-C (or
-    a group's error) stops the other groups at the end of their current epoch.
+    a group's error) stops the other groups at the end of their current epoch. ``graphs``: as `fit_group`'s.
     """
     runs = [(c, select_rows(store, g.plan, c.seed)) for g in groups for c in g.cfgs]
     data = load_splits(store, runs, device)
@@ -317,7 +318,7 @@ def train_sizes_from_store(
                 row(epoch, epochs, train_loss, val_loss, best_epoch)
             GATE.pause()  # between epochs: where another thread's CUDA graph capture may run
 
-        return train_group_from_store(store, groups[i].cfgs, device, progress, None, groups[i].plan, data)
+        return train_group_from_store(store, groups[i].cfgs, device, progress, None, groups[i].plan, data, graphs)
 
     def finish(i: int, result: list[RunOutput]) -> None:
         outputs[i] = result
@@ -369,9 +370,11 @@ def train_encoder_mode(
     encoders: dict[str, AnyEncoder],
     device: torch.device,
     progress: EpochCallback | None = None,
+    graphs: bool | None = None,
 ) -> RunOutput:
     """One run of an encoder mode (E, Es, F, FI): the encoder ``encoders[MODES[mode].encoder]`` (``ssl`` or
-    ``init``; a copy is trained, the one given is left as it was) runs on the store's images at every step."""
+    ``init``; a copy is trained, the one given is left as it was) runs on the store's images at every step.
+    ``graphs``: as `fit_group`'s."""
     spec = MODES[mode]
     rows = select_rows(store, plan, cfg.seed)
     train_masks = store.masks(rows.train_rows)
@@ -383,7 +386,7 @@ def train_encoder_mode(
     run = RunInputs(
         cfg.seed, sources["train"], train_masks.to(device), sources["val"], store.masks(rows.val_rows, device)
     )
-    fitted = fit(decoder, run, plan, cfg, device, progress)
+    fitted = fit(decoder, run, plan, cfg, device, progress, graphs=graphs)
     decoder.load_state_dict(fitted.best.weights["decoder"])
     if fitted.best.weights["encoder"] is not None:
         encoder.load_state_dict(fitted.best.weights["encoder"])
@@ -401,11 +404,13 @@ def train_mode(
     device: torch.device,
     progress: EpochCallback | None = None,
     checkpointer: Checkpointer | None = None,
+    graphs: bool | None = None,
 ) -> list[RunOutput]:
-    """The runs of one mode and size, one per config: grouped from the store, or one encoder run each."""
+    """The runs of one mode and size, one per config: grouped from the store, or one encoder run each.
+    ``graphs``: as `fit_group`'s."""
     if MODES[mode].reads_store:
-        return train_group_from_store(store, cfgs, device, progress, checkpointer, plan)
-    return [train_encoder_mode(store, mode, c, plan, encoders, device, progress) for c in cfgs]
+        return train_group_from_store(store, cfgs, device, progress, checkpointer, plan, graphs=graphs)
+    return [train_encoder_mode(store, mode, c, plan, encoders, device, progress, graphs) for c in cfgs]
 
 
 def original_masks(store: FeatureStore, ids: list[str]) -> list[np.ndarray]:
@@ -469,6 +474,7 @@ def results_dict(
         "best_val_loss": fit_result.best.val_loss,
         "train_seconds": round(fit_result.train_seconds, 4),
         "total_seconds": round(fit_result.total_seconds, 4),
+        "cuda_graphs": fit_result.cuda_graphs,
         "augment": cfg.augment,
         "device": str(device),
         "decoder": cfg.decoder,

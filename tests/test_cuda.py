@@ -186,6 +186,7 @@ def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_eithe
     )
     if DEVICE.type == "cuda":  # the default: grouped on CUDA only
         assert all(r["group"]["seeds"] == [0, 1] for r in sweep.results)
+    assert all(r["cuda_graphs"] for r in sweep.results)
     images = synth_root / "ISIC-2017_Test_v2_Data"
     on_gpu = predict(tmp_path / "run", [images], tmp_path / "gpu", device=str(DEVICE))
     on_cpu = predict(tmp_path / "run", [images], tmp_path / "cpu", device="cpu")
@@ -244,6 +245,20 @@ def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):
     )
     comparison = compare_e2e(cfg, progress=False)
     assert len(comparison.results) == 3 * 2 * 2 and (comparison.out / "report.md").exists()
+    assert all(r["cuda_graphs"] for r in comparison.results)
+
+
+def test_no_cuda_graphs_trains_eagerly(micro_store, tmp_path, captures):
+    sweep = train_decoder(
+        str(micro_store),
+        quick_train(epochs=3),
+        [0, 1],
+        tmp_path / "run",
+        str(DEVICE),
+        progress=False,
+        cuda_graphs=False,
+    )
+    assert captures == [] and not any(r["cuda_graphs"] for r in sweep.results)
 
 
 def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path):

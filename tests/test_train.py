@@ -37,6 +37,7 @@ from featcache.train import (
 )
 
 RESULT_KEYS = {
+    "cuda_graphs",
     "mode",
     "size",
     "seed",
@@ -61,6 +62,7 @@ def test_sweep_writes_results_checkpoints_curves_and_summary(micro_store, tmp_pa
         result = json.loads((run / "results.json").read_text())
         assert RESULT_KEYS <= set(result) and set(result["test"]) == TEST_KEYS
         assert result["mode"] == "C" and result["seed"] == seed and result["epochs"] == 3
+        assert result["cuda_graphs"] is False  # the CPU trains eagerly
         assert len(result["history"]["val_loss"]) == 3
         assert result["best_val_loss"] == min(result["history"]["val_loss"])
         assert result["history"]["val_loss"][result["best_epoch"] - 1] == result["best_val_loss"]
@@ -198,6 +200,7 @@ def test_cli_train_decoder(micro_store, tmp_path, cli):
         tmp_path / "run",
         "--device",
         "cpu",
+        "--no-cuda-graphs",  # accepted everywhere; the CPU trains eagerly anyway
     )
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "run" / "seed-0" / "results.json").read_text())
