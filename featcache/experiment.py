@@ -30,7 +30,15 @@ from featcache.report import (
 from featcache.resume import Checkpointer
 from featcache.runtime import err_console
 from featcache.store import FeatureStore
-from featcache.train import SizeGroup, TrainConfig, check_store_run, train_mode, train_sizes_from_store
+from featcache.train import (
+    SizeGroup,
+    TrainConfig,
+    check_store_run,
+    load_splits,
+    select_rows,
+    train_mode,
+    train_sizes_from_store,
+)
 
 
 @dataclass
@@ -475,10 +483,15 @@ def compare_e2e(cfg: CompareConfig, progress: bool = True) -> Comparison:
                     lambda i, runs: record(*from_store[i], runs),
                     graphs=graphs,
                 )
-            for mode, size, lr_seeds in batches:
-                if not MODES[mode].reads_store:
-                    cfgs, row = batch_cfgs(mode, size, lr_seeds), batch_row(mode, size, lr_seeds)()
-                    runs = train_mode(store, mode, cfgs, plans[size], encoders, device, row, graphs=graphs)
+            on_images = [b for b in batches if not MODES[b[0]].reads_store]
+            if on_images:
+                # The encoder modes' images, also read once for all their runs.
+                run_cfgs = [batch_cfgs(*b) for b in on_images]
+                every_run = [(c, select_rows(store, plans[c.size], c.seed)) for cs in run_cfgs for c in cs]
+                images = load_splits(store, every_run, device, images=True)
+                for (mode, size, lr_seeds), cs in zip(on_images, run_cfgs, strict=True):
+                    row = batch_row(mode, size, lr_seeds)()
+                    runs = train_mode(store, mode, cs, plans[size], encoders, device, row, graphs=graphs, data=images)
                     record(mode, size, lr_seeds, runs)
         gathered = dist.gather_objects((results, cases))
         dist.close()

@@ -156,54 +156,57 @@ def train_from_store(
 
 @dataclass
 class SharedSplits:
-    """The store data of several C runs on the training device, each split read once: the sorted union of the
-    runs' training rows with their features ``[n, V, C, h, w]`` (V = 1 unless ``exact`` flips are needed) and
-    masks ``[n, S, S]`` uint8, the same for validation, and the test split's features.
+    """The store data of several runs on the training device, each split read once: the sorted union of the
+    runs' training rows with their inputs and masks ``[n, S, S]`` uint8, the same for validation, and the test
+    split's inputs. Inputs are features ``[n, V, C, h, w]`` for C runs (V = 1 unless ``exact`` flips are
+    needed) or images ``[n, 3, S, S]`` uint8 for encoder runs.
 
     The seeds' subsets overlap, and those of a sweep's sizes nest (at the largest size they are all the
     whole training split), so every run indexes into one copy (`positions`).
     """
 
     train_rows: np.ndarray
-    train_features: torch.Tensor
+    train_inputs: torch.Tensor
     train_masks: torch.Tensor
     val_rows: np.ndarray
-    val_features: torch.Tensor
+    val_inputs: torch.Tensor
     val_masks: torch.Tensor
     test_rows: np.ndarray
-    test_features: torch.Tensor
+    test_inputs: torch.Tensor
 
     def positions(self, split: str, rows: np.ndarray) -> torch.Tensor:
         """Where the store rows ``rows`` of ``split`` (train or val) are in this copy: ``[m]`` on its device."""
         union = self.train_rows if split == "train" else self.val_rows
-        device = self.train_features.device
+        device = self.train_inputs.device
         return torch.from_numpy(np.searchsorted(union, rows)).to(device)
 
 
-def load_splits(store: FeatureStore, runs: list[tuple[TrainConfig, RunData]], device: torch.device) -> SharedSplits:
-    """Read the rows of every run in ``runs`` (configs that share augmentation and layers) once, refuse a run
-    whose training masks are all empty, and place the copy on ``device``."""
+def load_splits(
+    store: FeatureStore, runs: list[tuple[TrainConfig, RunData]], device: torch.device, images: bool = False
+) -> SharedSplits:
+    """Read the rows of every run in ``runs`` once, refuse a run whose training masks are all empty, and place the
+    copy on ``device``: the features (for C runs, which must share augmentation and layers) or, with ``images``,
+    the images (for encoder runs)."""
     cfg = runs[0][0]
     train_rows = np.unique(np.concatenate([r.train_rows for _, r in runs]))
     val_rows = np.unique(np.concatenate([r.val_rows for _, r in runs]))
+    test_rows = runs[0][1].test_rows
     train_masks = store.masks(train_rows)
     for c, r in runs:
         refuse_empty_masks(store, train_masks[np.searchsorted(train_rows, r.train_rows)], c)
-    train_feats = store.features(train_rows, identity_only=cfg.augment != "exact", layers=cfg.layers)
-    val_feats = store.features(val_rows, identity_only=True, layers=cfg.layers)
-    test_rows = runs[0][1].test_rows
-    test_feats = store.features(test_rows, identity_only=True, layers=cfg.layers)
-    if placement(device, 2 * (train_feats.nbytes + val_feats.nbytes + test_feats.nbytes)) != device:
-        raise FeatcacheError(f"the features of this run do not fit on {device}; use --device cpu or fewer --seeds")
+    if images:
+        inputs = [store.images(rows) for rows in (train_rows, val_rows, test_rows)]
+    else:
+        inputs = [
+            store.features(train_rows, identity_only=cfg.augment != "exact", layers=cfg.layers),
+            store.features(val_rows, identity_only=True, layers=cfg.layers),
+            store.features(test_rows, identity_only=True, layers=cfg.layers),
+        ]
+    if placement(device, 2 * sum(x.nbytes for x in inputs)) != device:
+        raise FeatcacheError(f"the inputs of these runs do not fit on {device}; use --device cpu or fewer --seeds")
+    train, val, test = (x.to(device) for x in inputs)
     return SharedSplits(
-        train_rows,
-        train_feats.to(device),
-        train_masks.to(device),
-        val_rows,
-        val_feats.to(device),
-        store.masks(val_rows, device),
-        test_rows,
-        test_feats.to(device),
+        train_rows, train, train_masks.to(device), val_rows, val, store.masks(val_rows, device), test_rows, test
     )
 
 
@@ -238,15 +241,15 @@ def train_group_from_store(
         runs.append(
             RunInputs(
                 c.seed,
-                StoreFeatures(data.train_features, cfg.augment, tp),
+                StoreFeatures(data.train_inputs, cfg.augment, tp),
                 data.train_masks[tp],
-                StoreFeatures(data.val_features, "none", vp),
+                StoreFeatures(data.val_inputs, "none", vp),
                 data.val_masks[vp],
                 c.lr,
                 c.weight_decay,
             )
         )
-    test_source = StoreFeatures(data.test_features, "none")
+    test_source = StoreFeatures(data.test_inputs, "none")
     width, k_runs = store.feature_width(cfg.layers), len(cfgs)
     decoder = build_decoder(cfg.decoder, width, k_runs, store.patch_size)
     decoder.load_state_dict(stack_states([seeded_decoder(c, width, store.patch_size).state_dict() for c in cfgs]))
@@ -371,21 +374,25 @@ def train_encoder_mode(
     device: torch.device,
     progress: EpochCallback | None = None,
     graphs: bool | None = None,
+    data: SharedSplits | None = None,
 ) -> RunOutput:
     """One run of an encoder mode (E, Es, F, FI): the encoder ``encoders[MODES[mode].encoder]`` (``ssl`` or
     ``init``; a copy is trained, the one given is left as it was) runs on the store's images at every step.
-    ``graphs``: as `fit_group`'s."""
+    ``graphs``: as `fit_group`'s. ``data``: the store's images already on the device (`load_splits` with
+    ``images``, holding at least this run's rows), else read here."""
     spec = MODES[mode]
     rows = select_rows(store, plan, cfg.seed)
-    train_masks = store.masks(rows.train_rows)
-    refuse_empty_masks(store, train_masks, cfg)
+    if data is None:
+        data = load_splits(store, [(cfg, rows)], device, images=True)
+    tp, vp = data.positions("train", rows.train_rows), data.positions("val", rows.val_rows)
     encoder = copy.deepcopy(encoders[spec.encoder]).to(device)
-    images = {k: store.images(getattr(rows, f"{k}_rows"), device) for k in ("train", "val", "test")}
-    sources = {k: EncoderFeatures(encoder, images[k], spec.trainable and k == "train") for k in images}
+    sources = {
+        "train": EncoderFeatures(encoder, data.train_inputs[tp], spec.trainable),
+        "val": EncoderFeatures(encoder, data.val_inputs[vp], False),
+        "test": EncoderFeatures(encoder, data.test_inputs, False),
+    }
     decoder = seeded_decoder(cfg, encoder.width, encoder.patch_size).to(device)
-    run = RunInputs(
-        cfg.seed, sources["train"], train_masks.to(device), sources["val"], store.masks(rows.val_rows, device)
-    )
+    run = RunInputs(cfg.seed, sources["train"], data.train_masks[tp], sources["val"], data.val_masks[vp])
     fitted = fit(decoder, run, plan, cfg, device, progress, graphs=graphs)
     decoder.load_state_dict(fitted.best.weights["decoder"])
     if fitted.best.weights["encoder"] is not None:
@@ -405,12 +412,13 @@ def train_mode(
     progress: EpochCallback | None = None,
     checkpointer: Checkpointer | None = None,
     graphs: bool | None = None,
+    data: SharedSplits | None = None,
 ) -> list[RunOutput]:
     """The runs of one mode and size, one per config: grouped from the store, or one encoder run each.
-    ``graphs``: as `fit_group`'s."""
+    ``graphs``: as `fit_group`'s; ``data``: the rows already read (features for C, images for encoder modes)."""
     if MODES[mode].reads_store:
-        return train_group_from_store(store, cfgs, device, progress, checkpointer, plan, graphs=graphs)
-    return [train_encoder_mode(store, mode, c, plan, encoders, device, progress, graphs) for c in cfgs]
+        return train_group_from_store(store, cfgs, device, progress, checkpointer, plan, data, graphs)
+    return [train_encoder_mode(store, mode, c, plan, encoders, device, progress, graphs, data) for c in cfgs]
 
 
 def original_masks(store: FeatureStore, ids: list[str]) -> list[np.ndarray]:

@@ -172,3 +172,33 @@ def test_a_diverging_end_to_end_run_stops_with_one_line(micro_store, tmp_path):
     )
     with pytest.raises(FeatcacheError, match=r"loss of seed 0 at size 4 is not finite at epoch 1; lower --lr"):
         compare_e2e(cfg, progress=False)
+
+
+def test_a_comparison_reads_the_store_once_for_its_c_runs_and_once_for_its_encoder_runs(
+    micro_store, tmp_path, monkeypatch
+):
+    import featcache.experiment
+    import featcache.train
+
+    reads = []
+    load = featcache.train.load_splits
+
+    def counted(store, runs, device, images=False):
+        reads.append(("images" if images else "features", len(runs)))
+        return load(store, runs, device, images)
+
+    monkeypatch.setattr(featcache.train, "load_splits", counted)
+    monkeypatch.setattr(featcache.experiment, "load_splits", counted)
+    cfg = CompareConfig(
+        store=str(micro_store),
+        out=tmp_path / "cmp",
+        sizes=(8, 4),
+        seeds=(0, 1),
+        modes=("F", "C"),
+        epochs=1,
+        batch_size=4,
+        val_size=3,
+        device="cpu",
+    )
+    assert len(compare_e2e(cfg, progress=False).results) == 2 * 2 * 2
+    assert reads == [("features", 4), ("images", 4)]  # (size, seed) runs per read
