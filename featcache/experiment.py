@@ -29,16 +29,9 @@ from featcache.report import (
 )
 from featcache.resume import Checkpointer
 from featcache.runtime import err_console
+from featcache.sizes import SizeGroup, train_sizes_from_store
 from featcache.store import FeatureStore
-from featcache.train import (
-    SizeGroup,
-    TrainConfig,
-    check_store_run,
-    load_splits,
-    select_rows,
-    train_mode,
-    train_sizes_from_store,
-)
+from featcache.train import TrainConfig, check_store_run, load_splits, select_rows, train_mode
 
 
 @dataclass

@@ -3,7 +3,7 @@ capture alone on the GPU while other threads train beside it.
 
 A capture must be the only CUDA work in the process while it is underway: a device-wide
 synchronisation from another thread (cuDNN's autotuning does one) or a graph freed meanwhile breaks
-it. Threads that train side by side (`featcache.train.train_sizes_from_store`) therefore hold
+it. Threads that train side by side (`featcache.sizes.train_sizes_from_store`) therefore hold
 `GATE` while they work and step out of it between epochs (`CaptureGate.pause`); a capture waits
 until every other holder has stepped out and keeps them out until it ends.
 """

@@ -21,8 +21,9 @@ from featcache.predict import predict
 from featcache.pretrain import pretrain
 from featcache.resume import Checkpointer
 from featcache.runtime import autocast
+from featcache.sizes import SizeGroup, train_sizes_from_store
 from featcache.store import FeatureStore, placement
-from featcache.train import SizeGroup, train_from_store, train_group_from_store, train_mode, train_sizes_from_store
+from featcache.train import train_from_store, train_group_from_store, train_mode
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -27,13 +27,11 @@ from featcache.protocol import Plan, plan_run
 from featcache.sources import EncoderFeatures, StoreFeatures, flip_per_sample
 from featcache.store import FeatureStore
 from featcache.train import (
-    SizeGroup,
     TrainConfig,
     seeded_decoder,
     select_rows,
     train_from_store,
     train_group_from_store,
-    train_sizes_from_store,
 )
 
 RESULT_KEYS = {
@@ -286,27 +284,6 @@ def test_grouped_seeds_equal_separate_runs(micro_store):
         for name, value in s.checkpoint["state_dict"].items():
             torch.testing.assert_close(g.checkpoint["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
         assert g.results["group"]["runs"] == 3
-
-
-def test_a_sweep_reads_each_split_once_and_each_size_gets_what_it_gets_alone(micro_store, monkeypatch):
-    cpu = torch.device("cpu")
-    with FeatureStore.open(micro_store) as store:
-        plans = {size: quick_train(size=size).plan(store) for size in (8, 4)}
-        groups = [SizeGroup(plans[size], [quick_train(size=size, seed=s) for s in (0, 1)]) for size in plans]
-        alone = [train_group_from_store(store, g.cfgs, cpu, plan=g.plan) for g in groups]
-        reads = []
-        real_features = store.features
-        monkeypatch.setattr(store, "features", lambda rows, **kw: reads.append(len(rows)) or real_features(rows, **kw))
-        finished = []
-        swept = train_sizes_from_store(store, groups, cpu, lambda i, runs: finished.append(i))
-        # Train, validation and test: one read each, for two sizes x two seeds; the training read is the
-        # union of the nested subsets (the largest size's, for both seeds).
-        train_rows = np.unique(np.concatenate([select_rows(store, plans[8], s).train_rows for s in (0, 1)]))
-        assert len(reads) == 3 and reads[0] == len(train_rows) and finished == [0, 1]
-    for group_alone, group_swept in zip(alone, swept, strict=True):
-        for a, b in zip(group_alone, group_swept, strict=True):
-            assert a.results["train_ids"] == b.results["train_ids"]
-            assert a.results["history"] == b.results["history"] and a.results["test"] == b.results["test"]
 
 
 def test_the_cpu_loop_runs_eagerly_and_times_every_epoch(micro_store):

@@ -1,0 +1,111 @@
+"""A sweep's sizes trained from one read of the store, side by side on one GPU.
+
+The protocol's small sizes leave a GPU mostly idle even as CUDA graphs, so `train_sizes_from_store`
+trains every size's group in its own thread and CUDA stream at the same time, all reading one copy of
+the store's rows (`featcache.train.load_splits`). On the CPU the groups run one after another.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import torch
+
+from featcache.graphs import GATE
+from featcache.progress import EpochCallback
+from featcache.protocol import Plan
+from featcache.runtime import err_console
+from featcache.store import FeatureStore
+from featcache.train import RunOutput, TrainConfig, load_splits, select_rows, train_group_from_store
+
+
+@dataclass
+class SizeGroup:
+    """One group of a sweep: the runs of one size trained together (as `train_group_from_store` does) and its
+    plan; ``row`` makes its progress callback when it starts (None: no progress)."""
+
+    plan: Plan
+    cfgs: list[TrainConfig]
+    row: Callable[[], EpochCallback] | None = None
+
+
+def train_sizes_from_store(
+    store: FeatureStore,
+    groups: list[SizeGroup],
+    device: torch.device,
+    done: Callable[[int, list[RunOutput]], None] | None = None,
+    concurrent: bool | None = None,
+    graphs: bool | None = None,
+) -> list[list[RunOutput]]:
+    """C mode, several groups (a sweep's sizes) from one read of the store (`load_splits`): each group's outputs,
+    also handed to ``done(index, outputs)`` in the calling thread as each group finishes.
+
+    ``concurrent`` (None: on CUDA): the groups train at the same time on one GPU, each in a thread with its
+    own CUDA stream, so the small sizes, which alone leave most of the GPU idle, overlap the large one. Each
+    group's results are those it gets alone (its own seeds, subsets, generators; `fit_group`), and its
+    ``train_seconds`` are measured on its own stream while the others run. Groups must share augmentation and
+    layers. A group that runs out of GPU memory beside the others trains again after them, alone. Ctrl-C (or
+    a group's error) stops the other groups at the end of their current epoch. ``graphs``: as `fit_group`'s.
+    """
+    runs = [(c, select_rows(store, g.plan, c.seed)) for g in groups for c in g.cfgs]
+    data = load_splits(store, runs, device)
+    concurrent = device.type == "cuda" and len(groups) > 1 if concurrent is None else concurrent
+    outputs: list[list[RunOutput] | None] = [None] * len(groups)
+    stop = threading.Event()
+
+    def train(i: int) -> list[RunOutput]:
+        row = groups[i].row() if groups[i].row is not None else None
+
+        def progress(epoch: int, epochs: int, train_loss: float, val_loss: float, best_epoch: int) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if row is not None:
+                row(epoch, epochs, train_loss, val_loss, best_epoch)
+            GATE.pause()  # between epochs: where another thread's CUDA graph capture may run
+
+        return train_group_from_store(store, groups[i].cfgs, device, progress, None, groups[i].plan, data, graphs)
+
+    def finish(i: int, result: list[RunOutput]) -> None:
+        outputs[i] = result
+        if done is not None:
+            done(i, result)
+
+    if not concurrent:
+        for i in range(len(groups)):
+            finish(i, train(i))
+        return outputs
+
+    torch.cuda.current_stream(device).synchronize()  # the shared data is on the device before any thread reads it
+
+    def on_own_stream(i: int) -> list[RunOutput]:
+        with GATE.working(), torch.cuda.stream(torch.cuda.Stream(device)):
+            result = train(i)
+            torch.cuda.current_stream(device).synchronize()
+        return result
+
+    # Largest first: it bounds the sweep's wall time, so it should not wait behind the others' starts.
+    order = sorted(range(len(groups)), key=lambda i: -groups[i].plan.size * groups[i].plan.epochs)
+    out_of_memory = []
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="featcache-size") as pool:
+        futures = {pool.submit(on_own_stream, i): i for i in order}
+        try:
+            for future in as_completed(futures):
+                try:
+                    finish(futures[future], future.result())
+                except torch.OutOfMemoryError:
+                    out_of_memory.append(futures[future])
+        except BaseException:
+            stop.set()  # Ctrl-C or a failed group: the others stop at their next epoch instead of running on
+            raise
+    if out_of_memory:
+        gc.collect()  # what the failed threads left in reference cycles, before the cache is emptied
+        torch.cuda.empty_cache()
+        sizes = ", ".join(str(groups[i].plan.size) for i in out_of_memory)
+        err_console.print(f"size {sizes}: out of GPU memory beside the other sizes; training again alone")
+        for i in sorted(out_of_memory):
+            finish(i, train(i))
+    return outputs
