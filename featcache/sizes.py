@@ -1,8 +1,9 @@
 """A sweep's sizes trained from one read of the store, side by side on one GPU.
 
-The protocol's small sizes leave a GPU mostly idle even as CUDA graphs, so `train_sizes_from_store`
-trains every size's group in its own thread and CUDA stream at the same time, all reading one copy of
-the store's rows (`featcache.train.load_splits`). On the CPU the groups run one after another.
+The protocol's small sizes train a few images per step, too little to fill a GPU even as CUDA
+graphs, so `train_sizes_from_store` trains every size's group in its own thread and CUDA stream at the
+same time, all reading one copy of the store's rows (`featcache.train.load_splits`). On the CPU the
+groups run one after another.
 """
 
 from __future__ import annotations
