@@ -178,6 +178,7 @@ def test_a_comparison_reads_the_store_once_for_its_c_runs_and_once_for_its_encod
     micro_store, tmp_path, monkeypatch
 ):
     import featcache.experiment
+    import featcache.sizes
     import featcache.train
 
     reads = []
@@ -187,8 +188,8 @@ def test_a_comparison_reads_the_store_once_for_its_c_runs_and_once_for_its_encod
         reads.append(("images" if images else "features", len(runs)))
         return load(store, runs, device, images)
 
-    monkeypatch.setattr(featcache.train, "load_splits", counted)
-    monkeypatch.setattr(featcache.experiment, "load_splits", counted)
+    for module in (featcache.train, featcache.sizes, featcache.experiment):
+        monkeypatch.setattr(module, "load_splits", counted)
     cfg = CompareConfig(
         store=str(micro_store),
         out=tmp_path / "cmp",
