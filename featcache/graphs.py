@@ -146,7 +146,8 @@ class EpochGraph:
             raise
         except RuntimeError as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            err_console.print(f"{self.name}: not captured as a CUDA graph ({reason}); it runs without one")
+            message = f"{self.name}: not captured as a CUDA graph ({reason}); it runs without one"
+            err_console.print(message, markup=False, highlight=False)
             self.enabled = False
             # Kept until `close`: freeing a graph also frees the cuBLAS workspaces of its stream, which another
             # graph captured on that stream may still use.

@@ -331,9 +331,13 @@ class _DecoderTask:
         graphs = device.type == "cuda" if graphs is None else graphs
         if graphs and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        # The task's own stream: CUDA graphs are captured off the legacy default stream, and their eager first
-        # pass runs on the stream they are captured on, as torch's documentation asks.
-        self.stream = torch.cuda.Stream(device) if graphs else None
+        # A stream of the task's own (the caller's, when that is not the default one: a concurrent sweep gives each
+        # worker one): CUDA graphs are captured off the legacy default stream, and their eager first pass runs on
+        # the stream they are captured on, as torch's documentation asks.
+        self.stream = None
+        if graphs:
+            caller = torch.cuda.current_stream(device)
+            self.stream = caller if caller != torch.cuda.default_stream(device) else torch.cuda.Stream(device)
         label = f"size {plan.size}"
         self.train_pass = EpochGraph(self._train_steps, f"training ({label})", self.stream, graphs)
         # Validation replays only after training, on the same stream: it can reuse the training graph's memory.
@@ -355,10 +359,12 @@ class _DecoderTask:
 
     def close(self) -> None:
         """Free the CUDA graphs, once nothing of this task runs on its stream any more."""
-        if self.stream is not None:
-            self.stream.synchronize()
-        self.val_pass.close()
-        self.train_pass.close()
+        try:
+            if self.stream is not None:
+                self.stream.synchronize()
+        finally:  # after a CUDA error too, which the synchronisation may raise again
+            self.val_pass.close()
+            self.train_pass.close()
 
     def train_epoch(self) -> torch.Tensor:
         self.decoder.train()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -73,9 +74,15 @@ def compute_precision(device: torch.device) -> str:
     return "bfloat16 autocast" if device.type == "cuda" else "float32"
 
 
+#: Held while torch's global CPU generator is seeded or drawn from to build modules: threads that build
+#: decoders side by side (`featcache.sizes`) would otherwise draw from each other's seeded streams.
+GLOBAL_RNG = threading.RLock()
+
+
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Build modules under torch's CPU generator seeded with ``seed``, leaving the global random state as it was."""
-    with torch.random.fork_rng(devices=[]):
+    """Build modules under torch's CPU generator seeded with ``seed``, leaving the global random state as it was
+    (one thread at a time: `GLOBAL_RNG`)."""
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

@@ -9,7 +9,9 @@ groups run one after another.
 from __future__ import annotations
 
 import gc
+import queue
 import threading
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ from featcache.protocol import Plan
 from featcache.runtime import err_console
 from featcache.store import FeatureStore
 from featcache.train import RunOutput, TrainConfig, load_splits, select_rows, train_group_from_store
+
+#: At most this many groups train at once (the protocol has six sizes); the rest wait for a free worker.
+MAX_SIDE_BY_SIDE = 8
 
 
 @dataclass
@@ -45,10 +50,11 @@ def train_sizes_from_store(
     """C mode, several groups (a sweep's sizes) from one read of the store (`load_splits`): each group's outputs,
     also handed to ``done(index, outputs)`` in the calling thread as each group finishes.
 
-    ``concurrent`` (None: on CUDA): the groups train at the same time on one GPU, each in a thread with its
-    own CUDA stream, so the small sizes, which alone leave most of the GPU idle, overlap the large one. Each
-    group's results are those it gets alone (its own seeds, subsets, generators; `fit_group`), and its
-    ``train_seconds`` are measured on its own stream while the others run. Groups must share augmentation and
+    ``concurrent`` (None: on CUDA): the groups train at the same time on one GPU (at most `MAX_SIDE_BY_SIDE`),
+    each in a thread with its own CUDA stream, so the small sizes, which alone leave most of the GPU idle,
+    overlap the large one. Each group's results are those it gets alone (its own seeds, subsets, generators,
+    initial weights; `fit_group`), and its ``train_seconds`` are measured on its own stream while the others
+    run (waits for another size's CUDA graph capture included). Groups must share augmentation and
     layers. A group that runs out of GPU memory beside the others trains again after them, alone. Ctrl-C (or
     a group's error) stops the other groups at the end of their current epoch. ``graphs``: as `fit_group`'s.
     """
@@ -81,27 +87,41 @@ def train_sizes_from_store(
         return outputs
 
     torch.cuda.current_stream(device).synchronize()  # the shared data is on the device before any thread reads it
+    # A fixed set of streams, one per worker for its lifetime: torch hands streams out round robin from a small
+    # pool, and freeing a graph frees its stream's cuBLAS workspaces, so two live tasks must never share one.
+    workers = min(len(groups), MAX_SIDE_BY_SIDE)
+    streams: queue.SimpleQueue[torch.cuda.Stream] = queue.SimpleQueue()
+    for _ in range(workers):
+        streams.put(torch.cuda.Stream(device))
 
     def on_own_stream(i: int) -> list[RunOutput]:
-        with GATE.working(), torch.cuda.stream(torch.cuda.Stream(device)):
-            result = train(i)
-            torch.cuda.current_stream(device).synchronize()
+        stream = streams.get()
+        try:
+            with GATE.working(), torch.cuda.stream(stream):
+                result = train(i)
+                stream.synchronize()
+        finally:
+            streams.put(stream)
         return result
 
     # Largest first: it bounds the sweep's wall time, so it should not wait behind the others' starts.
     order = sorted(range(len(groups)), key=lambda i: -groups[i].plan.size * groups[i].plan.epochs)
     out_of_memory = []
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="featcache-size") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featcache-size") as pool:
         futures = {pool.submit(on_own_stream, i): i for i in order}
         try:
             for future in as_completed(futures):
                 try:
                     finish(futures[future], future.result())
-                except torch.OutOfMemoryError:
+                except torch.OutOfMemoryError as error:
+                    # The traceback holds the failed group's frames, hence its tensors: let them go before the retry.
+                    traceback.clear_frames(error.__traceback__)
                     out_of_memory.append(futures[future])
         except BaseException:
             stop.set()  # Ctrl-C or a failed group: the others stop at their next epoch instead of running on
             raise
+        finally:
+            futures.clear()
     if out_of_memory:
         gc.collect()  # what the failed threads left in reference cycles, before the cache is emptied
         torch.cuda.empty_cache()

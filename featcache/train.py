@@ -26,7 +26,7 @@ from featcache.modes import MODES
 from featcache.progress import EpochCallback
 from featcache.protocol import Plan, plan_run, subset
 from featcache.resume import Checkpointer
-from featcache.runtime import seeded
+from featcache.runtime import GLOBAL_RNG, seeded
 from featcache.sources import EncoderFeatures, StoreFeatures
 from featcache.store import FeatureStore, placement
 
@@ -126,6 +126,18 @@ def seeded_decoder(cfg: TrainConfig, width: int, patch_size: int = 16) -> nn.Mod
     initialised from its seed (the same weights whichever mode trains it)."""
     with seeded(cfg.seed):
         return build_decoder(cfg.decoder, width, patch_size=patch_size)
+
+
+def grouped_decoder(cfgs: list[TrainConfig], width: int, patch_size: int = 16) -> nn.Module:
+    """One grouped decoder (``groups = len(cfgs)``) whose group k has run k's seeded initial weights, on the CPU.
+
+    Built under `GLOBAL_RNG`: the unseeded build draws from torch's global generator too, which would shift
+    the seeded draws of a thread building beside it.
+    """
+    with GLOBAL_RNG:
+        decoder = build_decoder(cfgs[0].decoder, width, len(cfgs), patch_size)
+        decoder.load_state_dict(stack_states([seeded_decoder(c, width, patch_size).state_dict() for c in cfgs]))
+    return decoder
 
 
 @dataclass
@@ -245,10 +257,8 @@ def train_group_from_store(
             )
         )
     test_source = StoreFeatures(data.test_inputs, "none")
-    width, k_runs = store.feature_width(cfg.layers), len(cfgs)
-    decoder = build_decoder(cfg.decoder, width, k_runs, store.patch_size)
-    decoder.load_state_dict(stack_states([seeded_decoder(c, width, store.patch_size).state_dict() for c in cfgs]))
-    decoder.to(device)
+    k_runs = len(cfgs)
+    decoder = grouped_decoder(cfgs, store.feature_width(cfg.layers), store.patch_size).to(device)
     fits = fit_group(decoder, runs, plan, cfg, device, progress, checkpointer, graphs)
     decoder.load_state_dict(stack_states([f.best.weights["decoder"] for f in fits]))
     logits = predict_logits(decoder, [test_source] * k_runs, len(rows[0].test_rows), cfg.eval_batch_size, device)

@@ -25,10 +25,10 @@ def test_a_capture_waits_for_working_threads_to_pause_and_keeps_them_out_until_i
             time.sleep(0.05)
             log.append("capture ends")
 
-    threads = [threading.Thread(target=worker)]
+    threads = [threading.Thread(target=worker, daemon=True)]
     threads[0].start()
     working.wait()
-    threads.append(threading.Thread(target=capture))
+    threads.append(threading.Thread(target=capture, daemon=True))
     threads[1].start()
     time.sleep(0.1)
     assert log == ["epoch 1"]  # the worker is inside an epoch: the capture waits
@@ -49,7 +49,7 @@ def test_a_working_thread_captures_without_waiting_for_itself():
             gate.pause()
             done.append("went on")
 
-    thread = threading.Thread(target=worker)
+    thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     thread.join(timeout=5)
     assert done == ["captured", "went on"]

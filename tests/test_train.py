@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from featcache.sources import EncoderFeatures, StoreFeatures, flip_per_sample
 from featcache.store import FeatureStore
 from featcache.train import (
     TrainConfig,
+    grouped_decoder,
     seeded_decoder,
     select_rows,
     train_from_store,
@@ -284,6 +286,25 @@ def test_grouped_seeds_equal_separate_runs(micro_store):
         for name, value in s.checkpoint["state_dict"].items():
             torch.testing.assert_close(g.checkpoint["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
         assert g.results["group"]["runs"] == 3
+
+
+def test_grouped_decoders_built_side_by_side_in_threads_start_from_their_own_seeds():
+    """A concurrent sweep builds each size's decoder in its own thread; torch's global generator is shared."""
+    cfgs = {k: [quick_train(seed=k), quick_train(seed=k + 10)] for k in range(6)}
+    alone = {k: grouped_decoder(c, 16).state_dict() for k, c in cfgs.items()}
+    built = {}
+
+    def build(k):
+        built[k] = grouped_decoder(cfgs[k], 16).state_dict()
+
+    for _ in range(5):
+        threads = [threading.Thread(target=build, args=(k,)) for k in cfgs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k, state in alone.items():
+            assert all(torch.equal(built[k][name], value) for name, value in state.items()), k
 
 
 def test_the_cpu_loop_runs_eagerly_and_times_every_epoch(micro_store):
