@@ -4,15 +4,15 @@ Stages, each timed with ``time.perf_counter`` (after ``torch.cuda.synchronize`` 
 
 1. decode + resize: a DataLoader over ``featcache.data.SampleDataset`` with ``--workers``
    workers, no encoder; the batches it yields are kept in memory for stage 2.
-2. encoder alone: ``featcache.extract.encode_views`` on those pre-decoded uint8 batches, with
+2. encoder alone: ``featcache.store.encode.encode_views`` on those pre-decoded uint8 batches, with
    ``--views`` (``flips`` encodes each image four times); one untimed warm-up batch first.
-3. whole extract: ``featcache.extract.extract(ExtractConfig(...))`` into a temporary store
+3. whole extract: ``featcache.store.extract.extract(ExtractConfig(...))`` into a temporary store
    (cold: it builds its own encoder and store). Two rows: the wall time of the whole call, and
    the extraction loop as timed by ``extract`` itself (without index, encoder build and store
    creation).
 4. write alone: pre-made random float16 features shaped like the run's (and random images and
    masks) for as many samples as stage 3 (at least 8 blocks), written block by block through
-   extract's writer (`featcache.writer.BlockWriter` and ``write_or_explain``: compression,
+   extract's writer (`featcache.store.writer.BlockWriter` and ``write_or_explain``: compression,
    checksums, room checks) into a new store, with 1, 2 and 4 writer threads (HDF5: 1). MB/s
    counts the uncompressed bytes of the three arrays. Like the other stages it needs no GPU, so
    the pipeline's writing side can be judged on any machine.
@@ -60,14 +60,20 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from featcache.data import Sample, SampleDataset, find_samples, load_image
-from featcache.errors import FeatcacheError
-from featcache.extract import ExtractConfig, encode_views, extract, write_or_explain
-from featcache.models import build_encoder, encoder_choice, parse_layers
-from featcache.runtime import resolve_device
-from featcache.store import VIEWS, FeatureStore
-from featcache.timm_encoder import parse_model_kwargs
-from featcache.writer import Block, BlockWriter
+from featcache.cli.parsing import parse_layers, parse_model_kwargs
+from featcache.core.context import Context
+from featcache.core.errors import FeatcacheError
+from featcache.core.runtime import resolve_device
+from featcache.data.layouts import Sample, find_samples
+from featcache.data.loading import SampleDataset, load_image
+from featcache.models.spec import EncoderSpec
+from featcache.store.encode import encode_views
+from featcache.store.extract import extract
+from featcache.store.extract_config import ExtractConfig
+from featcache.store.feature_store import FeatureStore
+from featcache.store.schema import VIEWS
+from featcache.store.writer import Block, BlockWriter
+from featcache.store.writing import write_or_explain
 
 console = Console()
 
@@ -157,7 +163,9 @@ def write_alone(args: argparse.Namespace, tmp: Path, n: int, width: int, grid: t
     store = FeatureStore.create(out, meta, ids, ["train"] * n, np.zeros((n, 2), np.int32), width, grid, shard)
     with store:
         t0 = time.perf_counter()
-        with BlockWriter(store, write_or_explain, threads, tuple(feats.shape), torch.float16, pin=False) as writer:
+        with BlockWriter(
+            store, write_or_explain, threads, buffer_shape=tuple(feats.shape), dtype=torch.float16, pin=False
+        ) as writer:
             for start, stop in store.blocks():
                 k = stop - start
                 buffer = writer.buffer()
@@ -203,10 +211,12 @@ def gpu_decode(paths: list[Path], size: int, batch_size: int, device: torch.devi
 def decode_stage(args: argparse.Namespace, samples: list[Sample], device: torch.device, tmp: Path) -> list[dict]:
     """Stage 5: JPEG decoding and resizing by DataLoader workers, then by nvJPEG on the GPU (skipped without CUDA)."""
     if args.full_size:
-        from featcache.synth import synthesize
+        from featcache.data.synth import SynthConfig, synthesize
 
         console.print(f"synthesizing {args.full_size} JPEGs of 3024x2016 (not timed) ...")
-        full = synthesize(tmp / "full", n_train=args.full_size, n_val=0, n_test=0, image_size=(2016, 3024)).out
+        full = synthesize(
+            SynthConfig(tmp / "full", n_train=args.full_size, n_val=0, n_test=0, image_size=(2016, 3024))
+        ).out
         paths = sorted(full.rglob("*.jpg"))
     else:
         paths = [s.image for s in samples if s.image.suffix.lower() in (".jpg", ".jpeg")]
@@ -232,10 +242,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     device = resolve_device(args.device)
     data = args.data
     if data is None:
-        from featcache.synth import synthesize
+        from featcache.data.synth import SynthConfig, synthesize
 
         console.print("synthesizing 64/16/16 images of varied sizes (not timed) ...")
-        data = synthesize(tmp / "synth", n_train=64, n_val=16, n_test=16).out
+        data = synthesize(SynthConfig(tmp / "synth", n_train=64, n_val=16, n_test=16)).out
     samples = find_samples(data).samples
     bench = samples[: args.limit] if args.limit else samples
     views = VIEWS[args.views]
@@ -256,14 +266,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # what extract() does on CPU
     kwargs, layers = parse_model_kwargs(args.model_kwargs), parse_layers(args.layers)
-    arch, weights = encoder_choice(args.encoder, args.arch, args.encoder_weights, kwargs)
-    encoder = build_encoder(arch, weights, layers=layers, model_kwargs=kwargs).to(device).eval()
+    spec = EncoderSpec.parse(args.encoder, arch=args.arch, weights=args.encoder_weights, model_kwargs=kwargs)
+    encoder = spec.build().to(device).eval()
     width, grid = encoder.width, (args.image_size // encoder.patch_size,) * 2
-    encode_views(encoder, batches[0], views, device)  # warm-up, untimed
+    encode_views(encoder, batches[0], views, device=device)  # warm-up, untimed
     sync(device)
     t0 = time.perf_counter()
     for b in batches:
-        encode_views(encoder, b, views, device)
+        encode_views(encoder, b, views, device=device)
     sync(device)
     rows.append(
         row(
@@ -292,10 +302,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         workers=args.workers,
         writers=args.writers,
         shard_size=args.shard_size,
-        device=args.device,
     )
     t0 = time.perf_counter()
-    report = extract(cfg, progress=False)
+    report = extract(cfg, ctx=Context(device=device, progress=False))
     sync(device)
     wall = time.perf_counter() - t0
     rows.append(row("3 extract, wall", report.computed, wall, torch.get_num_threads()))

@@ -1,6 +1,6 @@
 """Where a grouped C-mode training epoch spends its time: the top operators of the protocol's largest size.
 
-One `featcache.loop.fit_group` of ``--runs`` runs (5 seeds, as a sweep groups them) of the SD
+One `featcache.train.decoder_fit.fit_group` of ``--runs`` runs (5 seeds, as a sweep groups them) of the SD
 decoder at ``--batch-size`` 50 (size 2000's batch) on random ViT-B/16-shaped features (768 x 14 x 14,
 4 flip views), the way C mode trains; torch.profiler records the second of two epochs (the first
 is the warm-up), run eagerly so every operator is named. Prints the top operators by device time
@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from featcache.loop import RunInputs, fit_group
-from featcache.models import build_decoder
-from featcache.protocol import Plan
-from featcache.runtime import resolve_device
-from featcache.sources import StoreFeatures
-from featcache.train import TrainConfig
+from featcache.core.context import Context
+from featcache.core.runtime import resolve_device
+from featcache.models.decoders import build_decoder
+from featcache.train.config import TrainConfig
+from featcache.train.decoder_fit import RunInputs, fit_group
+from featcache.train.protocol import Plan
+from featcache.train.sources import StoreFeatures
 
 
 def sd_macs(width: int) -> int:
@@ -61,19 +62,20 @@ def main() -> None:
         )
         for seed in range(k)
     ]
-    decoder = build_decoder("sd", args.width, k).to(device)
+    decoder = build_decoder("sd", args.width, groups=k).to(device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     profiler = torch.profiler.profile(activities=activities)
 
-    def second_epoch(epoch: int, *_) -> None:  # the loop's progress callback: after each epoch
-        if epoch == 1:
+    def second_epoch(end) -> None:  # the loop's progress callback: after each epoch
+        if end.epoch == 1:
             profiler.start()
         else:
             profiler.stop()
 
-    fit = fit_group(decoder, runs, plan, cfg, device, second_epoch, graphs=False)[0]
+    eager = Context(device=device, cuda_graphs=False, progress=False)
+    fit = fit_group(decoder, runs, plan=plan, cfg=cfg, ctx=eager, progress=second_epoch)[0]
     seconds = fit.epoch_train_seconds[-1]
     tflops = 3 * 2 * sd_macs(args.width) * n * k / seconds / 1e12  # forward + backward ~ 3 forwards
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"

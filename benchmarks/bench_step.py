@@ -1,6 +1,6 @@
 """Seconds per training sample for the E, F and C modes, and the ratios E/C and F/C, per batch size.
 
-Each mode runs featcache's own training loop (`featcache.loop.fit`) on the same random 224 px
+Each mode runs featcache's own training loop (`featcache.train.decoder_fit.fit`) on the same random 224 px
 images: E trains encoder + decoder, F runs the frozen encoder at every step, C reads features
 computed beforehand (as from the store). One `fit` of 3 epochs per (arch, batch, mode), each
 epoch ``--steps`` batches; only the last epoch's training seconds count
@@ -26,14 +26,16 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from featcache.experiment import parse_list
-from featcache.loop import RunInputs, fit
-from featcache.models import build_encoder
-from featcache.modes import MODES
-from featcache.protocol import Plan
-from featcache.runtime import resolve_device
-from featcache.sources import EncoderFeatures, StoreFeatures
-from featcache.train import TrainConfig, seeded_decoder
+from featcache.cli.parsing import parse_list
+from featcache.core.context import Context
+from featcache.core.runtime import resolve_device
+from featcache.models.spec import build_encoder
+from featcache.train.config import TrainConfig
+from featcache.train.decoder_fit import RunInputs, fit
+from featcache.train.modes import MODES
+from featcache.train.protocol import Plan
+from featcache.train.run import seeded_decoder
+from featcache.train.sources import EncoderFeatures, StoreFeatures
 
 
 def machine(device: torch.device) -> str:
@@ -54,10 +56,17 @@ EPOCHS = 3  # the first a warm-up, CUDA graphs captured after it; the last one c
 
 
 def seconds_per_sample(
-    mode: str, template: nn.Module, batch: int, steps: int, size: int, device: torch.device, graphs: bool | None = None
+    mode: str,
+    template: nn.Module,
+    *,
+    batch: int,
+    steps: int,
+    size: int,
+    device: torch.device,
+    graphs: bool = True,
 ) -> float:
     """Training seconds per sample of the last of `EPOCHS` epochs, each ``steps`` batches of ``batch`` images, with
-    a copy of the encoder ``template``; ``graphs`` as `fit`'s (None: on CUDA)."""
+    a copy of the encoder ``template``; ``graphs``: CUDA graphs (on CUDA only)."""
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=gen).to(device)
@@ -77,16 +86,18 @@ def seconds_per_sample(
         val = EncoderFeatures(encoder, images[:1], trainable=False)
     decoder = seeded_decoder(cfg, encoder.width).to(device)
     run = RunInputs(0, source, masks, val, masks[:1])
-    return fit(decoder, run, plan, cfg, device, graphs=graphs).epoch_train_seconds[-1] / n
+    ctx = Context(device=device, cuda_graphs=graphs and device.type == "cuda", progress=False)
+    return fit(decoder, run, plan=plan, cfg=cfg, ctx=ctx).epoch_train_seconds[-1] / n
 
 
 def step_row(arch: str, template: nn.Module, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
     """Seconds per sample of E, F and C for one (arch, batch), and their ratios."""
-    t = {m: seconds_per_sample(m, template, batch, args.steps, args.image_size, device) for m in ("E", "F", "C")}
+    shape = dict(batch=batch, steps=args.steps, size=args.image_size, device=device)
+    t = {m: seconds_per_sample(m, template, **shape) for m in ("E", "F", "C")}
     row = {"arch": arch, "batch_size": batch, **t}
     row.update({"E/C": t["E"] / t["C"], "F/C": t["F"] / t["C"], "E/F": t["E"] / t["F"]})
     if device.type == "cuda":
-        row["C eager"] = seconds_per_sample("C", template, batch, args.steps, args.image_size, device, graphs=False)
+        row["C eager"] = seconds_per_sample("C", template, graphs=False, **shape)
         row["C eager/C"] = row["C eager"] / t["C"]
     return row
 

@@ -3,14 +3,14 @@
 Runs the C mode over every size of the protocol that the store's training split allows, each over
 ``--seeds``, in four parts, cheapest-to-lose last:
 
-1. the protocol sweep as one call: `featcache.experiment.compare_e2e` in C mode over every size
+1. the protocol sweep as one call: `featcache.train.compare.compare_e2e` in C mode over every size
    and seed (what `compare-e2e --modes C` does; on CUDA it reads each split once and trains the
    sizes concurrently): its wall seconds (report included) and, per size, the runs' training
    seconds from the results and when the size finished. Stopped from outside (Ctrl-C, or the
    SIGTERM of gpu.sh's step limit), it keeps the sizes that finished and the script ends there;
 2. F mode (the frozen encoder recomputed every step) against C mode for the same few epochs of
    one size and seed, so the F/C ratio is measured here, not taken from the study;
-3. the whole sweep size by size with `featcache.experiment.train_decoder`, the seeds of each size
+3. the whole sweep size by size with `featcache.train.sweep.train_decoder`, the seeds of each size
    trained together as one grouped network (what `train-decoder --seeds` does on CUDA): wall
    seconds and training seconds per size, beside the study's F-series times (an RTX 4070 Ti
    Super: another GPU, shown for orientation);
@@ -45,50 +45,51 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from featcache.experiment import CompareConfig, compare_e2e, parse_list, parse_numbers, parse_seeds, train_decoder
-from featcache.models import encoder_from_provenance
-from featcache.protocol import STUDY_SIZES
-from featcache.report import STUDY_SECONDS
-from featcache.runtime import resolve_device, synchronize
-from featcache.store import FeatureStore
-from featcache.train import TrainConfig, train_mode
+from featcache.cli.parsing import parse_list, parse_numbers, parse_seeds
+from featcache.core.context import Context
+from featcache.core.runtime import synchronize
+from featcache.models.spec import EncoderSpec
+from featcache.results.records import RunResults
+from featcache.results.study import STUDY_SECONDS
+from featcache.store.feature_store import FeatureStore
+from featcache.train.compare import compare_e2e
+from featcache.train.config import CompareConfig, SweepConfig, TrainConfig
+from featcache.train.protocol import STUDY_SIZES
+from featcache.train.run import train_mode
+from featcache.train.sweep import train_decoder
 
 
-def protocol_config(
-    store: str, sizes: list[int], seeds: list[int], epochs: int | None, out: Path, device: torch.device
-) -> CompareConfig:
+def protocol_config(store: str, sizes: list[int], seeds: list[int], *, epochs: int | None, out: Path) -> CompareConfig:
     """`compare-e2e --modes C` over ``sizes`` x ``seeds``."""
-    return CompareConfig(
-        store=store, out=out, modes=("C",), sizes=tuple(sizes), seeds=tuple(seeds), device=str(device), epochs=epochs
-    )
+    return CompareConfig(store=store, out=out, modes=("C",), sizes=tuple(sizes), seeds=tuple(seeds), epochs=epochs)
 
 
 def timed_protocol(
-    store: str, sizes: list[int], seeds: list[int], epochs: int | None, out: Path, device: torch.device
+    store: str, sizes: list[int], seeds: list[int], *, epochs: int | None, out: Path, ctx: Context
 ) -> dict:
     """Wall seconds of one C-mode `compare_e2e` call over ``sizes`` x ``seeds``; per size its runs' training seconds
     and test IoU, in seed order, and when the size finished (seconds after the start: on CUDA the sizes train side
     by side). Stopped from outside (Ctrl-C, or SIGTERM: see `main`), it keeps the sizes that finished, with
     ``wall_seconds`` None and ``stopped_after_seconds``."""
-    synchronize(device)
+    synchronize(ctx.device)
     started, started_at = time.perf_counter(), time.time()
     stopped = False
     try:
-        compare_e2e(protocol_config(store, sizes, seeds, epochs, out, device), progress=False)
+        compare_e2e(protocol_config(store, sizes, seeds, epochs=epochs, out=out), ctx=ctx)
     except KeyboardInterrupt:
         stopped = True
-    synchronize(device)
+    synchronize(ctx.device)
     wall = time.perf_counter() - started
     figures: dict = {"wall_seconds": None if stopped else round(wall, 3), "sizes": {}}
     if stopped:
         figures["stopped_after_seconds"] = round(wall, 3)
     for size in sizes:
         paths = sorted((out / "runs" / "C" / f"size-{size}").glob("seed-*/results.json"))
-        rows = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: r["seed"])
+        rows = sorted((RunResults.read(path) for path in paths), key=lambda r: r.seed)
         if len(rows) == len(seeds):
             figures["sizes"][size] = {
-                "train_seconds": [round(r["train_seconds"], 3) for r in rows],
-                "test_iou": [round(r["test"]["iou"], 4) for r in rows],
+                "train_seconds": [round(r.train_seconds, 3) for r in rows],
+                "test_iou": [round(r.test.iou, 4) for r in rows],
                 "finished_seconds": round(max(path.stat().st_mtime for path in paths) - started_at, 1),
             }
     return figures
@@ -116,24 +117,23 @@ def protocol_table(protocol: dict, n_seeds: int) -> Table:
 
 
 def timed_sweep(
-    store: str, size: int, seeds: list[int], epochs: int | None, out: Path, device: torch.device, grouped: bool
+    store: str, size: int, seeds: list[int], *, epochs: int | None, out: Path, ctx: Context, grouped: bool
 ) -> dict:
     """Wall seconds of one `train_decoder` call, and the training seconds its runs report (the whole group's once)."""
-    synchronize(device)
+    synchronize(ctx.device)
     started = time.perf_counter()
-    sweep = train_decoder(
-        store, TrainConfig(size=size, epochs=epochs), seeds, out, str(device), progress=False, grouped=grouped
-    )
-    synchronize(device)
+    cfg = SweepConfig(store=store, out=out, size=size, seeds=tuple(seeds), epochs=epochs, grouped=grouped)
+    sweep = train_decoder(cfg, ctx=ctx)
+    synchronize(ctx.device)
     wall = time.perf_counter() - started
     if grouped and len(seeds) > 1:
-        train = sweep.results[0]["group"]["train_seconds"]
+        train = sweep.results[0].group.train_seconds
     else:
-        train = sum(r["train_seconds"] for r in sweep.results)
+        train = sum(r.train_seconds for r in sweep.results)
     return {
         "wall_seconds": round(wall, 3),
         "train_seconds": round(train, 3),
-        "test_iou": [round(r["test"]["iou"], 4) for r in sweep.results],
+        "test_iou": [round(r.test.iou, 4) for r in sweep.results],
     }
 
 
@@ -158,16 +158,17 @@ def main() -> None:
     parser.add_argument("--weight-decay", default="1e-4", help="SGD weight decays; several: bench the grid")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    ctx = Context.resolve(args.device, progress=False)
+    device = ctx.device
     seeds = parse_seeds(args.seeds)
     console = Console(width=150)
     lrs, weight_decays = parse_numbers(args.lr, "--lr"), parse_numbers(args.weight_decay, "--weight-decay")
     if len(lrs) * len(weight_decays) > 1:
-        bench_grid(args, seeds, lrs, weight_decays, device, console)
+        bench_grid(args, seeds, grid=(lrs, weight_decays), ctx=ctx, console=console)
         return
     with FeatureStore.open(args.store) as store:
         n_train = len(store.indices("train"))
-        encoder_prov = store.meta["encoder"]
+        encoder_record = store.record.encoder
     sizes = [s for s in parse_list(args.sizes, "--sizes") if s <= n_train]
     sequential = (
         []
@@ -180,11 +181,11 @@ def main() -> None:
     )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     epochs = "protocol" if args.epochs is None else args.epochs
-    console.print(f"bench_sweep: {name}; store {args.store} ({encoder_prov['arch']}); seeds {seeds}; epochs {epochs}")
+    console.print(f"bench_sweep: {name}; store {args.store} ({encoder_record.arch}); seeds {seeds}; epochs {epochs}")
     figures: dict = {
         "device": name,
         "store": args.store,
-        "arch": encoder_prov["arch"],
+        "arch": encoder_record.arch,
         "seeds": seeds,
         "epochs": epochs,
         "protocol": None,
@@ -199,30 +200,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the process's one-time costs (CUDA context, kernel selection) would fall on the first size.
-        warm_up = protocol_config(args.store, [min(sizes)], seeds, 1, Path(tmp) / "warm-up-protocol", device)
-        compare_e2e(warm_up, progress=False)
-        figures["protocol"] = timed_protocol(args.store, sizes, seeds, args.epochs, Path(tmp) / "protocol", device)
+        warm_up = protocol_config(args.store, [min(sizes)], seeds, epochs=1, out=Path(tmp) / "warm-up-protocol")
+        compare_e2e(warm_up, ctx=ctx)
+        protocol_out = Path(tmp) / "protocol"
+        figures["protocol"] = timed_protocol(args.store, sizes, seeds, epochs=args.epochs, out=protocol_out, ctx=ctx)
         console.print(protocol_table(figures["protocol"], len(seeds)))
         save()
         if figures["protocol"]["wall_seconds"] is None:
             return  # stopped from outside: what finished is saved
         figures["ratio"] = f_vs_c(
             args.store,
-            encoder_prov,
-            TrainConfig(size=min(args.ratio_size, n_train), epochs=args.ratio_epochs, seed=seeds[0]),
-            device,
-            console,
+            encoder_record,
+            cfg=TrainConfig(size=min(args.ratio_size, n_train), epochs=args.ratio_epochs, seed=seeds[0]),
+            ctx=ctx,
+            console=console,
         )
         save()
         try:
             for grouped in (True, False):
-                timed_sweep(args.store, min(sizes), seeds, 1, Path(tmp) / f"warm-up-{grouped}", device, grouped)
-            for size in sizes:
-                run_way(figures, "grouped", size, args, seeds, Path(tmp), device, console)
-                save()
-            for size in sequential:
-                run_way(figures, "sequential", size, args, seeds, Path(tmp), device, console)
-                save()
+                warm_out = Path(tmp) / f"warm-up-{grouped}"
+                timed_sweep(args.store, min(sizes), seeds, epochs=1, out=warm_out, ctx=ctx, grouped=grouped)
+            for way, way_sizes in (("grouped", sizes), ("sequential", sequential)):
+                for size in way_sizes:
+                    run_way(figures, way, size, args=args, seeds=seeds, tmp=Path(tmp), ctx=ctx, console=console)
+                    save()
         except KeyboardInterrupt:
             console.print("bench_sweep: stopped from outside; the sizes measured so far are saved")
             return
@@ -233,54 +234,37 @@ def main() -> None:
 GRID_WAYS = ("grouped", "per seed", "one by one")
 
 
-def timed_grid(
-    store: str,
-    cfg: TrainConfig,
-    seeds: list[int],
-    grid: tuple[list[float], list[float]],
-    out: Path,
-    way: str,
-    device: torch.device,
-) -> dict:
-    """Wall and training seconds of a grid trained ``way`` (`GRID_WAYS`), and its runs' test IoU in order."""
-    synchronize(device)
+def timed_grid(cfg: SweepConfig, *, way: str, ctx: Context) -> dict:
+    """Wall and training seconds of the grid of ``cfg`` trained ``way`` (`GRID_WAYS`), and its runs' test IoU."""
+    synchronize(ctx.device)
     started = time.perf_counter()
-    calls = [seeds] if way != "per seed" else [[s] for s in seeds]
+    calls = [cfg.seeds] if way != "per seed" else [(s,) for s in cfg.seeds]
     sweeps = [
-        train_decoder(
-            store,
-            cfg,
-            group,
-            out,
-            str(device),
-            progress=False,
-            grouped=way != "one by one",
-            lrs=grid[0],
-            weight_decays=grid[1],
-        )
-        for group in calls
+        train_decoder(dataclasses.replace(cfg, seeds=group, grouped=way != "one by one"), ctx=ctx) for group in calls
     ]
-    synchronize(device)
+    synchronize(ctx.device)
     wall = time.perf_counter() - started
-    results = {(r["optimiser"]["lr"], r["optimiser"]["weight_decay"], r["seed"]): r for s in sweeps for r in s.results}
+    results = {(r.lr, r.weight_decay, r.seed): r for s in sweeps for r in s.results}
     if way == "one by one":
-        train = sum(r["train_seconds"] for r in results.values())
+        train = sum(r.train_seconds for r in results.values())
     else:
-        train = sum(s.results[0]["group"]["train_seconds"] for s in sweeps)
+        train = sum(s.results[0].group.train_seconds for s in sweeps)
     return {
         "wall_seconds": round(wall, 3),
         "train_seconds": round(train, 3),
-        "test_iou": {f"{k[0]:g}/{k[1]:g}/{k[2]}": r["test"]["iou"] for k, r in sorted(results.items())},
+        "test_iou": {f"{k[0]:g}/{k[1]:g}/{k[2]}": r.test.iou for k, r in sorted(results.items())},
     }
 
 
 def bench_grid(
-    args, seeds: list[int], lrs: list[float], weight_decays: list[float], device: torch.device, console: Console
+    args, seeds: list[int], *, grid: tuple[list[float], list[float]], ctx: Context, console: Console
 ) -> None:
     """Per size: the grid grouped, grouped per seed and one by one (each after an untimed one-epoch warm-up)."""
     with FeatureStore.open(args.store) as store:
         n_train = len(store.indices("train"))
     sizes = [s for s in parse_list(args.sizes, "--sizes") if s <= n_train]
+    lrs, weight_decays = grid
+    device = ctx.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     runs = len(lrs) * len(weight_decays) * len(seeds)
     epochs = "protocol" if args.epochs is None else args.epochs
@@ -307,13 +291,18 @@ def bench_grid(
     ):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
+        grid = dict(lrs=tuple(lrs), weight_decays=tuple(weight_decays))
+        base = SweepConfig(store=args.store, out=Path(tmp), size=min(sizes), seeds=tuple(seeds), **grid)
         for way in GRID_WAYS:
-            warm = TrainConfig(size=min(sizes), epochs=1)
-            timed_grid(args.store, warm, seeds, (lrs, weight_decays), Path(tmp) / f"warm-{way}", way, device)
+            warm = dataclasses.replace(base, epochs=1, out=Path(tmp) / f"warm-{way}")
+            timed_grid(warm, way=way, ctx=ctx)
         for size in sizes:
-            cfg = TrainConfig(size=size, epochs=args.epochs)
             row = {
-                way: timed_grid(args.store, cfg, seeds, (lrs, weight_decays), Path(tmp) / f"{way}-{size}", way, device)
+                way: timed_grid(
+                    dataclasses.replace(base, size=size, epochs=args.epochs, out=Path(tmp) / f"{way}-{size}"),
+                    way=way,
+                    ctx=ctx,
+                )
                 for way in GRID_WAYS
             }
             ious = np.array([list(row[w]["test_iou"].values()) for w in GRID_WAYS])
@@ -333,9 +322,10 @@ def bench_grid(
 
 
 def run_way(
-    figures: dict, way: str, size: int, args, seeds: list[int], tmp: Path, device: torch.device, console: Console
+    figures: dict, way: str, size: int, *, args, seeds: list[int], tmp: Path, ctx: Context, console: Console
 ) -> None:
-    row = timed_sweep(args.store, size, seeds, args.epochs, tmp / f"{way}-n{size}", device, way == "grouped")
+    out = tmp / f"{way}-n{size}"
+    row = timed_sweep(args.store, size, seeds, epochs=args.epochs, out=out, ctx=ctx, grouped=way == "grouped")
     figures[way][size] = row
     console.print(
         f"{way} size {size} x {len(seeds)} seeds: {row['wall_seconds']:.1f} s wall, {row['train_seconds']:.1f} "
@@ -343,18 +333,17 @@ def run_way(
     )
 
 
-def f_vs_c(store_path: str, encoder_prov: dict, cfg: TrainConfig, device: torch.device, console: Console) -> dict:
+def f_vs_c(store_path: str, record, *, cfg: TrainConfig, ctx: Context, console: Console) -> dict:
     """Training seconds of F and C for the same run (each after an untimed one-epoch warm-up)."""
-    encoder = encoder_from_provenance(encoder_prov["arch"], encoder_prov["source"], encoder_prov["weights_sha256"])
+    encoder = EncoderSpec.recorded(record).build()
     timings = {}
     with FeatureStore.open(store_path) as store:
         encoders = {"ssl": encoder, "init": encoder}
         for mode in ("F", "C"):
             warm_up = dataclasses.replace(cfg, epochs=1)
-            train_mode(store, mode, [warm_up], warm_up.plan(store), encoders, device)
-            timings[mode] = train_mode(store, mode, [cfg], cfg.plan(store), encoders, device)[0].results[
-                "train_seconds"
-            ]
+            train_mode(store, mode, [warm_up], plan=warm_up.plan(store), encoders=encoders, ctx=ctx)
+            runs = train_mode(store, mode, [cfg], plan=cfg.plan(store), encoders=encoders, ctx=ctx)
+            timings[mode] = runs[0].results.train_seconds
     table = Table(title=f"F vs C, size {cfg.size}, {cfg.epochs} epochs, seed {cfg.seed} (measured here)")
     for col in ("F train s", "C train s", "F/C"):
         table.add_column(col, justify="right")

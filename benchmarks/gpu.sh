@@ -94,7 +94,7 @@ print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvi
   2>&1 | tee -a "$OUT/summary.log"
 
 step 80 "CUDA tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-  tests/test_writer.py::test_pinned_copies_back_from_cuda
+  tests/store/test_writer.py::test_pinned_copies_back_from_cuda
 if [[ $DATA == "$WORK/data" ]]; then
   step 30 "data: synth ${SYNTH[*]}" "$PYTHON" benchmarks/gpu_data.py synth "$DATA" "${SYNTH[@]}" --json "$OUT/data.json" || exit 1
 else

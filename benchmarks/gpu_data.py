@@ -7,7 +7,7 @@ their own folders (nothing is drawn from the training folder, so a size of 2,000
     python benchmarks/gpu_data.py isic SRC OUT --n-val 150 --n-test 600
     python benchmarks/gpu_data.py describe OUT --json data.json
 
-``synth``: `featcache.synth` with worker processes in place of its threads (which share one
+``synth``: `featcache.data.synth` with worker processes in place of its threads (which share one
 interpreter lock): the same files. A folder that a finished synth run made with the same counts is
 kept. ``isic``: copies ``SRC``'s ``ISIC-2017_Training_Data/*.jpg`` and
 ``ISIC-2017_Training_Part1_GroundTruth/*_segmentation.png`` into ``OUT`` as the training split and
@@ -26,8 +26,8 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from featcache import synth
-from featcache.data import SPLITS, find_samples, header_hw
+from featcache.data import synth
+from featcache.data.layouts import SPLITS, find_samples, header_hw
 
 MARKER = "gpu-data.json"
 # Real ISIC ids stay below 0100000 (2017: up to 0015xxx); synthetic ones start far above them.
@@ -40,7 +40,7 @@ TRAINING_FOLDERS = (
 
 
 def synthesize(out: Path, n_train: int, n_val: int, n_test: int, image_size: tuple[int, int] | None) -> None:
-    """`featcache.synth.synthesize` in worker processes, seed 0; keeps ``out`` when a finished run made it alike."""
+    """`featcache.data.synth.synthesize` in worker processes, seed 0; keeps ``out`` when a finished run made it."""
     counts = {"train": n_train, "val": n_val, "test": n_test}
     marker = out / synth.MARKER_NAME
     if (out / synth.CONTACT_SHEET_NAME).exists() and marker.exists():
@@ -53,7 +53,7 @@ def synthesize(out: Path, n_train: int, n_val: int, n_test: int, image_size: tup
             print(f"{out}: kept, made earlier with the same counts")
             return
     synth.ThreadPoolExecutor = ProcessPoolExecutor
-    synth.synthesize(out, n_train, n_val, n_test, image_size=image_size)
+    synth.synthesize(synth.SynthConfig(out, n_train, n_val, n_test, image_size=image_size))
 
 
 def check_source(src: Path) -> None:

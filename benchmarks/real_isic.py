@@ -17,8 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from featcache.core.context import Context
 from featcache.demo import DemoConfig, run_demo
-from featcache.report import compare_table
+from featcache.results.tables import compare_table
 
 SCALES = {
     "cpu": dict(
@@ -54,8 +55,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real-isic"))
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    cfg = DemoConfig(out=args.out, data=args.data, modes=("E", "F", "C"), device=args.device, **SCALES[args.scale])
-    result = run_demo(cfg)
+    cfg = DemoConfig(out=args.out, data=args.data, modes=("E", "F", "C"), **SCALES[args.scale])
+    result = run_demo(cfg, ctx=Context.resolve(args.device))
     console = Console()
     console.print(compare_table(result.comparison.results))
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())

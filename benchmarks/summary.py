@@ -17,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from featcache.store import VIEWS
+from featcache.store.schema import VIEWS
 
 DASH = "–"
 # Issue 13's targets, for one run on one H100/H200 (the E/C one is for the CPU).

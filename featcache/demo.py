@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featcache.data import SplitConfig
-from featcache.experiment import CompareConfig, Comparison, compare_e2e
-from featcache.extract import ExtractConfig, extract
-from featcache.pretrain import PretrainConfig, pretrain
-from featcache.runtime import err_console
-from featcache.synth import synthesize
+from featcache.core.context import Context
+from featcache.core.runtime import err_console
+from featcache.data.layouts import SplitConfig
+from featcache.data.synth import SynthConfig, synthesize
+from featcache.store.extract import extract
+from featcache.store.extract_config import ExtractConfig
+from featcache.train.compare import Comparison, compare_e2e
+from featcache.train.config import CompareConfig
+from featcache.train.pretrain import PretrainConfig, pretrain
 
 
 @dataclass
@@ -39,9 +42,50 @@ class DemoConfig:
     modes: tuple[str, ...] = ("E", "F", "C")
     epochs: int | None = 40
     lr: float = 0.05
-    device: str = "auto"
     workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    def pretrain_config(self, data: Path, out: Path) -> PretrainConfig:
+        """The demo's pretraining of its small ViT on ``data`` into ``out``."""
+        return PretrainConfig(
+            data=data,
+            out=out,
+            arch=self.arch,
+            init=self.init,
+            epochs=self.pretrain_epochs,
+            batch_size=self.pretrain_batch,
+            lr=self.pretrain_lr,
+            image_size=self.image_size,
+            workers=self.workers,
+            split=self.split,
+        )
+
+    def extract_config(self, data: Path, encoder: Path, out: Path) -> ExtractConfig:
+        """The demo's extraction with flip views, replacing an earlier demo's store."""
+        return ExtractConfig(
+            data=data,
+            out=str(out),
+            encoder=str(encoder),
+            arch=self.arch,
+            image_size=self.image_size,
+            views="flips",
+            dtype="float16",
+            batch_size=32,
+            workers=self.workers,
+            split=self.split,
+            overwrite=True,
+        )
+
+    def compare_config(self, store: Path) -> CompareConfig:
+        return CompareConfig(
+            store=str(store),
+            out=self.out / "report",
+            sizes=self.sizes,
+            seeds=self.seeds,
+            modes=self.modes,
+            epochs=self.epochs,
+            lrs=(self.lr,),
+        )
 
     def shortenings(self) -> str:
         return (
@@ -60,71 +104,27 @@ class DemoResult:
     steps: dict[str, float]
 
 
-def run_demo(cfg: DemoConfig) -> DemoResult:
+def run_demo(cfg: DemoConfig, *, ctx: Context | None = None) -> DemoResult:
     """Run every stage into ``cfg.out``; returns the comparison and the seconds of each stage."""
+    ctx = ctx or Context.resolve()
     started = time.perf_counter()
     steps: dict[str, float] = {}
-    out = cfg.out
-    err_console.print(f"featcache demo into {out}: {cfg.shortenings()}")
-
+    err_console.print(f"featcache demo into {cfg.out}: {cfg.shortenings()}")
     t = time.perf_counter()
     data = cfg.data
     if data is None:
-        data = out / "data"
-        synthesize(data, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=0, progress=True)
+        data = cfg.out / "data"
+        synthesize(SynthConfig(data, cfg.n_train, cfg.n_val, cfg.n_test, seed=0), progress=ctx.progress)
     steps["synth"] = time.perf_counter() - t
-
     t = time.perf_counter()
-    encoder_path = out / "encoder.pt"
-    pretrain(
-        PretrainConfig(
-            data=data,
-            out=encoder_path,
-            arch=cfg.arch,
-            init=cfg.init,
-            epochs=cfg.pretrain_epochs,
-            batch_size=cfg.pretrain_batch,
-            lr=cfg.pretrain_lr,
-            image_size=cfg.image_size,
-            workers=cfg.workers,
-            device=cfg.device,
-            split=cfg.split,
-        )
-    )
+    encoder_path = cfg.out / "encoder.pt"
+    pretrain(cfg.pretrain_config(data, encoder_path), ctx=ctx)
     steps["pretrain"] = time.perf_counter() - t
-
     t = time.perf_counter()
-    store = out / "store.zarr"
-    extract(
-        ExtractConfig(
-            data=data,
-            out=str(store),
-            encoder=str(encoder_path),
-            arch=cfg.arch,
-            image_size=cfg.image_size,
-            views="flips",
-            dtype="float16",
-            batch_size=32,
-            workers=cfg.workers,
-            device=cfg.device,
-            split=cfg.split,
-            overwrite=True,
-        )
-    )
+    store = cfg.out / "store.zarr"
+    extract(cfg.extract_config(data, encoder_path, store), ctx=ctx)
     steps["extract"] = time.perf_counter() - t
-
     t = time.perf_counter()
-    comparison = compare_e2e(
-        CompareConfig(
-            store=str(store),
-            out=out / "report",
-            sizes=cfg.sizes,
-            seeds=cfg.seeds,
-            modes=cfg.modes,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            device=cfg.device,
-        )
-    )
+    comparison = compare_e2e(cfg.compare_config(store), ctx=ctx)
     steps["compare-e2e"] = time.perf_counter() - t
     return DemoResult(comparison, time.perf_counter() - started, steps)

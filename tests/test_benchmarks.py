@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache.data import find_samples
+from featcache.data.layouts import find_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SH = ROOT / "benchmarks" / "gpu.sh"
@@ -37,7 +37,7 @@ def test_gpu_script_smoke_mode_runs_every_step(tmp_path):
         assert len(row["train_seconds"]) == 2 and 0 < row["finished_seconds"] <= protocol["wall_seconds"]
     assert set(sweep["grouped"]) == {"20", "10"} and set(sweep["sequential"]) == {"10"} and sweep["ratio"]["F"] > 0
     step = json.loads((tmp_path / "out" / "bench_step.json").read_text())
-    assert [(r["arch"], r["batch_size"]) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
+    assert [(r["arch"], r.batch_size) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
     assert json.loads((tmp_path / "out" / "bench_extract.json").read_text())
     assert json.loads((tmp_path / "out" / "bench_profile.json").read_text())["top"]
     assert json.loads((tmp_path / "out" / "store_info.json").read_text())["complete"] is True

@@ -6,28 +6,34 @@ uninterrupted with cuDNN's autotuning) agree to bf16's precision, not bit for bi
 below are loose enough for that and far tighter than what a wrong slice or a lost state gives.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import extract_config, quick_pretrain, quick_train
-from featcache.experiment import CompareConfig, compare_e2e, train_decoder
-from featcache.extract import extract
-from featcache.graphs import EpochGraph
-from featcache.metrics import METRICS
-from featcache.models import build_decoder, build_encoder, encoder_from_provenance
-from featcache.predict import predict
-from featcache.pretrain import pretrain
-from featcache.resume import Checkpointer
-from featcache.runtime import autocast
-from featcache.sizes import SizeGroup, train_sizes_from_store
-from featcache.store import FeatureStore, placement
-from featcache.train import train_from_store, train_group_from_store, train_mode
+from featcache.core.context import Context
+from featcache.core.runtime import autocast, placement
+from featcache.models import EncoderSpec, build_decoder, build_encoder
+from featcache.results import PredictConfig
+from featcache.results.predict import predict
+from featcache.store import FeatureStore
+from featcache.store.extract import extract
+from featcache.train import compare_e2e, train_decoder
+from featcache.train.graphs import EpochGraph
+from featcache.train.pretrain import pretrain
+from featcache.train.resume import Checkpointer
+from featcache.train.run import train_from_store, train_group_from_store, train_mode
+from featcache.train.sizes import SizeGroup, train_sizes_from_store
+from tests.helpers import CPU, extract_config, quick_compare, quick_pretrain, quick_sweep, quick_train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DEVICE = torch.device("cuda")
+#: The GPU's context: CUDA graphs on (as by default); `EAGER` without them.
+GPU = Context(device=DEVICE, cuda_graphs=True, progress=False)
+EAGER = dataclasses.replace(GPU, cuda_graphs=False)
 
 
 @pytest.fixture
@@ -47,9 +53,9 @@ def captures(monkeypatch):
 
 def test_extract_on_cuda_matches_cpu(synth_root, micro_store, tmp_path):
     out = tmp_path / "cuda.zarr"
-    extract(extract_config(synth_root, out, dtype="float32", device=str(DEVICE)), progress=False)
+    extract(extract_config(synth_root, out, dtype="float32"), ctx=GPU)
     with FeatureStore.open(out) as gpu, FeatureStore.open(micro_store) as cpu:
-        assert gpu.meta["extraction"]["device"].startswith(DEVICE.type)
+        assert gpu.record.extraction.device.startswith(DEVICE.type)
         a, b = gpu.features(np.arange(gpu.n)), cpu.features(np.arange(cpu.n))
         # bf16 autocast on the GPU: close to the float32 CPU features, not equal.
         cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min()
@@ -70,15 +76,15 @@ def test_store_split_is_resident_on_the_gpu(micro_store):
 def test_train_decoder_on_cuda(micro_store):
     with FeatureStore.open(micro_store) as store:
         run = train_from_store(store, quick_train(epochs=4, batch_size=3), DEVICE)
-    assert run.results["device"].startswith(DEVICE.type) and 0 <= run.results["test"]["iou"] <= 1
-    assert all(np.isfinite(run.results["history"]["val_loss"]))
-    assert all(v.device.type == "cpu" for v in run.checkpoint["state_dict"].values())
+    assert run.results.device.startswith(DEVICE.type) and 0 <= run.results.test.iou <= 1
+    assert all(np.isfinite(run.results.history.val_loss))
+    assert all(v.device.type == "cpu" for v in run.checkpoint.state_dict.values())
 
 
 def test_study_scale_grouped_decoder_step_under_bf16_channels_last():
     """The shape of the GPU sweep (5 seeds grouped, ViT-B/16 width 768, 224 px) trains under the settings of
     `fit_group`."""
-    decoder = build_decoder("sd", 768, 5).to(DEVICE).to(memory_format=torch.channels_last)
+    decoder = build_decoder("sd", 768, groups=5).to(DEVICE).to(memory_format=torch.channels_last)
     features = torch.randn(2, 5 * 768, 14, 14, device=DEVICE).contiguous(memory_format=torch.channels_last)
     with autocast(DEVICE):
         logits = decoder(features)
@@ -93,14 +99,14 @@ def test_study_scale_grouped_decoder_step_under_bf16_channels_last():
 def test_grouped_seeds_on_cuda_match_separate_runs(micro_store):
     cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1, 2)]
     with FeatureStore.open(micro_store) as store:
-        grouped = train_group_from_store(store, cfgs, DEVICE)
+        grouped = train_group_from_store(store, cfgs, ctx=GPU)
         separate = [train_from_store(store, c, DEVICE) for c in cfgs]
     for g, s in zip(grouped, separate, strict=True):
-        assert g.results["train_ids"] == s.results["train_ids"]
-        np.testing.assert_allclose(g.results["history"]["train_loss"], s.results["history"]["train_loss"], rtol=3e-2)
-        np.testing.assert_allclose(g.results["history"]["val_loss"], s.results["history"]["val_loss"], rtol=3e-2)
+        assert g.results.train_ids == s.results.train_ids
+        np.testing.assert_allclose(g.results.history.train_loss, s.results.history.train_loss, rtol=3e-2)
+        np.testing.assert_allclose(g.results.history.val_loss, s.results.history.val_loss, rtol=3e-2)
     # Different seeds did train differently: the groups did not collapse into one.
-    assert grouped[0].results["history"]["train_loss"] != grouped[1].results["history"]["train_loss"]
+    assert grouped[0].results.history.train_loss != grouped[1].results.history.train_loss
 
 
 def test_a_pass_replayed_as_a_cuda_graph_computes_what_the_eager_pass_computes():
@@ -154,43 +160,40 @@ def test_a_pass_that_cannot_be_captured_says_so_and_runs_eagerly(capsys):
 def test_training_replayed_as_cuda_graphs_matches_eager_training(micro_store, captures, lrs):
     cfgs = [quick_train(epochs=4, batch_size=3, seed=s, lr=lr) for s, lr in zip((0, 1), lrs, strict=True)]
     with FeatureStore.open(micro_store) as store:
-        eager = train_group_from_store(store, cfgs, DEVICE, graphs=False)
+        eager = train_group_from_store(store, cfgs, ctx=EAGER)
         assert captures == []
-        graphed = train_group_from_store(store, cfgs, DEVICE, graphs=True)
+        graphed = train_group_from_store(store, cfgs, ctx=GPU)
     # The training epoch (8 images in batches of 3: a short last batch) and the validation pass.
     assert [captured for _, captured in captures] == [True, True]
     for e, g in zip(eager, graphed, strict=True):
-        assert e.results["train_ids"] == g.results["train_ids"]
-        np.testing.assert_allclose(g.results["history"]["train_loss"], e.results["history"]["train_loss"], rtol=3e-2)
-        np.testing.assert_allclose(g.results["history"]["val_loss"], e.results["history"]["val_loss"], rtol=3e-2)
-    assert graphed[0].results["history"]["train_loss"] != graphed[1].results["history"]["train_loss"]
+        assert e.results.train_ids == g.results.train_ids
+        np.testing.assert_allclose(g.results.history.train_loss, e.results.history.train_loss, rtol=3e-2)
+        np.testing.assert_allclose(g.results.history.val_loss, e.results.history.val_loss, rtol=3e-2)
+    assert graphed[0].results.history.train_loss != graphed[1].results.history.train_loss
 
 
 def test_sizes_trained_concurrently_on_cuda_match_sizes_trained_alone(micro_store, captures):
     with FeatureStore.open(micro_store) as store:
         cfgs = {size: [quick_train(size=size, seed=s, epochs=4) for s in (0, 1)] for size in (8, 4)}
         groups = [SizeGroup(runs[0].plan(store), runs) for runs in cfgs.values()]
-        alone = train_sizes_from_store(store, groups, DEVICE, concurrent=False)
-        together = train_sizes_from_store(store, groups, DEVICE, concurrent=True)
+        alone = train_sizes_from_store(store, groups, ctx=GPU, concurrent=False)
+        together = train_sizes_from_store(store, groups, ctx=GPU, concurrent=True)
     assert len(captures) == 8 and all(captured for _, captured in captures)
     for group_alone, group_together in zip(alone, together, strict=True):
         for a, t in zip(group_alone, group_together, strict=True):
-            assert a.results["train_ids"] == t.results["train_ids"]
-            np.testing.assert_allclose(t.results["history"]["val_loss"], a.results["history"]["val_loss"], rtol=3e-2)
+            assert a.results.train_ids == t.results.train_ids
+            np.testing.assert_allclose(t.results.history.val_loss, a.results.history.val_loss, rtol=3e-2)
 
 
 def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_either_device(
     micro_store, synth_root, tmp_path
 ):
-    sweep = train_decoder(
-        str(micro_store), quick_train(epochs=4, batch_size=3), [0, 1], tmp_path / "run", str(DEVICE), progress=False
-    )
-    if DEVICE.type == "cuda":  # the default: grouped on CUDA only
-        assert all(r["group"]["seeds"] == [0, 1] for r in sweep.results)
-    assert all(r["cuda_graphs"] for r in sweep.results)
+    sweep = train_decoder(quick_sweep(micro_store, tmp_path / "run", epochs=4, batch_size=3), ctx=GPU)
+    assert all(r.group.seeds == [0, 1] for r in sweep.results)  # the default: grouped on CUDA only
+    assert all(r.cuda_graphs for r in sweep.results)
     images = synth_root / "ISIC-2017_Test_v2_Data"
-    on_gpu = predict(tmp_path / "run", [images], tmp_path / "gpu", device=str(DEVICE))
-    on_cpu = predict(tmp_path / "run", [images], tmp_path / "cpu", device="cpu")
+    on_gpu = predict(PredictConfig(run_dir=tmp_path / "run", images=[images], out=tmp_path / "gpu"), ctx=GPU)
+    on_cpu = predict(PredictConfig(run_dir=tmp_path / "run", images=[images], out=tmp_path / "cpu"), ctx=CPU)
     for a, b in zip(on_gpu, on_cpu, strict=True):
         agree = (np.asarray(Image.open(a.mask)) == np.asarray(Image.open(b.mask))).mean()
         assert agree > 0.95
@@ -199,32 +202,32 @@ def test_train_decoder_groups_seeds_on_cuda_and_its_checkpoint_predicts_on_eithe
 def test_interrupted_grouped_run_resumes_on_cuda(micro_store, tmp_path):
     cfgs = [quick_train(epochs=4, batch_size=3, seed=s) for s in (0, 1)]
 
-    def stop_after_two(epoch, epochs, train_loss, val_loss, best_epoch):
-        if epoch == 2:
+    def stop_after_two(end):
+        if end.epoch == 2:
             raise KeyboardInterrupt
 
     checkpointer = Checkpointer(tmp_path / "resume.pt", {"test": 1}, every_seconds=0)
     with FeatureStore.open(micro_store) as store:
-        whole = train_group_from_store(store, cfgs, DEVICE)
+        whole = train_group_from_store(store, cfgs, ctx=GPU)
         with pytest.raises(KeyboardInterrupt):
-            train_group_from_store(store, cfgs, DEVICE, stop_after_two, checkpointer)
-        resumed = train_group_from_store(store, cfgs, DEVICE, None, checkpointer)
+            train_group_from_store(store, cfgs, ctx=GPU, progress=stop_after_two, checkpointer=checkpointer)
+        resumed = train_group_from_store(store, cfgs, ctx=GPU, checkpointer=checkpointer)
     for w, r in zip(whole, resumed, strict=True):
-        assert len(r.results["history"]["val_loss"]) == cfgs[0].epochs
-        np.testing.assert_allclose(r.results["history"]["val_loss"], w.results["history"]["val_loss"], rtol=3e-2)
+        assert len(r.results.history.val_loss) == cfgs[0].epochs
+        np.testing.assert_allclose(r.results.history.val_loss, w.results.history.val_loss, rtol=3e-2)
 
 
 @pytest.mark.parametrize("mode", ["E", "F"])
 def test_encoder_modes_on_cuda(micro_store, captures, mode):
     with FeatureStore.open(micro_store) as store:
-        prov = store.meta["encoder"]
-        encoder = encoder_from_provenance(prov["arch"], prov["source"], prov["weights_sha256"])
+        encoder = EncoderSpec.recorded(store.record.encoder).build()
         before = {k: v.clone() for k, v in encoder.state_dict().items()}
         cfg = quick_train(epochs=4, batch_size=3, lr=0.01)
-        run = train_mode(store, mode, [cfg], cfg.plan(store), {"ssl": encoder, "init": encoder}, DEVICE)[0]
+        encoders = {"ssl": encoder, "init": encoder}
+        run = train_mode(store, mode, [cfg], plan=cfg.plan(store), encoders=encoders, ctx=GPU)[0]
         results, logits = run.results, run.test_logits
-    assert results["device"].startswith(DEVICE.type) and logits.device.type == "cpu"
-    assert all(np.isfinite(results["history"]["train_loss"])) and set(METRICS) <= set(results["test"])
+    assert results.device.startswith(DEVICE.type) and logits.device.type == "cpu"
+    assert all(np.isfinite(results.history.train_loss)) and 0 <= results.test.iou <= 1
     # train_mode trains a copy: the encoder handed in is left as it was, in E mode too.
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     # The encoder's steps are captured with the decoder's, so E, F and C get the same treatment.
@@ -232,38 +235,19 @@ def test_encoder_modes_on_cuda(micro_store, captures, mode):
 
 
 def test_compare_e2e_on_cuda_writes_the_report(micro_store, tmp_path):
-    cfg = CompareConfig(
-        store=str(micro_store),
-        out=tmp_path / "cmp",
-        sizes=(8, 4),
-        seeds=(0, 1),
-        modes=("E", "F", "C"),
-        epochs=2,
-        batch_size=4,
-        val_size=3,
-        lr=0.01,
-        device=str(DEVICE),
-    )
-    comparison = compare_e2e(cfg, progress=False)
+    cfg = quick_compare(micro_store, tmp_path / "cmp", modes=("E", "F", "C"))
+    comparison = compare_e2e(cfg, ctx=GPU)
     assert len(comparison.results) == 3 * 2 * 2 and (comparison.out / "report.md").exists()
-    assert all(r["cuda_graphs"] for r in comparison.results)
+    assert all(r.cuda_graphs for r in comparison.results)
 
 
 def test_no_cuda_graphs_trains_eagerly(micro_store, tmp_path, captures):
-    sweep = train_decoder(
-        str(micro_store),
-        quick_train(epochs=3),
-        [0, 1],
-        tmp_path / "run",
-        str(DEVICE),
-        progress=False,
-        cuda_graphs=False,
-    )
-    assert captures == [] and not any(r["cuda_graphs"] for r in sweep.results)
+    sweep = train_decoder(quick_sweep(micro_store, tmp_path / "run"), ctx=EAGER)
+    assert captures == [] and not any(r.cuda_graphs for r in sweep.results)
 
 
 def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path):
-    cfg = quick_pretrain(synth_root, tmp_path / "ss.pt", epochs=2, device=str(DEVICE))
-    pretrain(cfg, progress=False)
+    cfg = quick_pretrain(synth_root, tmp_path / "ss.pt", epochs=2)
+    pretrain(cfg, ctx=GPU)
     encoder = build_encoder("vit_micro", str(cfg.out))
     assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in encoder.state_dict().values())

@@ -1,6 +1,7 @@
 import pytest
 
 from featcache.demo import DemoConfig, run_demo
+from tests.helpers import CPU
 
 
 def test_demo_pipeline_end_to_end_tiny(tmp_path):
@@ -13,13 +14,12 @@ def test_demo_pipeline_end_to_end_tiny(tmp_path):
         sizes=(6, 3),
         seeds=(0, 1),
         epochs=2,
-        device="cpu",
     )
-    result = run_demo(cfg)
+    result = run_demo(cfg, ctx=CPU)
     assert set(result.steps) == {"synth", "pretrain", "extract", "compare-e2e"}
     report = result.comparison.report.read_text()
     assert "epochs shortened to 2" in report and "SGD learning rate 0.05" in report
-    assert {r["mode"] for r in result.comparison.results} == {"E", "F", "C"}
+    assert {r.mode for r in result.comparison.results} == {"E", "F", "C"}
     assert (tmp_path / "demo" / "encoder_reconstructions.png").exists()
 
 

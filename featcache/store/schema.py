@@ -1,0 +1,190 @@
+"""The store's schema: its arrays, their dtypes and layout, the flip views, and the identity of a store.
+
+Arrays (first axis: N samples, train then val then test, ids sorted within each split):
+``ids`` [N] str, ``split`` [N] str, ``orig_hw`` [N, 2] int32, ``images`` [N, 3, S, S] uint8,
+``masks`` [N, S, S] uint8 (0/1), ``features`` [N, V, L*C, h, w] float16/float32/bfloat16
+(bfloat16 is kept as its uint16 bit pattern, numpy having no bfloat16), ``written`` [N] bool.
+``features`` holds the outputs of L encoder blocks (``encoder.layers``; without it, the last block alone),
+block-major on the channel axis: byte for byte the C-order layout of ``[N, V, L, C, h, w]``, in the same
+one-chunk-per-sample chunks as a one-layer store.
+Every array is chunked (Zarr: sharded) in blocks of ``shard_size`` samples, so writers of disjoint
+blocks never touch the same file. All attributes are one JSON document under ``featcache``.
+
+Every chunk carries a checksum (format 2: Zarr crc32c on each chunk and shard index, HDF5
+Fletcher-32), so a changed bit fails its read; a chunk that is missing is found by listing the
+store when it is opened. Either ends with one line naming the rows and the fix (`featcache.store.verify`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from featcache.core.errors import FeatcacheError
+from featcache.core.json_record import JsonRecord, RecordError
+from featcache.models.record import EncoderRecord
+from featcache.store.errors import NOT_A_STORE_FIX, MalformedStoreError, NotAStoreError
+
+#: 2: every chunk checksummed (Zarr crc32c, HDF5 Fletcher-32; HDF5 strings fixed-length). Version 1 still reads.
+FORMAT_VERSION = 2
+ATTR = "featcache"
+VIEWS: dict[str, tuple[str, ...]] = {"identity": ("identity",), "flips": ("identity", "h", "v", "hv")}
+#: The spatial flip dims of each view of an image ``[..., H, W]``.
+VIEW_FLIPS: dict[str, tuple[int, ...]] = {"identity": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
+FEATURE_DTYPES: dict[str, tuple[str, torch.dtype]] = {
+    "float16": ("float16", torch.float16),
+    "float32": ("float32", torch.float32),
+    "bfloat16": ("uint16", torch.bfloat16),
+}
+COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
+#: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
+SKIPPED = "skipped"
+#: Provenance entries whose difference makes an existing store another store.
+IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
+
+
+#: Arrays written once, when the store is created: resuming `extract` never rewrites them.
+FIXED_ARRAYS = ("ids", "split", "orig_hw")
+#: Arrays `extract` writes block by block (``written`` last): a block marked unwritten is recomputed whole.
+BLOCK_ARRAYS = ("images", "masks", "features", "written")
+
+
+@dataclass(kw_only=True)
+class Preprocessing(JsonRecord):
+    """How the images were made the encoder's input: the square ``size`` in pixels, the interpolations, and where
+    the normalisation happens."""
+
+    size: int
+    image_interpolation: str
+    mask_interpolation: str
+    normalisation: str
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(kw_only=True)
+class DatasetRecord(JsonRecord):
+    """The dataset a store was extracted from: its layout, counts per split, how splits it lacked were drawn
+    (``split_note``, ``split_config``: `featcache.data.SplitConfig`'s fields), a fingerprint of its file names and
+    sizes, and the files left out as unpaired."""
+
+    layout: str
+    counts: dict[str, int]
+    split_note: str = ""
+    split_config: dict | None = None
+    fingerprint: str
+    skipped: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(kw_only=True)
+class ExtractionRecord(JsonRecord):
+    """How long the extraction took: measured over the samples this run computed, scaled to the whole store."""
+
+    measured_seconds: float | None = None
+    measured_images: int | None = None
+    seconds: float | None = None
+    images_per_second: float | None = None
+    device: str | None = None
+    world_size: int | None = None
+    batch_size: int | None = None
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(kw_only=True)
+class StoreIdentity(JsonRecord):
+    """What makes a store the store it is (`IDENTITY_KEYS`), and when it was made: an existing store is resumed
+    only into the same identity."""
+
+    NESTED: ClassVar = {"encoder": EncoderRecord, "preprocessing": Preprocessing, "dataset": DatasetRecord}
+    OPTIONAL: ClassVar = ("dataset_root", "compute", "created")
+
+    encoder: EncoderRecord
+    preprocessing: Preprocessing
+    dataset: DatasetRecord
+    dataset_root: str | None = None
+    views: str
+    dtype: str
+    compute: str | None = None
+    created: str | None = None
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(kw_only=True)
+class StoreRecord(StoreIdentity):
+    """A store's provenance, the JSON attribute `ATTR`: its identity, then its format and layout (``n`` samples,
+    feature ``width`` L*C on a ``grid``, blocks of ``shard_size``), whether it is ``complete``, the ids of samples
+    left out as unreadable, and the extraction's timing."""
+
+    NESTED: ClassVar = {**StoreIdentity.NESTED, "extraction": ExtractionRecord}
+    OPTIONAL: ClassVar = (*StoreIdentity.OPTIONAL, "checksum", "skipped_bad", "extraction")
+
+    format_version: int
+    featcache_version: str
+    complete: bool = False
+    backend: str
+    checksum: str | None = None
+    n: int
+    width: int
+    grid: list[int]
+    shard_size: int
+    view_names: list[str]
+    skipped_bad: list[str] | None = None
+    extraction: ExtractionRecord | None = None
+
+    @property
+    def depth(self) -> int:
+        return self.encoder.depth
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The encoder blocks (1-based, ascending) whose outputs the features hold, side by side on channels."""
+        return self.encoder.read_layers
+
+
+def read_record(meta: dict, path: str | Path) -> StoreRecord:
+    """The record of the attribute `ATTR` of the store at ``path`` (as its backend read it: ``{}`` when absent).
+
+    Refuses a document that is not a featcache store's, one of a newer format, and one whose entries are missing
+    or of the wrong kind (damaged: only ``extract --overwrite`` helps), each in one line.
+    """
+    version = meta.get("format_version")
+    if version is None:
+        raise NotAStoreError(f"{path} exists but is not a featcache store; {NOT_A_STORE_FIX}")
+    if type(version) is not int:
+        raise MalformedStoreError(
+            f"{path}: its featcache attribute is malformed (format_version {version!r}); re-extract with --overwrite"
+        )
+    if version > FORMAT_VERSION:
+        raise FeatcacheError(
+            f"{path} has store format {version}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache"
+        )
+    try:
+        return StoreRecord.from_json(meta)
+    except (RecordError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise MalformedStoreError(
+            f"{path}: its provenance (the {ATTR!r} attribute) is damaged ({exc}); re-extract the store with "
+            f"`featcache extract ... --out {path} --overwrite`"
+        ) from exc
+
+
+def describe_differences(old: StoreIdentity, new: StoreIdentity) -> list[str]:
+    """Human-readable ``key.sub: old -> new`` lines for the identity entries (`IDENTITY_KEYS`) that differ."""
+    out: list[str] = []
+    old_json, new_json = old.to_json(), new.to_json()
+
+    def short(value: Any) -> Any:
+        return value[:12] + "…" if isinstance(value, str) and len(value) > 40 else value  # hashes
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            out.append(f"{prefix}: {short(a)} -> {short(b)}")
+
+    for key in IDENTITY_KEYS:
+        walk(old_json.get(key), new_json.get(key), key)
+    return out

@@ -1,0 +1,278 @@
+"""compare-e2e: every mode on the same subsets and protocol, then the report, in three phases:
+`plan_comparison` (encoders, plans per size, batches of runs), `run_comparison` (the store's runs from one read,
+sizes side by side on CUDA; then the encoder modes) and `write_comparison` (the report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from featcache.core.context import Context
+from featcache.core.errors import FeatcacheError
+from featcache.core.io import ensure_writable_dir
+from featcache.core.progress import EpochCallback, epoch_row, progress_bar
+from featcache.core.runtime import err_console
+from featcache.models.record import record_of
+from featcache.models.spec import AnyEncoder, EncoderSpec
+from featcache.results.figures import Cases
+from featcache.results.records import RunResults
+from featcache.results.report import ReportContext, write_report
+from featcache.results.stats import number_name
+from featcache.store.encoder_check import check_encoder_matches
+from featcache.store.feature_store import FeatureStore
+from featcache.train.config import CompareConfig, RunKey, TrainConfig
+from featcache.train.modes import MODES
+from featcache.train.outputs import write_run
+from featcache.train.protocol import Plan
+from featcache.train.rows import check_store_run, load_splits, select_rows
+from featcache.train.run import RunOutput, train_mode
+from featcache.train.sizes import SizeGroup, train_sizes_from_store
+
+CASE_IMAGES = 3
+
+
+@dataclass
+class Comparison:
+    """Every run's results and the report (None on torchrun ranks other than 0, which gathers)."""
+
+    out: Path
+    results: list[RunResults]
+    report: Path | None
+
+
+@dataclass
+class Batch:
+    """Runs of one mode and size that train together: on CUDA a store mode's seeds and learning rates as one
+    grouped network, else one run."""
+
+    mode: str
+    size: int
+    keys: list[RunKey]
+
+
+@dataclass
+class ComparePlan:
+    """A comparison resolved against its store: the encoders (``ssl``: the store's; ``init``: where E and FI
+    start), each size's `Plan`, this rank's batches and the test rows of the case figure."""
+
+    cfg: CompareConfig
+    encoders: dict[str, AnyEncoder]
+    plans: dict[int, Plan]
+    batches: list[Batch]
+    case_rows: torch.Tensor
+    results: list[RunResults] = field(default_factory=list)
+    cases: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+    def run_config(self, mode: str, key: RunKey) -> TrainConfig:
+        """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays)."""
+        cfg = self.cfg
+        augment = cfg.augment if MODES[mode].reads_store else ("none" if cfg.augment == "none" else "exact")
+        return TrainConfig(
+            size=key.size,
+            seed=key.seed,
+            augment=augment,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=key.lr,
+            val_size=self.plans[key.size].val_size,
+            layers=cfg.layers,
+        )
+
+    def directory(self, key: RunKey) -> Path:
+        """``runs/MODE/size-N/seed-K`` (a grid mode's: ``runs/MODE/size-N/lr-X/seed-K``)."""
+        folder = self.cfg.out / "runs" / key.mode / f"size-{key.size}"
+        if self.cfg.is_grid(key.mode):
+            folder = folder / f"lr-{number_name(key.lr)}"
+        return folder / f"seed-{key.seed}"
+
+
+def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison:
+    """Every (mode, size, seed) run on the same subsets and protocol, then the report; a list of learning rates
+    adds every one of them for the grid modes (`CompareConfig.mode_lrs`), each in ``runs/MODE/size-N/lr-X/``.
+    ``ctx``: device, CUDA graphs, progress and torchrun ranks (default: `Context.resolve`)."""
+    cfg.validate()
+    ensure_writable_dir(cfg.out)
+    ctx = ctx or Context.resolve()
+    with FeatureStore.open(cfg.store) as store:
+        planned = plan_comparison(store, cfg, ctx)
+        run_comparison(store, planned, ctx)
+        gathered = ctx.ranks.gather_objects((planned.results, planned.cases))
+        ctx.ranks.close()
+        if not ctx.is_main:
+            return Comparison(cfg.out, planned.results, None)
+        planned.results = sorted(
+            (r for part, _ in gathered for r in part),
+            key=lambda r: (cfg.sizes.index(r.size), cfg.lrs.index(r.lr), r.seed, cfg.modes.index(r.mode)),
+        )
+        planned.cases = {key: value for _, part in gathered for key, value in part.items()}
+        report = write_comparison(store, planned, ctx)
+    return Comparison(cfg.out, planned.results, report)
+
+
+def _encoders(store: FeatureStore, cfg: CompareConfig, device: torch.device) -> dict[str, AnyEncoder]:
+    """``ssl``: the store's encoder, proven by re-encoding a sample on ``device``; ``init``: the encoder E and FI
+    start from; both reading the blocks ``cfg.layers`` of the store."""
+    record = store.record.encoder
+    layers = [store.layers[p] for p in store.layer_positions(cfg.layers)]
+    if cfg.encoder is not None:
+        ssl = EncoderSpec.like(record, cfg.encoder, layers=layers).build()
+        store.check_encoder(record_of(ssl))
+    else:
+        ssl = EncoderSpec.recorded(record, layers=layers).build()
+    check_encoder_matches(store, ssl, device)
+    start = record.init_record()
+    if cfg.e_init is not None:
+        init = EncoderSpec.like(record, cfg.e_init, layers=layers).build()
+    elif start is not None:
+        init = EncoderSpec.recorded(start, layers=layers).build()
+    else:
+        init = ssl  # no pretraining recorded: E starts where F is frozen
+    return {"ssl": ssl, "init": init}
+
+
+def plan_comparison(store: FeatureStore, cfg: CompareConfig, ctx: Context) -> ComparePlan:
+    """Everything refused before any run (the encoder, sizes and validation sizes the store cannot give, flip
+    views), each size's plan, and this rank's batches (every K-th under torchrun; runs are independent)."""
+    encoders = _encoders(store, cfg, ctx.device)
+    n_train = len(store.indices("train"))
+    too_big = [s for s in cfg.sizes if s > n_train]
+    if too_big:
+        raise FeatcacheError(f"--sizes {too_big} exceed the training split of {cfg.store} ({n_train} images)")
+    plans = {}
+    for size in cfg.sizes:
+        probe = TrainConfig(
+            size=size,
+            augment=cfg.augment,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            val_size=cfg.val_size,
+            lr=min(cfg.lrs),
+        )
+        plans[size] = probe.plan(store)
+        if plans[size].note:
+            err_console.print(f"size {size}: {plans[size].note}")
+    if any(MODES[m].reads_store for m in cfg.modes):
+        check_store_run(store, TrainConfig(size=cfg.sizes[0], augment=cfg.augment))
+    batches = _batches(cfg, grouped=ctx.device.type == "cuda")[ctx.ranks.rank :: ctx.ranks.world_size]
+    n_test = len(store.indices("test"))
+    case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
+    return ComparePlan(cfg, encoders, plans, batches, case_rows)
+
+
+def _batches(cfg: CompareConfig, *, grouped: bool) -> list[Batch]:
+    """Every run in batches: size by size, learning rate, seed, then mode; with ``grouped``, a store mode's runs of
+    one size (all its seeds and learning rates) as one batch."""
+    batches = []
+    for size in cfg.sizes:
+        for lr in cfg.lrs:
+            for seed in cfg.seeds:
+                for mode in cfg.modes:
+                    if lr not in cfg.mode_lrs(mode):
+                        continue
+                    if not (grouped and MODES[mode].reads_store):
+                        batches.append(Batch(mode, size, [RunKey(mode, size, seed, lr, 1e-4)]))
+                    elif (lr, seed) == (cfg.lrs[0], cfg.seeds[0]):
+                        keys = [RunKey(mode, size, k, x, 1e-4) for x in cfg.mode_lrs(mode) for k in cfg.seeds]
+                        batches.append(Batch(mode, size, keys))
+    return batches
+
+
+def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> None:
+    """Train every batch, writing each run as it finishes: the store's runs first, all sizes from one read of the
+    store, the sizes at the same time on CUDA (`train_sizes_from_store`); then the encoder modes, whose images are
+    read once for all their runs too."""
+    with progress_bar(disable=not ctx.progress or not ctx.is_main) as bar:
+        overall = bar.add_task("compare-e2e runs", total=sum(len(b.keys) for b in planned.batches))
+
+        def row(batch: Batch) -> EpochCallback:
+            seeds = ",".join(str(k.seed) for k in batch.keys)
+            label = f"{batch.mode} size {batch.size} seed{'s' if len(batch.keys) > 1 else ''} {seeds}"
+            if planned.cfg.is_grid(batch.mode):
+                label += f" lr {','.join(dict.fromkeys(number_name(k.lr) for k in batch.keys))}"
+            return epoch_row(bar, label, planned.plans[batch.size].epochs)
+
+        def record(batch: Batch, outputs: list[RunOutput]) -> None:
+            _record(planned, batch, outputs)
+            bar.advance(overall, len(outputs))
+
+        from_store = [b for b in planned.batches if MODES[b.mode].reads_store]
+        if from_store:
+            groups = [
+                SizeGroup(planned.plans[b.size], [planned.run_config(b.mode, k) for k in b.keys], lambda b=b: row(b))
+                for b in from_store
+            ]
+            train_sizes_from_store(store, groups, ctx=ctx, done=lambda i, runs: record(from_store[i], runs))
+        on_images = [b for b in planned.batches if not MODES[b.mode].reads_store]
+        if on_images:
+            every_run = [(c, select_rows(store, planned.plans[c.size], c.seed)) for c in _configs(planned, on_images)]
+            images = load_splits(store, every_run, ctx.device, images=True)
+            for batch in on_images:
+                cfgs = [planned.run_config(batch.mode, k) for k in batch.keys]
+                plan = planned.plans[batch.size]
+                outputs = train_mode(
+                    store,
+                    batch.mode,
+                    cfgs,
+                    plan=plan,
+                    encoders=planned.encoders,
+                    ctx=ctx,
+                    progress=row(batch),
+                    data=images,
+                )
+                record(batch, outputs)
+
+
+def _configs(planned: ComparePlan, batches: list[Batch]) -> list[TrainConfig]:
+    return [planned.run_config(b.mode, k) for b in batches for k in b.keys]
+
+
+def _record(planned: ComparePlan, batch: Batch, outputs: list[RunOutput]) -> None:
+    """Write a batch's runs, keep their results and, for the first seed at the first learning rate, the case
+    images' predicted masks."""
+    cfg = planned.cfg
+    for key, run in zip(batch.keys, outputs, strict=True):
+        write_run(planned.directory(key), run.results, None)
+        planned.results.append(run.results)
+        if key.seed == cfg.seeds[0] and key.lr == cfg.lrs[0]:
+            masks = (torch.sigmoid(run.test_logits[planned.case_rows, 0]) > 0.5).to(torch.uint8)
+            planned.cases[(key.mode, key.size)] = masks
+
+
+def write_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> Path:
+    """The report over every run (rank 0, after gathering)."""
+    cfg, record = planned.cfg, store.record
+    ssl = planned.encoders["ssl"]
+    extraction = record.extraction
+    context = ReportContext(
+        store=str(cfg.store),
+        n_test=len(store.indices("test")),
+        image_size=store.image_size,
+        encoder=record.encoder,
+        e_init=record_of(planned.encoders["init"]).source,
+        layers=list(ssl.layers),
+        depth=ssl.depth,
+        device=str(ctx.device),
+        dataset=record.dataset,
+        dataset_root=record.dataset_root,
+        extraction_seconds=extraction.seconds if extraction else None,
+        extraction_device=extraction.device if extraction else None,
+        augment=cfg.augment,
+        modes=list(cfg.modes),
+        mode_descriptions={m: MODES[m].description for m in cfg.modes},
+        sizes=list(cfg.sizes),
+        seeds=list(cfg.seeds),
+        epochs=cfg.epochs,
+        lr=cfg.lrs[0],
+        lrs=list(cfg.lrs),
+        grid_modes=[m for m in cfg.modes if cfg.is_grid(m)],
+    )
+    test_rows = store.indices("test")[planned.case_rows.numpy()]
+    cases = Cases(
+        ids=[store.ids[i] for i in test_rows],
+        images=store.images(test_rows),
+        masks=store.masks(test_rows),
+        predictions=planned.cases,
+    )
+    return write_report(planned.results, context=context, out=cfg.out, cases=cases)

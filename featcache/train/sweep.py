@@ -1,0 +1,202 @@
+"""train-decoder: C-mode runs of one size over seeds (and a grid of learning rates and weight decays), in three
+phases: `plan_sweep` (checks, identities, finished runs, groups), `run_sweep` (train and write each run) and
+`write_sweep` (the summary over seeds)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from featcache.core.context import Context
+from featcache.core.errors import FeatcacheError
+from featcache.core.io import ensure_writable_dir, write_json
+from featcache.core.progress import epoch_row, progress_bar
+from featcache.core.runtime import err_console
+from featcache.models.record import record_of
+from featcache.models.spec import EncoderSpec
+from featcache.results.export import write_grid_csv, write_runs_csv
+from featcache.results.figures import plot_grid
+from featcache.results.records import RunResults
+from featcache.results.stats import aggregate, grid_summary
+from featcache.store.encoder_check import check_encoder_matches
+from featcache.store.feature_store import FeatureStore
+from featcache.train.config import RunKey, SweepConfig
+from featcache.train.outputs import combination_name, finished_run, group_name, run_dir, runs_label, write_run
+from featcache.train.protocol import Plan
+from featcache.train.resume import Checkpointer
+from featcache.train.rows import check_store_run
+from featcache.train.run import RunOutput, train_mode
+
+
+@dataclass
+class SeedSweep:
+    """What `train_decoder` returns: every run's results (combination by combination in a grid, seeds within)
+    and their aggregate (in a grid, `grid_summary`'s); an empty summary on torchrun ranks other than 0."""
+
+    out: Path
+    results: list[RunResults]
+    summary: dict
+
+
+@dataclass
+class SweepPlan:
+    """A sweep resolved against its store: the protocol's `Plan`, each run's identity (what a finished run must
+    match to be kept), the runs finished already, and the groups left to train (this rank's share)."""
+
+    cfg: SweepConfig
+    plan: Plan
+    identities: dict[RunKey, dict]
+    finished: dict[RunKey, RunResults]
+    groups: list[list[RunKey]]
+
+    def directory(self, key: RunKey) -> Path:
+        """``OUT/seed-K``, or in a grid ``OUT/lr-X_wd-Y/seed-K``."""
+        combination = combination_name(key.lr, key.weight_decay) if self.cfg.grid else None
+        return run_dir(self.cfg.out, key.seed, combination)
+
+
+def train_decoder(cfg: SweepConfig, *, ctx: Context | None = None) -> SeedSweep:
+    """Train the C-mode decoder of ``cfg`` once per seed (and per learning rate and weight decay) from the store;
+    write every run's outputs and the summary.
+
+    Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's record) and
+    ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``. A grid runs every combination
+    at every seed into ``OUT/lr-2e-4_wd-1e-4/seed-K/``; its summary gives each combination's mean ± std and, per
+    seed, the combination of lowest validation loss with its test metrics (`grid_summary`), with ``OUT/runs.csv``
+    and ``OUT/grid_iou.png``. Resumable: a run whose ``results.json`` exists for the same configuration is not
+    trained again, and interrupted runs continue from ``OUT/resume-*.pt``. ``ctx``: device, CUDA graphs,
+    progress, resume-state interval and torchrun ranks (default: `Context.resolve`).
+    """
+    cfg.validate()
+    ensure_writable_dir(cfg.out)
+    ctx = ctx or Context.resolve()
+    with FeatureStore.open(cfg.store) as store:
+        planned = plan_sweep(store, cfg, ctx)
+        run_sweep(store, planned, ctx)
+    gathered = ctx.ranks.gather_objects(planned.finished)
+    ctx.ranks.close()
+    if not ctx.is_main:
+        return SeedSweep(cfg.out, list(planned.finished.values()), {})
+    for part in gathered:
+        planned.finished.update(part)
+    return write_sweep(cfg, [planned.finished[key] for key in cfg.keys()])
+
+
+def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan:
+    """Everything refused before any training (the encoder at hand, sizes, flip views), the runs already
+    finished in ``cfg.out`` (kept), and this rank's runs left, grouped: on CUDA every pending run as one grouped
+    network (unless ``cfg.grouped`` is False); on the CPU one run at a time, but a grid's combinations of each
+    seed together (measured faster, RESULTS.md)."""
+    if cfg.encoder is not None:
+        at_hand = EncoderSpec.like(store.record.encoder, cfg.encoder).build()
+        store.check_encoder(record_of(at_hand))
+        check_encoder_matches(store, at_hand, ctx.device)
+    plan = cfg.run_config(cfg.keys()[0]).plan(store)
+    check_store_run(store, cfg.run_config(cfg.keys()[0]))
+    if plan.note:  # said once, not per seed
+        err_console.print(plan.note)
+    identities = {key: _identity(store, cfg.run_config(key, plan.val_size), ctx) for key in cfg.keys()}
+    planned = SweepPlan(cfg, plan, identities, {}, [])
+    for key in cfg.keys():
+        done = finished_run(planned.directory(key), identities[key])
+        if done is not None:
+            err_console.print(f"{planned.directory(key)}: already finished, kept")
+            planned.finished[key] = done
+    # torchrun: each rank takes its share of the runs first, then groups them.
+    pending = [k for k in cfg.keys() if k not in planned.finished][ctx.ranks.rank :: ctx.ranks.world_size]
+    if cfg.grouped is None and ctx.device.type == "cpu" and cfg.grid:
+        planned.groups = [g for g in ([k for k in pending if k.seed == seed] for seed in cfg.seeds) if g]
+    elif (ctx.device.type == "cuda" if cfg.grouped is None else cfg.grouped) and pending:
+        planned.groups = [pending]
+    else:
+        planned.groups = [[k] for k in pending]
+    return planned
+
+
+def _identity(store: FeatureStore, run_cfg, ctx: Context) -> dict:
+    """What a finished run's ``store_identity`` must be to be kept: its configuration, the device type (CPU and
+    CUDA random generators cannot take each other's state), the encoder's hash and the dataset's fingerprint."""
+    return {
+        "config": asdict(run_cfg),
+        "device_type": ctx.device.type,
+        "weights_sha256": store.record.encoder.weights_sha256,
+        "dataset": store.record.dataset.fingerprint,
+    }
+
+
+def run_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> None:
+    """Train the planned groups one after another, writing each run as it finishes (into ``planned.finished``);
+    a group that runs out of GPU memory is split in halves that start again."""
+    cfg, groups = planned.cfg, list(planned.groups)
+    with progress_bar("epochs", disable=not ctx.progress or not ctx.is_main) as bar:
+        while groups:
+            group = groups.pop(0)
+            checkpointer = Checkpointer(
+                cfg.out / f"resume-{group_name(group, cfg.grid)}.pt",
+                {"runs": [planned.identities[k] for k in group]},
+                ctx.checkpoint_seconds,
+            )
+            row = epoch_row(bar, f"C size {cfg.size} {runs_label(group, cfg.grid)}", planned.plan.epochs)
+            outputs = _train_or_halve(store, planned, group, ctx=ctx, progress=row, checkpointer=checkpointer)
+            if outputs is None:
+                groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
+                continue
+            for key, output in zip(group, outputs, strict=True):
+                _keep(planned, key, output, ctx=ctx)
+            checkpointer.done()
+
+
+def _train_or_halve(
+    store: FeatureStore, planned: SweepPlan, group: list[RunKey], *, ctx: Context, progress, checkpointer: Checkpointer
+) -> list[RunOutput] | None:
+    """The group's outputs; None when it does not fit in GPU memory and should train in halves (its resume state
+    cannot serve them and is dropped). One run that does not fit ends the sweep with the fix."""
+    cfgs = [planned.cfg.run_config(k, planned.plan.val_size) for k in group]
+    try:
+        return train_mode(
+            store, "C", cfgs, plan=planned.plan, encoders={}, ctx=ctx, progress=progress, checkpointer=checkpointer
+        )
+    except torch.OutOfMemoryError:
+        if len(group) == 1:
+            raise FeatcacheError(
+                f"one run at size {planned.cfg.size} does not fit in {ctx.device}'s memory; use --device cpu"
+            ) from None
+    checkpointer.done()
+    torch.cuda.empty_cache()
+    err_console.print(f"{len(group)} runs together do not fit in {ctx.device}'s memory: training them in halves")
+    return None
+
+
+def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -> None:
+    """Write a finished run and say so in a line that stays in logs (where the progress bar leaves nothing)."""
+    output.results.store_identity = planned.identities[key]
+    write_run(planned.directory(key), output.results, output.checkpoint)
+    planned.finished[key] = output.results
+    if ctx.progress:
+        r = output.results
+        err_console.print(
+            f"C size {planned.cfg.size} {runs_label([key], planned.cfg.grid)}: test IoU {r.test.iou:.4f}, best epoch "
+            f"{r.best_epoch}, {r.train_seconds:.1f} s -> {planned.directory(key)}",
+            highlight=False,
+        )
+
+
+def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
+    """``summary.json`` and ``summary.csv`` over seeds; for a grid also ``runs.csv`` and ``grid_iou.png``."""
+    head = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(cfg.store)}
+    if not cfg.grid:
+        summary = {**head, **aggregate(results)}
+        write_json(cfg.out / "summary.json", summary)
+        write_runs_csv(results, cfg.out / "summary.csv")
+        return SeedSweep(cfg.out, results, summary)
+    combinations = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+    summary = {**head, **grid_summary(results, combinations, list(cfg.seeds))}
+    for entry in summary["grid"]:
+        entry["dir"] = combination_name(entry["lr"], entry["weight_decay"])
+    write_json(cfg.out / "summary.json", summary)
+    write_grid_csv(summary, cfg.out / "summary.csv")
+    write_runs_csv(results, cfg.out / "runs.csv", optimiser=True)
+    plot_grid(summary, cfg.out / "grid_iou.png", f"C · {cfg.size} images · {len(cfg.seeds)} seeds")
+    return SeedSweep(cfg.out, results, summary)

@@ -1,0 +1,156 @@
+"""Tests for featcache.synth: layout, masks, determinism, sizes, contact sheet, refusal."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from featcache.core.errors import FeatcacheError
+from featcache.data.render import render_sample, sample_image_size
+from featcache.data.synth import SynthConfig, SynthReport, data_dir, synthesize, truth_dir
+
+TINY = (48, 64)
+COUNTS = {"train": 3, "val": 2, "test": 2}
+
+
+def _tiny(out: Path, seed: int = 0) -> SynthReport:
+    return synthesize(
+        SynthConfig(
+            out,
+            n_train=COUNTS["train"],
+            n_val=COUNTS["val"],
+            n_test=COUNTS["test"],
+            image_size=TINY,
+            seed=seed,
+        )
+    )
+
+
+def _all_bytes(root: Path) -> dict[str, bytes]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthReport]:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    return out, _tiny(out)
+
+
+def test_layout_and_names(tiny_out: tuple[Path, SynthReport]) -> None:
+    out, report = tiny_out
+    assert report.out == out
+    assert report.counts == COUNTS
+    assert (out / "ISIC-2017_Training_Data").is_dir()
+    assert (out / "ISIC-2017_Validation_Part1_GroundTruth").is_dir()
+    assert (out / "ISIC-2017_Test_v2_Data").is_dir()
+    next_id = 0
+    for split, folder in [("train", "Training"), ("val", "Validation"), ("test", "Test_v2")]:
+        assert data_dir(out, split) == out / f"ISIC-2017_{folder}_Data"
+        assert truth_dir(out, split) == out / f"ISIC-2017_{folder}_Part1_GroundTruth"
+        ids = [f"ISIC_{i:07d}" for i in range(next_id, next_id + COUNTS[split])]
+        next_id += COUNTS[split]
+        assert sorted(p.name for p in data_dir(out, split).iterdir()) == [f"{i}.jpg" for i in ids]
+        assert sorted(p.name for p in truth_dir(out, split).iterdir()) == [f"{i}_segmentation.png" for i in ids]
+
+
+def test_masks_binary_same_size_non_empty(tiny_out: tuple[Path, SynthReport]) -> None:
+    out, _ = tiny_out
+    for split in COUNTS:
+        for image_path in sorted(data_dir(out, split).iterdir()):
+            image = Image.open(image_path)
+            mask = Image.open(truth_dir(out, split) / f"{image_path.stem}_segmentation.png")
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert mask.format == "PNG" and mask.mode == "L"
+            assert image.size == mask.size == TINY[::-1]
+            values = np.asarray(mask)
+            assert set(np.unique(values)) == {0, 255}
+            assert 0.05 <= (values == 255).mean() <= 0.5
+
+
+def test_contact_sheet(tiny_out: tuple[Path, SynthReport]) -> None:
+    out, report = tiny_out
+    assert report.contact_sheet == out / "contact_sheet.png"
+    sheet = np.asarray(Image.open(report.contact_sheet).convert("RGB"))
+    assert (sheet == (0, 255, 0)).all(axis=-1).any()  # mask outlines are drawn
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    first, second = _all_bytes(_tiny(tmp_path / "a").out), _all_bytes(_tiny(tmp_path / "b").out)
+    assert first == second
+    other = _all_bytes(_tiny(tmp_path / "c", seed=1).out)
+    assert other.keys() == first.keys()
+    assert other["ISIC-2017_Training_Data/ISIC_0000000.jpg"] != first["ISIC-2017_Training_Data/ISIC_0000000.jpg"]
+
+
+def test_image_does_not_depend_on_counts(tmp_path: Path) -> None:
+    few = synthesize(SynthConfig(tmp_path / "few", n_train=2, n_val=0, n_test=0, image_size=TINY)).out
+    many = _all_bytes(_tiny(tmp_path / "many").out)
+    for name, data in _all_bytes(few).items():
+        if name.startswith("ISIC-2017_Training"):
+            assert many[name] == data
+
+
+def test_rerun_replaces_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    synthesize(SynthConfig(out, n_train=4, n_val=1, n_test=1, image_size=TINY))
+    synthesize(SynthConfig(out, n_train=2, n_val=1, n_test=1, image_size=TINY))
+    assert len(list(data_dir(out, "train").iterdir())) == 2
+    assert _all_bytes(out) == _all_bytes(
+        synthesize(SynthConfig(tmp_path / "fresh", n_train=2, n_val=1, n_test=1, image_size=TINY)).out
+    )
+
+
+def test_default_sizes_vary_non_square_some_large() -> None:
+    sizes = [sample_image_size(i, seed=0) for i in range(16)]
+    assert len(set(sizes)) > 8
+    assert all(w > h for h, w in sizes)
+    assert all(320 <= w <= 1100 for _, w in sizes)
+    assert sum(w > 1000 for _, w in sizes) >= 2
+    for start in range(9):
+        assert any(w > 1000 for _, w in sizes[start : start + 8])
+
+
+def test_default_size_images_written(tmp_path: Path) -> None:
+    report = synthesize(SynthConfig(tmp_path / "data", n_train=2, n_val=0, n_test=0))
+    for index, path in enumerate(sorted(data_dir(report.out, "train").iterdir())):
+        height, width = sample_image_size(index)
+        assert Image.open(path).size == (width, height)
+
+
+def test_lesion_darker_than_surrounding_skin() -> None:
+    for index in range(6):
+        image, mask = render_sample(index, seed=0, image_size=(96, 128))
+        gray = image.astype(np.float32).mean(axis=-1)
+        lesion = mask == 255
+        dilated = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(15))) == 255
+        ring = dilated & ~lesion
+        assert gray[lesion].mean() < gray[ring].mean() - 20
+        blue_over_red = image[..., 2].astype(np.float32) / (image[..., 0] + 1.0)
+        assert blue_over_red[lesion].mean() < blue_over_red[ring].mean()  # browner
+
+
+def test_refuses_foreign_directory(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FeatcacheError, match="mine"):
+        _tiny(out)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_refuses_foreign_file_inside_previous_output(tmp_path: Path) -> None:
+    out = _tiny(tmp_path / "data").out
+    stray = data_dir(out, "train") / "ISIC_0000000_superpixels.png"
+    stray.write_bytes(b"x")
+    with pytest.raises(FeatcacheError, match="superpixels"):
+        _tiny(out)
+    assert stray.exists()
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(FeatcacheError, match="n_train"):
+        synthesize(SynthConfig(tmp_path / "a", n_train=0))
+    with pytest.raises(FeatcacheError, match="image_size"):
+        synthesize(SynthConfig(tmp_path / "b", image_size=(4, 4)))

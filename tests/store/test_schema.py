@@ -1,0 +1,131 @@
+"""featcache.store.schema: a store's provenance as a record, the refusals of what is not one, and what differs."""
+
+import copy
+import dataclasses
+
+import pytest
+import zarr
+
+from featcache.core.errors import FeatcacheError
+from featcache.models import WeightsSource
+from featcache.store.errors import MalformedStoreError, NotAStoreError
+from featcache.store.feature_store import FeatureStore
+from featcache.store.schema import ATTR, FORMAT_VERSION, StoreRecord, describe_differences, read_record
+from tests.helpers import tiny_identity
+
+
+@pytest.fixture(scope="module")
+def raw(micro_store) -> dict:
+    """The provenance attribute of `micro_store` as zarr reads it, not through featcache."""
+    return dict(zarr.open_group(micro_store, mode="r").attrs[ATTR])
+
+
+def test_the_record_of_a_real_store_writes_back_its_attribute(micro_store, raw):
+    record = StoreRecord.from_json(raw)
+    out = record.to_json()
+    assert out == raw and list(out) == list(raw)
+    assert record.format_version == FORMAT_VERSION and record.complete and record.backend == "zarr"
+    assert record.encoder.arch == "vit_micro" and record.encoder.source == WeightsSource("random", seed=0)
+    assert record.view_names == ["identity", "h", "v", "hv"] and record.dtype == "float32"
+    assert record.extraction is not None and record.extraction.device == "cpu"
+    with FeatureStore.open(micro_store) as store:
+        assert store.record.to_json() == raw
+        assert (store.n, store.layers) == (record.n, record.layers) == (24, (2,))
+
+
+def test_read_record_gives_the_record(raw):
+    assert read_record(raw, "s.zarr").to_json() == raw
+
+
+def test_a_document_without_format_version_is_not_a_store():
+    for meta in ({}, {"something": "else"}):
+        with pytest.raises(NotAStoreError, match=r"^x\.zarr exists but is not a featcache store; point to a store"):
+            read_record(meta, "x.zarr")
+
+
+@pytest.mark.parametrize("version", ["2", 2.0, True, None])
+def test_a_format_version_that_is_not_a_whole_number_is_malformed(raw, version):
+    if version is None:  # null reads as absent
+        with pytest.raises(NotAStoreError):
+            read_record({**raw, "format_version": None}, "x.zarr")
+        return
+    with pytest.raises(MalformedStoreError) as info:
+        read_record({**raw, "format_version": version}, "x.zarr")
+    assert str(info.value) == (
+        f"x.zarr: its featcache attribute is malformed (format_version {version!r}); re-extract with --overwrite"
+    )
+
+
+def test_a_newer_format_says_to_upgrade(raw):
+    with pytest.raises(FeatcacheError) as info:
+        read_record({**raw, "format_version": FORMAT_VERSION + 1}, "x.zarr")
+    assert not isinstance(info.value, MalformedStoreError | NotAStoreError)
+    assert str(info.value) == (
+        f"x.zarr has store format {FORMAT_VERSION + 1}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda m: m.pop("encoder"), "StoreRecord lacks its entry 'encoder'"),
+        (lambda m: m.pop("n"), "StoreRecord lacks its entry 'n'"),
+        (
+            lambda m: m["encoder"].pop("weights_sha256"),
+            "StoreRecord.encoder: EncoderRecord lacks its entry 'weights_sha256'",
+        ),
+        (
+            lambda m: m.update(preprocessing="64px"),
+            "StoreRecord.preprocessing: Preprocessing expects a JSON object, not str",
+        ),
+        (
+            lambda m: m["encoder"].update(source="random"),
+            "StoreRecord.encoder: EncoderRecord.source: WeightsSource expects a JSON object, not str",
+        ),
+    ],
+)
+def test_a_damaged_record_is_malformed_naming_the_entry_and_the_fix(raw, damage, named):
+    meta = copy.deepcopy(raw)
+    damage(meta)
+    with pytest.raises(MalformedStoreError) as info:
+        read_record(meta, "runs/x.zarr")
+    assert str(info.value) == (
+        f"runs/x.zarr: its provenance (the 'featcache' attribute) is damaged ({named}); re-extract the store with "
+        "`featcache extract ... --out runs/x.zarr --overwrite`"
+    )
+
+
+def test_describe_differences_names_each_identity_entry_that_differs():
+    old = tiny_identity()
+    assert describe_differences(old, tiny_identity()) == []
+    new = tiny_identity(dtype="float32")
+    new.encoder.weights_sha256 = "b" * 64
+    new.encoder.source = WeightsSource("random", seed=1)
+    new.preprocessing.size = 64
+    new.dataset.counts = {**new.dataset.counts, "val": 2}
+    assert describe_differences(old, new) == [
+        "encoder.source.seed: 0 -> 1",
+        f"encoder.weights_sha256: {'a' * 12}… -> {'b' * 12}…",
+        "preprocessing.size: 32 -> 64",
+        "dataset.counts.val: 1 -> 2",
+        "dtype: float16 -> float32",
+    ]
+
+
+def test_describe_differences_ignores_what_is_not_identity():
+    old = tiny_identity()
+    new = dataclasses.replace(tiny_identity(), dataset_root="/elsewhere", created="2030-01-01")
+    assert describe_differences(old, new) == []
+    assert describe_differences(old, dataclasses.replace(tiny_identity(), compute="float32")) == [
+        "compute: None -> float32"
+    ]
+
+
+@pytest.mark.parametrize("source", [[], [{"kind": "random", "seed": 0}]])
+def test_a_list_where_one_record_belongs_is_malformed(raw, source):
+    # A JSON list under a field whose NESTED type is one record reads as a list of records; the store then opens
+    # and fails later (`featcache info`: "error: AttributeError: 'list' object has no attribute 'kind'").
+    meta = copy.deepcopy(raw)
+    meta["encoder"]["source"] = source
+    with pytest.raises(MalformedStoreError, match=r"^runs/x\.zarr: its provenance .* is damaged"):
+        read_record(meta, "runs/x.zarr")
