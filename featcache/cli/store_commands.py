@@ -148,7 +148,7 @@ def verify(
     table.add_column("rows", justify="right")
     table.add_column("what")
     for d in report.damages:
-        table.add_row(d.array, d.rows, d.what)
+        table.add_row(d.array, d.rows, d.shown)
     out_console.print(table)
     if report.unrepairable or not report.repaired:
         raise FeatcacheError(report.fix())

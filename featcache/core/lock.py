@@ -1,8 +1,9 @@
-"""A writer lock for a store: one lock file holding the owner's host and pid.
+"""A writer lock for a store or a run's output: one lock file holding the owner's host and pid.
 
-A second writer is refused while the owner lives; a lock whose owner died on this host (a crash,
-SIGKILL) is recovered. fcntl locks would free themselves on a crash but are unreliable on network
-file systems, where stores of this size often live; a pid file is explicit and testable.
+A second writer is refused while the owner lives, and so is a reader (`WriterLock.refuse_if_held`); a lock whose
+owner died on this host (a crash, SIGKILL) is stale: a writer recovers it, a reader ignores it. fcntl locks would
+free themselves on a crash but are unreliable on network file systems, where stores of this size often live; a pid
+file is explicit and testable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _alive(pid: int) -> bool:
 
 
 class WriterLock:
-    """``with WriterLock(path):`` holds ``path`` exclusively for this process."""
+    """``with WriterLock(path, what):`` holds ``path`` exclusively for this process; ``what`` names what it guards
+    in messages (``the store s.zarr``, ``the run folder runs/x``)."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
@@ -54,6 +56,27 @@ class WriterLock:
             "make that folder writable or choose another --out"
         )
 
+    def _stale(self, owner: dict) -> bool:
+        """Whether ``owner`` was a process of this host that is gone (one on another host cannot be checked)."""
+        pid = owner.get("pid")
+        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+    def _refusal(self, owner: dict) -> FeatcacheError:
+        return FeatcacheError(
+            f"{self.what} is being written by pid {owner.get('pid', '?')} on {owner.get('host', '?')} "
+            f"since {owner.get('since', '?')}; wait for it, or delete {self.path} if that run is gone"
+        )
+
+    def refuse_if_held(self) -> None:
+        """For a reader: refuse, in the one line a second writer gets, while another process holds the lock (a
+        stale lock, or one this process holds, is no reason to wait)."""
+        if not self.path.is_file():
+            return
+        owner = self._owner()
+        mine = owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
+        if not mine and not self._stale(owner):
+            raise self._refusal(owner)
+
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,16 +88,13 @@ class WriterLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                if self._stale(owner):
                     err_console.print(
                         f"recovered a stale lock on {self.what} left by pid {owner['pid']} (no longer running)"
                     )
                     self.path.unlink(missing_ok=True)
                     continue
-                raise FeatcacheError(
-                    f"{self.what} is being written by pid {owner.get('pid', '?')} on {owner.get('host', '?')} "
-                    f"since {owner.get('since', '?')}; wait for it, or delete {self.path} if that run is gone"
-                ) from None
+                raise self._refusal(owner) from None
             except OSError as exc:
                 raise self._cannot_create(exc) from exc
             with os.fdopen(fd, "w") as f:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from featcache.core.errors import FeatcacheError
+from featcache.store.schema import ArraySpec
 
 
 def is_url(path: str | Path) -> bool:
@@ -80,12 +81,19 @@ class Backend(Protocol):
         """Rows per stored object (a shard, or a chunk of an unsharded array)."""
         ...
 
-    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int]]]:
-        """Per array: rows per stored object and the first rows of the objects present (a listing, no data read)."""
+    def stored_chunks(self, block: int) -> dict[str, tuple[int, set[int] | None]]:
+        """Per array: rows per stored object and the first rows of the objects present (a listing, no data read;
+        None for an array whose chunk index cannot be read)."""
+        ...
+
+    def layout_problems(self, name: str, spec: ArraySpec) -> list[str]:
+        """How the metadata of array ``name`` differs from ``spec`` (`featcache.store.layout_check`): shape, dtype,
+        chunking, codecs and checksum; empty when it does not."""
         ...
 
     def classify(self, name: str, exc: Exception) -> str:
-        """What a failed read of ``name`` means: `featcache.store.integrity.CHECKSUM` or ``UNDECODABLE``."""
+        """What a failed read of ``name`` means: `featcache.store.integrity.CHECKSUM`, ``UNDECODABLE`` or
+        ``METADATA`` (the read failed above the chunk, in its index)."""
         ...
 
     def settle(self) -> None:

@@ -26,7 +26,8 @@ from featcache.models.vit import Encoder
 from featcache.store.backend import backend_kind
 from featcache.store.extract_config import ExtractConfig
 from featcache.store.fill import ExtractReport, fill
-from featcache.store.opening import lock_path, open_for_extraction
+from featcache.store.live_lock import lock_path
+from featcache.store.opening import open_for_extraction
 from featcache.store.schema import DatasetRecord, Preprocessing, StoreIdentity
 
 

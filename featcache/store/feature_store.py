@@ -16,8 +16,10 @@ from featcache.core.errors import FeatcacheError, OptionError
 from featcache.core.runtime import placement
 from featcache.models.record import EncoderRecord
 from featcache.store.backend import Backend, backend_kind
-from featcache.store.errors import NOT_A_STORE_FIX, NotAStoreError
-from featcache.store.integrity import Integrity
+from featcache.store.errors import NOT_A_STORE_FIX, MalformedStoreError, NotAStoreError
+from featcache.store.integrity import Damage, Integrity, damage_message
+from featcache.store.layout_check import array_specs, layout_damages
+from featcache.store.live_lock import refuse_if_being_written
 from featcache.store.location import BACKENDS, store_exists
 from featcache.store.schema import (
     COMPRESSORS,
@@ -29,6 +31,7 @@ from featcache.store.schema import (
     StoreIdentity,
     StoreRecord,
     read_record,
+    seal,
 )
 
 
@@ -56,6 +59,8 @@ class FeatureStore(Integrity):
         self.backend = backend
         self.record = record
         self.writable = writable
+        #: The arrays whose metadata differ from what the provenance implies (`layout_damages`), found at `open`.
+        self.layout: list[Damage] = []
         self._ids: list[str] | None = None
         self._splits: np.ndarray | None = None
 
@@ -79,8 +84,7 @@ class FeatureStore(Integrity):
         if compressor not in COMPRESSORS:
             raise OptionError(f"--compressor {compressor} is not one of {', '.join(COMPRESSORS)}")
         kind = backend_kind(path)
-        n, size, views = len(ids), identity.preprocessing.size, len(VIEWS[identity.views])
-        storage_dtype = FEATURE_DTYPES[identity.dtype][0]
+        n = len(ids)
         record = StoreRecord(
             **{f.name: getattr(identity, f.name) for f in dataclasses.fields(identity)},
             format_version=FORMAT_VERSION,
@@ -95,22 +99,15 @@ class FeatureStore(Integrity):
             view_names=list(VIEWS[identity.views]),
         )
         backend = BACKENDS[kind].create(str(path))
-        backend.write_attrs(record.to_json())  # first, so an interrupted creation is recognisably ours
-        block = shard_size
+        backend.write_attrs(seal(record.to_json()))  # first, so an interrupted creation is recognisably ours
         str_lens = {
             "ids": max((len(i.encode()) for i in ids), default=1),
             "split": max([len(SKIPPED), *(len(s.encode()) for s in splits)]),
         }
-        for name, shape, dtype in (
-            ("ids", (n,), str),
-            ("split", (n,), str),
-            ("orig_hw", (n, 2), "int32"),
-            ("written", (n,), "bool"),
-            ("images", (n, 3, size, size), "uint8"),
-            ("masks", (n, size, size), "uint8"),
-            ("features", (n, views, width, *grid), storage_dtype),
-        ):
-            backend.create_array(name, shape, dtype, block=block, compressor=compressor, str_len=str_lens.get(name, 0))
+        for name, spec in array_specs(record).items():  # what `open` checks the store against
+            backend.create_array(
+                name, spec.shape, spec.dtype, block=shard_size, compressor=compressor, str_len=str_lens.get(name, 0)
+            )
         backend.write_strings("ids", 0, ids)
         backend.write_strings("split", 0, splits)
         backend["orig_hw"][:] = np.asarray(orig_hw, dtype=np.int32).reshape(n, 2)
@@ -124,31 +121,39 @@ class FeatureStore(Integrity):
         encoder: EncoderRecord | None = None,
         writable: bool = False,
         allow_incomplete: bool = False,
+        check_layout: bool = True,
     ) -> FeatureStore:
         """Open and validate a store.
 
-        Refuses a path that is not a featcache store, an incomplete store or one with missing
-        chunks (`missing_chunks`: one listing, no chunk read; both unless ``allow_incomplete``, whose
-        callers check what they need), and — when ``encoder`` (an `EncoderRecord`) is
-        given — a store written by another encoder, saying what differs. Reads of chunks that fail
-        their checksum raise `DamagedChunksError` later, naming the rows.
+        Refuses a path that is not a featcache store; a store that another live process is writing (its lock,
+        unless ``writable``: the writer holds that lock); damaged provenance; arrays whose metadata differ from
+        what the provenance implies (`featcache.store.layout_check`, unless ``check_layout`` is False: `verify`
+        lists them itself); an incomplete store or one with missing chunks (`missing_chunks`: one listing, no
+        chunk read; both unless ``allow_incomplete``, whose callers check what they need), and — when
+        ``encoder`` (an `EncoderRecord`) is given — a store written by another encoder, saying what differs.
+        Reads of chunks that fail their checksum raise `DamagedChunksError` later, naming the rows.
         """
         kind = backend_kind(path)
         if not store_exists(path):
             raise FeatcacheError(f"no store at {path}; create it with `featcache extract DATA --out {path}`")
+        if not writable:
+            refuse_if_being_written(path)
         try:
             backend = BACKENDS[kind].open(str(path), writable)
-            meta = backend.read_attrs()
         except FeatcacheError:
             raise
         except Exception as exc:
             raise NotAStoreError(f"{path} is not a featcache store ({type(exc).__name__}); {NOT_A_STORE_FIX}") from exc
         try:
-            record = read_record(meta, path)
+            record, damages = _provenance(path, backend)
         except FeatcacheError:
             backend.close()
             raise
         store = cls(path, backend, record, writable=writable)
+        store.layout = damages
+        if damages and check_layout:
+            backend.close()
+            raise MalformedStoreError(damage_message(path, damages))
         if not record.complete and not allow_incomplete:
             done = int(store.written().sum())
             backend.close()
@@ -171,9 +176,9 @@ class FeatureStore(Integrity):
         ours = self.record.encoder
         if not ours.same_weights(encoder):
             raise FeatcacheError(
-                f"{self.path} was written by {ours.describe()}, not by {encoder.describe()}; "
-                "extract a store with that encoder (`featcache extract DATA --encoder ... --out NEW_STORE`) or "
-                "pass the store's own encoder"
+                f"{self.path} was written by {ours.describe()}, not by {encoder.describe()}; drop --encoder to use "
+                "the store's own encoder, pass the weights file the store was extracted with, or extract a store "
+                "with that encoder (`featcache extract DATA --encoder ... --out NEW_STORE`)"
             )
 
     def close(self) -> None:
@@ -399,7 +404,7 @@ class FeatureStore(Integrity):
 
     def save_record(self) -> None:
         """Write `record` (changed in place) back to the store."""
-        self.backend.write_attrs(self.record.to_json())
+        self.backend.write_attrs(seal(self.record.to_json()))
 
     def mark_incomplete(self) -> None:
         """Clear the ``complete`` flag: readers refuse the store until extraction finishes it again."""
@@ -417,3 +422,19 @@ class FeatureStore(Integrity):
         skipped = [self.ids[i] for i in np.flatnonzero(self.splits == SKIPPED)]
         self.record.complete, self.record.skipped_bad, self.record.extraction = True, skipped, extraction
         self.save_record()
+
+
+def _provenance(path: str | Path, backend: Backend) -> tuple[StoreRecord, list[Damage]]:
+    """The store's record and its arrays' layout damage (`layout_damages`); a provenance that cannot be read at all
+    (damaged HDF5 attribute, not JSON) is a `MalformedStoreError` with the fix."""
+    try:
+        meta = backend.read_attrs()
+    except FeatcacheError:
+        raise
+    except Exception as exc:
+        raise MalformedStoreError(
+            f"{path}: its provenance (the featcache attribute) cannot be read ({type(exc).__name__}: {exc}); "
+            f"re-extract the store with `featcache extract ... --out {path} --overwrite`"
+        ) from exc
+    record = read_record(meta, path)
+    return record, layout_damages(backend, record)

@@ -14,6 +14,9 @@ from featcache.store.errors import DamagedChunksError
 from featcache.store.schema import BLOCK_ARRAYS, FIXED_ARRAYS
 
 MISSING, CHECKSUM, UNDECODABLE = "missing", "checksum mismatch", "undecodable"
+#: Damage above the chunks (an array's metadata, an HDF5 chunk index): no chunk can be trusted to be where it is
+#: read or written, so only a new extraction repairs it.
+METADATA = "metadata"
 T = TypeVar("T")
 
 
@@ -21,7 +24,8 @@ T = TypeVar("T")
 class Damage:
     """Rows ``[start, stop)`` of ``array`` (whole chunks or shards) that cannot be trusted.
 
-    ``what``: `MISSING`, `CHECKSUM` (mismatch) or `UNDECODABLE`; ``detail``: the library's message.
+    ``what``: `MISSING`, `CHECKSUM` (mismatch), `UNDECODABLE` or `METADATA` (the whole array); ``detail``: the
+    library's message (for `METADATA`: what differs).
     """
 
     array: str
@@ -32,23 +36,45 @@ class Damage:
 
     @property
     def rows(self) -> str:
+        if self.what == METADATA:
+            return "all rows"
         return f"rows {self.start}-{self.stop - 1}" if self.stop - self.start > 1 else f"row {self.start}"
+
+    @property
+    def shown(self) -> str:
+        """What is wrong, for a table: the kind, and for `METADATA` the difference."""
+        return f"{METADATA}: {self.detail}" if self.what == METADATA else self.what
+
+    def describe(self) -> str:
+        """``features rows 4-7 (checksum mismatch)`` or ``features metadata (shape [16, ...], ...)``."""
+        if self.what == METADATA:
+            return f"{self.array} {METADATA} ({self.detail})"
+        return f"{self.array} {self.rows} ({self.what})"
 
 
 def merge_damages(damages: Sequence[Damage]) -> list[Damage]:
-    """Adjacent ranges of one array with the same ``what`` as one `Damage` (per-sample HDF5 chunks -> row ranges)."""
+    """Adjacent ranges of one array with the same ``what`` as one `Damage` (per-sample HDF5 chunks -> row ranges);
+    an array with `METADATA` damage keeps that alone (its first, over all rows): none of its chunks can be trusted."""
+    metadata: dict[str, Damage] = {}
+    for d in damages:
+        if d.what == METADATA and d.array not in metadata:
+            stop = max(x.stop for x in damages if x.array == d.array)
+            metadata[d.array] = Damage(d.array, 0, stop, METADATA, d.detail)
     out: list[Damage] = []
-    for d in sorted(damages, key=lambda d: (d.array, d.start)):
+    for d in sorted((d for d in damages if d.array not in metadata), key=lambda d: (d.array, d.start)):
         last = out[-1] if out else None
         if last is not None and (last.array, last.what, last.stop) == (d.array, d.what, d.start):
             out[-1] = Damage(d.array, last.start, d.stop, d.what, last.detail)
         else:
             out.append(d)
-    return out
+    return sorted([*metadata.values(), *out], key=lambda d: (d.array, d.start))
 
 
 def damage_fix(path: str | Path, damages: Sequence[Damage]) -> str:
-    """The command that fixes ``damages``: a re-extraction for `FIXED_ARRAYS`, else verify --repair and resume."""
+    """The command that fixes ``damages``: a re-extraction for `FIXED_ARRAYS` and `METADATA`, else verify --repair
+    and resume."""
+    if any(d.what == METADATA for d in damages):
+        return f"rewrite the store with `featcache extract ... --out {path} --overwrite`"
     fixed = sorted({d.array for d in damages if d.array in FIXED_ARRAYS})
     if fixed:
         return (
@@ -63,7 +89,7 @@ def damage_fix(path: str | Path, damages: Sequence[Damage]) -> str:
 
 def damage_message(path: str | Path, damages: Sequence[Damage]) -> str:
     """One line naming the store, the damaged arrays and rows (up to four ranges) and the fix."""
-    shown = ", ".join(f"{d.array} {d.rows} ({d.what})" for d in damages[:4])
+    shown = ", ".join(d.describe() for d in damages[:4])
     more = f" and {len(damages) - 4} more" if len(damages) > 4 else ""
     return f"{path} is damaged: {shown}{more}; {damage_fix(path, damages)}"
 
@@ -79,7 +105,11 @@ class Integrity:
         ``written`` (read here unless given; every block once the store is complete): a missing one
         would read as zeros. Unwritten blocks of an interrupted store are expected to lack theirs.
         """
-        stored = self.backend.stored_chunks(self.shard_size)
+        try:
+            stored = self.backend.stored_chunks(self.shard_size)
+        except Exception as exc:  # the store's listing itself failed (an HDF5 group that cannot be iterated)
+            unlisted = f"its chunks cannot be listed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+            return [Damage(name, 0, self.n, METADATA, unlisted) for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS)]
         if self.record.complete:
             done = self.blocks()
         else:
@@ -90,6 +120,9 @@ class Integrity:
             if name == "masks" and self.record.format_version < 2 and self.record.backend == "zarr":
                 continue  # format 1 did not store an all-empty block of masks: absent is no proof of loss there
             step, starts = stored.get(name, (self.shard_size, set()))
+            if starts is None:
+                damages.append(Damage(name, 0, self.n, METADATA, "its chunk index cannot be read"))
+                continue
             for a, b in self.blocks() if name in FIXED_ARRAYS else done:
                 damages += [
                     Damage(name, r, min(r + step, self.n), MISSING)
@@ -104,12 +137,22 @@ class Integrity:
         if damages:
             raise DamagedChunksError(damage_message(self.path, damages))
 
+    def check_fixed(self) -> None:
+        """Read `FIXED_ARRAYS` whole (small: one value or two per sample) and refuse them damaged, with the fix: a
+        resumed extraction never rewrites them, so it must not finish on top of them."""
+        damages = [d for name in FIXED_ARRAYS for d in self.check_rows(name, 0, self.n)]
+        if damages:
+            raise DamagedChunksError(damage_message(self.path, damages))
+
     def damaged_blocks(self) -> list[int]:
         """First rows of the written blocks whose images, masks, features or ``written`` chunks are missing.
 
         A listing, no chunk read. `extract` resuming the store computes these blocks again (as if unwritten).
         """
-        damages = [d for d in self.missing_chunks() if d.array in BLOCK_ARRAYS]
+        found = self.missing_chunks()
+        if any(d.what == METADATA for d in found):  # recomputing would write through the damage
+            raise DamagedChunksError(damage_message(self.path, found))
+        damages = [d for d in found if d.array in BLOCK_ARRAYS]
         return [a for a, b in self.blocks() if any(d.start < b and a < d.stop for d in damages)]
 
     def check_rows(self, name: str, start: int, stop: int) -> list[Damage]:
@@ -127,8 +170,10 @@ class Integrity:
             try:
                 np.asarray(array[first : first + step])
             except Exception as exc:
-                what = self.backend.classify(name, exc)
-                damages.append(Damage(name, first, min(first + step, self.n), what, str(exc)))
+                what, detail = self.backend.classify(name, exc), " ".join(str(exc).split())
+                if what == METADATA:
+                    detail = f"its chunk index cannot be read: {detail[:120]}"
+                damages.append(Damage(name, first, min(first + step, self.n), what, detail))
         self.backend.settle()
         return merge_damages(damages)
 

@@ -3,8 +3,6 @@ replace one with ``--overwrite``, or create it after checking the disk has room.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from featcache.core.errors import FeatcacheError
@@ -12,7 +10,7 @@ from featcache.core.ranks import Distributed
 from featcache.core.runtime import err_console
 from featcache.data.layouts import SampleIndex
 from featcache.models.spec import AnyEncoder
-from featcache.store.backend import backend_kind, is_url
+from featcache.store.backend import backend_kind
 from featcache.store.errors import MalformedStoreError, NotAStoreError, UnreadableStoreError
 from featcache.store.extract_config import ExtractConfig
 from featcache.store.feature_store import FeatureStore
@@ -20,14 +18,6 @@ from featcache.store.location import remove_store, store_exists
 from featcache.store.room import RESUME_FIX, START_FIX, check_room, room_needed, sample_bytes, store_row_bytes
 from featcache.store.schema import VIEWS, StoreIdentity, describe_differences
 from featcache.store.writing import raise_if_write_failed
-
-
-def lock_path(out: str) -> Path | None:
-    """``STORE.lock`` beside a local store (None for a URL)."""
-    if is_url(out):
-        return None
-    path = Path(out)
-    return path.with_name(path.name + ".lock")
 
 
 def open_for_extraction(
@@ -86,6 +76,7 @@ def _resume(cfg: ExtractConfig, identity: StoreIdentity) -> FeatureStore:
                 f"{cfg.out} holds another extraction ({'; '.join(differences[:3])}); "
                 f"pass --overwrite to replace it or choose another --out"
             )
+        store.check_fixed()
         damaged = store.damaged_blocks()
         if damaged:
             err_console.print(

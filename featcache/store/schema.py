@@ -17,6 +17,8 @@ store when it is opened. Either ends with one line naming the rows and the fix (
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,9 +30,12 @@ from featcache.core.json_record import JsonRecord, RecordError
 from featcache.models.record import EncoderRecord
 from featcache.store.errors import NOT_A_STORE_FIX, MalformedStoreError, NotAStoreError
 
-#: 2: every chunk checksummed (Zarr crc32c, HDF5 Fletcher-32; HDF5 strings fixed-length). Version 1 still reads.
-FORMAT_VERSION = 2
+#: 2: every chunk checksummed (Zarr crc32c, HDF5 Fletcher-32; HDF5 strings fixed-length). 3: the provenance sealed
+#: by its own sha256 (`SEAL`), HDF5 metadata checksummed (the 1.10 file format). Versions 1 and 2 still read.
+FORMAT_VERSION = 3
 ATTR = "featcache"
+#: The provenance entry holding the sha256 of the rest of the document (`seal`), from format 3 on.
+SEAL = "provenance_sha256"
 VIEWS: dict[str, tuple[str, ...]] = {"identity": ("identity",), "flips": ("identity", "h", "v", "hv")}
 #: The spatial flip dims of each view of an image ``[..., H, W]``.
 VIEW_FLIPS: dict[str, tuple[int, ...]] = {"identity": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
@@ -50,6 +55,23 @@ IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compu
 FIXED_ARRAYS = ("ids", "split", "orig_hw")
 #: Arrays `extract` writes block by block (``written`` last): a block marked unwritten is recomputed whole.
 BLOCK_ARRAYS = ("images", "masks", "features", "written")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What one array must be: its ``shape``, its numpy ``dtype`` (``str`` for text), stored in blocks of
+    ``block`` rows (arrays of more than one axis: one chunk per sample, a block per Zarr shard), and whether every
+    chunk carries the format's checksum (False only for format 1)."""
+
+    shape: tuple[int, ...]
+    dtype: str | type
+    block: int
+    checksum: bool
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """Rows and inner shape of one chunk: a sample (all its views) or, for 1-D arrays, a block."""
+        return (1, *self.shape[1:]) if len(self.shape) > 1 else (self.block,)
 
 
 @dataclass(kw_only=True)
@@ -150,6 +172,11 @@ def read_record(meta: dict, path: str | Path) -> StoreRecord:
     Refuses a document that is not a featcache store's, one of a newer format, and one whose entries are missing
     or of the wrong kind (damaged: only ``extract --overwrite`` helps), each in one line.
     """
+    if not isinstance(meta, dict):
+        raise MalformedStoreError(
+            f"{path}: its provenance (the {ATTR!r} attribute) is damaged (a {type(meta).__name__}, not a JSON object); "
+            f"re-extract the store with `featcache extract ... --out {path} --overwrite`"
+        )
     version = meta.get("format_version")
     if version is None:
         raise NotAStoreError(f"{path} exists but is not a featcache store; {NOT_A_STORE_FIX}")
@@ -162,12 +189,60 @@ def read_record(meta: dict, path: str | Path) -> StoreRecord:
             f"{path} has store format {version}; this featcache reads up to {FORMAT_VERSION}: upgrade featcache"
         )
     try:
-        return StoreRecord.from_json(meta)
+        record = StoreRecord.from_json(meta)
+        problem = _wrong_value(record) or _broken_seal(meta, version)
     except (RecordError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        problem = str(exc) if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
+    if problem:
         raise MalformedStoreError(
-            f"{path}: its provenance (the {ATTR!r} attribute) is damaged ({exc}); re-extract the store with "
+            f"{path}: its provenance (the {ATTR!r} attribute) is damaged ({problem}); re-extract the store with "
             f"`featcache extract ... --out {path} --overwrite`"
-        ) from exc
+        )
+    return record
+
+
+def seal(document: dict) -> dict:
+    """``document`` (a `StoreRecord`'s JSON) with `SEAL`: the sha256 of the rest, so that any changed byte of the
+    provenance is seen when it is read (`read_record`), whatever entry it hits."""
+    rest = {k: v for k, v in document.items() if k != SEAL}
+    return {**rest, SEAL: _digest(rest)}
+
+
+def _digest(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _broken_seal(meta: dict, version: int) -> str:
+    """What is wrong with the seal of a provenance document of format ``version`` (empty: nothing)."""
+    if SEAL not in meta:
+        return f"its {SEAL} entry is missing" if version >= 3 else ""
+    rest = {k: v for k, v in meta.items() if k != SEAL}
+    if meta[SEAL] != _digest(rest):
+        return f"it no longer matches its {SEAL}: an entry was changed after it was written"
+    return ""
+
+
+def _wrong_value(record: StoreRecord) -> str:
+    """The first entry of ``record`` that readers rely on and that holds an impossible value (empty: none)."""
+    counts = {"n": record.n, "width": record.width, "shard_size": record.shard_size, "size": record.preprocessing.size}
+    for name, value in counts.items():
+        if type(value) is not int or value < 1:
+            return f"{name} {value!r} is not a positive whole number"
+    grid = record.grid
+    if not isinstance(grid, list) or len(grid) != 2 or any(type(g) is not int or g < 1 for g in grid):
+        return f"grid {grid!r} is not two positive whole numbers"
+    layers = record.encoder.read_layers  # a damaged config raises here: the caller names it
+    if any(type(k) is not int or not 1 <= k <= record.encoder.depth for k in layers) or record.width % len(layers):
+        return f"encoder.layers {list(layers)!r} of width {record.width}"
+    if record.views not in VIEWS or list(record.view_names) != list(VIEWS[record.views]):
+        return f"views {record.views!r} with view_names {record.view_names!r}"
+    if record.dtype not in FEATURE_DTYPES:
+        return f"dtype {record.dtype!r} is not one of {', '.join(FEATURE_DTYPES)}"
+    if record.backend not in ("zarr", "hdf5") or type(record.complete) is not bool:
+        return f"backend {record.backend!r} or complete {record.complete!r}"
+    if not isinstance(record.encoder.weights_sha256, str) or not isinstance(record.encoder.arch, str):
+        return "encoder.arch or encoder.weights_sha256 is not text"
+    return ""
 
 
 def describe_differences(old: StoreIdentity, new: StoreIdentity) -> list[str]:

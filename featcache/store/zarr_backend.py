@@ -10,12 +10,17 @@ import numpy as np
 
 from featcache.core.errors import OptionError
 from featcache.store.backend import sample_chunks
+from featcache.store.errors import MalformedStoreError
 from featcache.store.integrity import CHECKSUM, UNDECODABLE
-from featcache.store.schema import ATTR
+from featcache.store.schema import ATTR, ArraySpec
 
 #: Zarr stores every chunk, even one equal to the fill value (an all-empty block of masks), so a missing
 #: chunk always means a lost one.
 WRITE_EMPTY = {"write_empty_chunks": True}
+#: The bytes-to-bytes codecs `create_array` may put between the serializer and the checksum.
+COMPRESSOR_CODECS = ("blosc", "zstd", "gzip")
+#: How chunk keys are spelled (``NAME/c/0/0``): `stored_chunks` lists them so.
+CHUNK_KEYS = {"name": "default", "configuration": {"separator": "/"}}
 
 
 class ZarrBackend:
@@ -33,9 +38,20 @@ class ZarrBackend:
 
     @classmethod
     def open(cls, path: str, writable: bool) -> ZarrBackend:
+        """The group at ``path``; a local featcache store whose group metadata cannot be read is
+        `MalformedStoreError` (ours, damaged: ``extract --overwrite`` may replace it)."""
         import zarr
 
-        return cls(zarr.open_group(path, mode="r+" if writable else "r", zarr_format=3))
+        try:
+            return cls(zarr.open_group(path, mode="r+" if writable else "r", zarr_format=3))
+        except Exception as exc:
+            if not all(os.path.isfile(os.path.join(path, name, "zarr.json")) for name in ("features", "written")):
+                raise
+            raise MalformedStoreError(
+                f"{path}: its Zarr group metadata (zarr.json) cannot be read ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:160]}); re-extract the store with "
+                f"`featcache extract ... --out {path} --overwrite`"
+            ) from exc
 
     @staticmethod
     def _compressors(name: str):
@@ -79,6 +95,42 @@ class ZarrBackend:
             fill_value=0,
             config=WRITE_EMPTY,
         )
+
+    def layout_problems(self, name: str, spec: ArraySpec) -> list[str]:
+        """How the metadata of array ``name`` differs from ``spec`` (`featcache.store.layout_check`), first
+        difference first: shape, dtype, chunks and shards, fill value, chunk keys, then the codecs (a little-endian
+        serializer first, crc32c last on every chunk and shard index, only known compressors between)."""
+        if name not in self.group.array_keys():
+            return ["the array is missing"]
+        array = self.group[name]
+        meta, text = array.metadata, spec.dtype is str
+        dtype = "text" if array.dtype.kind in "TUO" else str(array.dtype)
+        sharded = len(spec.shape) > 1
+        checks = (
+            ("shape", list(array.shape), list(spec.shape)),
+            ("dtype", dtype, "text" if text else str(np.dtype(spec.dtype))),
+            ("chunks", list(array.chunks), list(spec.chunks)),
+            ("shards", array.shards and list(array.shards), [spec.block, *spec.shape[1:]] if sharded else None),
+            ("fill value", meta.fill_value, "" if text else 0),
+            ("chunk keys", meta.chunk_key_encoding.to_dict(), CHUNK_KEYS),
+            ("storage transformers", list(meta.storage_transformers), []),
+        )
+        problems = [
+            f"{what} {found}, the provenance implies {wanted}" for what, found, wanted in checks if found != wanted
+        ]
+        if problems:
+            return problems
+        if sharded:
+            codec = meta.codecs[0].to_dict() if len(meta.codecs) == 1 else {}
+            if codec.get("name") != "sharding_indexed":
+                return [
+                    f"codecs {[c.to_dict()['name'] for c in meta.codecs]}, the provenance implies one shard per block"
+                ]
+            index = [c.to_dict() for c in meta.codecs[0].index_codecs]
+            if [c["name"] for c in index] != ["bytes", "crc32c"] or not _little(index[0]):
+                return [f"shard index codecs {index}, the provenance implies little-endian bytes and crc32c"]
+            return _codec_problems([c.to_dict() for c in meta.codecs[0].codecs], text=False, checksum=spec.checksum)
+        return _codec_problems([c.to_dict() for c in meta.codecs], text=text, checksum=spec.checksum)
 
     def __getitem__(self, name: str):
         if name not in self._arrays:
@@ -165,3 +217,23 @@ class ZarrBackend:
 
     def close(self) -> None:
         pass
+
+
+def _little(codec: dict) -> bool:
+    """Whether a ``bytes`` codec reads little-endian (one-byte types name no endianness)."""
+    return codec.get("configuration", {}).get("endian", "little") == "little"
+
+
+def _codec_problems(codecs: list[dict], *, text: bool, checksum: bool) -> list[str]:
+    """What is wrong with one chunk's codec pipeline: the serializer `create_array` writes (``vlen-utf8`` for text,
+    little-endian ``bytes`` else) first, ``crc32c`` last (from format 2 on), only `COMPRESSOR_CODECS` between."""
+    names = [c["name"] for c in codecs]
+    serializer = "vlen-utf8" if text else "bytes"
+    if not names or names[0] != serializer or not _little(codecs[0]):
+        return [f"codecs {names}, the provenance implies the {serializer} serializer first, little-endian"]
+    middle = names[1:-1] if checksum else names[1:]
+    if checksum and (len(names) < 2 or names[-1] != "crc32c"):
+        return [f"codecs {names}, the provenance implies crc32c last (every chunk's checksum)"]
+    if len(middle) > 1 or any(name not in COMPRESSOR_CODECS for name in middle):
+        return [f"codecs {names}, the provenance implies at most one compressor ({', '.join(COMPRESSOR_CODECS)})"]
+    return []

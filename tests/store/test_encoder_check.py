@@ -14,6 +14,7 @@ from featcache.results.predict import predict
 from featcache.store import FeatureStore
 from featcache.store.encoder_check import STORAGE_TOLERANCE, check_encoder_matches, check_run_encoder
 from featcache.store.extract import extract
+from featcache.store.schema import seal
 from featcache.train import compare_e2e, train_decoder
 from tests.helpers import CPU, extract_config, one_line_error, quick_compare, quick_sweep
 
@@ -30,7 +31,8 @@ def forge(store: Path, out: Path, seed: int = 1) -> EncoderRecord:
     group = zarr.open_group(out, mode="r+")
     meta = dict(group.attrs["featcache"])
     meta["encoder"] = claimed.to_json()
-    group.attrs["featcache"] = meta
+    group.attrs["featcache"] = seal(meta)  # a forger reseals: the seal proves no edit, only the features do
+
     return claimed
 
 

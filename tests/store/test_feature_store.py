@@ -7,7 +7,7 @@ from featcache.models import EncoderRecord, WeightsSource
 from featcache.store import FeatureStore
 from featcache.store.backend import backend_kind
 from featcache.store.errors import DamagedChunksError
-from featcache.store.schema import ExtractionRecord, describe_differences
+from featcache.store.schema import FORMAT_VERSION, ExtractionRecord, describe_differences
 from tests.helpers import tiny_identity
 
 ENCODER = tiny_identity().encoder
@@ -160,7 +160,7 @@ def test_every_chunk_carries_a_checksum(tmp_path, store_suffix):
     with make_store(path) as store:
         fill(store)
         complete(store)
-        assert store.record.format_version == 2
+        assert store.record.format_version == FORMAT_VERSION
         if store_suffix == ".zarr":
             assert store.record.checksum == "crc32c"
             for name in ("ids", "split", "orig_hw", "images", "masks", "features", "written"):

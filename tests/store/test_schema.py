@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import zarr
@@ -10,7 +11,15 @@ from featcache.core.errors import FeatcacheError
 from featcache.models import WeightsSource
 from featcache.store.errors import MalformedStoreError, NotAStoreError
 from featcache.store.feature_store import FeatureStore
-from featcache.store.schema import ATTR, FORMAT_VERSION, StoreRecord, describe_differences, read_record
+from featcache.store.schema import (
+    ATTR,
+    FORMAT_VERSION,
+    SEAL,
+    StoreRecord,
+    describe_differences,
+    read_record,
+    seal,
+)
 from tests.helpers import tiny_identity
 
 
@@ -129,3 +138,46 @@ def test_a_list_where_one_record_belongs_is_malformed(raw, source):
     meta["encoder"]["source"] = source
     with pytest.raises(MalformedStoreError, match=r"^runs/x\.zarr: its provenance .* is damaged"):
         read_record(meta, "runs/x.zarr")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.update(n=m["n"] + 1),
+        lambda m: m["encoder"].update(weights_sha256="0" + m["encoder"]["weights_sha256"][1:]),
+        lambda m: m["encoder"]["source"].update(weights_sha25=1),  # a key of an optional entry, changed
+        lambda m: m["dataset"].update(fingerprint=m["dataset"]["fingerprint"].upper()),
+    ],
+)
+def test_any_changed_entry_of_a_sealed_provenance_is_damage(raw, change):
+    """A schema check alone passes these: the seal is what catches a changed value or an optional key."""
+    meta = copy.deepcopy(raw)
+    change(meta)
+    with pytest.raises(MalformedStoreError, match=rf"damaged \(it no longer matches its {SEAL}: an entry was"):
+        read_record(meta, "x.zarr")
+    read_record(seal(meta), "x.zarr")  # resealed, it reads (a deliberate edit is the writer's business)
+
+
+def test_the_seal_is_required_from_format_3_on(raw):
+    meta = {k: v for k, v in raw.items() if k != SEAL}
+    with pytest.raises(MalformedStoreError, match=rf"damaged \(its {SEAL} entry is missing\)"):
+        read_record(meta, "x.zarr")
+    read_record({**meta, "format_version": 2}, "x.zarr")  # format 2 had none
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda m: m.update(n=0), "n 0 is not a positive whole number"),
+        (lambda m: m.update(grid=[2]), "grid [2] is not two positive whole numbers"),
+        (lambda m: m.update(view_names=["identity"]), "views 'flips' with view_names ['identity']"),
+        (lambda m: m.update(dtype="float8"), "dtype 'float8' is not one of float16, float32, bfloat16"),
+        (lambda m: m["encoder"].update(layers=[9]), "encoder.layers [9] of width"),
+        (lambda m: m["encoder"].update(config={}), "KeyError: 'num_layers'"),
+    ],
+)
+def test_a_resealed_record_with_impossible_values_is_still_damage(raw, change, named):
+    meta = copy.deepcopy(raw)
+    change(meta)
+    with pytest.raises(MalformedStoreError, match=re.escape(named)):
+        read_record(seal(meta), "x.zarr")
