@@ -28,6 +28,7 @@ from featcache.train.outputs import write_run
 from featcache.train.protocol import Plan
 from featcache.train.rows import check_store_run, load_splits, select_rows
 from featcache.train.run import RunOutput, train_mode
+from featcache.train.run_lock import locks_out
 from featcache.train.sizes import SizeGroup, train_sizes_from_store
 
 CASE_IMAGES = 3
@@ -88,6 +89,7 @@ class ComparePlan:
         return folder / f"seed-{key.seed}"
 
 
+@locks_out("the run folder")
 def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison:
     """Every (mode, size, seed) run on the same subsets and protocol, then the report; a list of learning rates
     adds every one of them for the grid modes (`CompareConfig.mode_lrs`), each in ``runs/MODE/size-N/lr-X/``.

@@ -28,6 +28,7 @@ from featcache.train.protocol import Plan
 from featcache.train.resume import Checkpointer
 from featcache.train.rows import check_store_run
 from featcache.train.run import RunOutput, train_mode
+from featcache.train.run_lock import locks_out
 
 
 @dataclass
@@ -57,6 +58,7 @@ class SweepPlan:
         return run_dir(self.cfg.out, key.seed, combination)
 
 
+@locks_out("the run folder")
 def train_decoder(cfg: SweepConfig, *, ctx: Context | None = None) -> SeedSweep:
     """Train the C-mode decoder of ``cfg`` once per seed (and per learning rate and weight decay) from the store;
     write every run's outputs and the summary.
