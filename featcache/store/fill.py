@@ -22,6 +22,7 @@ from featcache.core.progress import progress_bar
 from featcache.core.runtime import err_console, synchronize
 from featcache.data.layouts import SampleIndex
 from featcache.data.loading import SampleDataset
+from featcache.data.workers import worker_batches
 from featcache.models.spec import AnyEncoder
 from featcache.store.encode import encode_views
 from featcache.store.extract_config import ExtractConfig
@@ -173,7 +174,7 @@ def fill(
     buffer_shape = (store.shard_size, len(store.view_names), store.record.width, *store.record.grid)
     masks = _MaskLog()
     started = time.perf_counter()
-    batches = iter(_loader(index, cfg=cfg, pending=pending, cuda=cuda))  # workers fork here, before the writers
+    batches = worker_batches(_loader(index, cfg=cfg, pending=pending, cuda=cuda))  # workers fork before the writers
     writer = BlockWriter(store, _write_block, cfg.writer_threads(), buffer_shape=buffer_shape, dtype=storage, pin=cuda)
     with progress_bar("images", disable=not ctx.progress or not ctx.is_main, remaining=True) as bar, writer:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))

@@ -36,6 +36,7 @@ from featcache.core.progress import epoch_row, progress_bar
 from featcache.core.runtime import autocast, err_console, seeded
 from featcache.data.layouts import Sample, SampleIndex, SplitConfig, find_samples
 from featcache.data.loading import SampleDataset
+from featcache.data.workers import worker_batches
 from featcache.models.decoders import ReconstructionDecoder, group_state
 from featcache.models.record import ENCODER_CHECKPOINT_FORMAT, WeightsSource, encoder_config, normalisation
 from featcache.models.spec import AnyEncoder, EncoderSpec
@@ -44,6 +45,7 @@ from featcache.models.weights import weights_sha256
 from featcache.results.figures import plot_loss_curve, save_figure
 from featcache.train.loop import LoopResult, run_epochs
 from featcache.train.resume import Checkpointer
+from featcache.train.run_lock import locks_out
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
@@ -136,7 +138,7 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
 def load_images(samples: list[Sample], size: int, batch_size: int, *, workers: int) -> torch.Tensor:
     """The samples' images resized to ``size`` x ``size``: uint8 ``[n, 3, size, size]`` (0..255), CPU."""
     loader = DataLoader(SampleDataset(samples, size), batch_size=batch_size, num_workers=workers, shuffle=False)
-    return torch.cat([batch["image"] for batch in loader])
+    return torch.cat([batch["image"] for batch in worker_batches(loader)])
 
 
 def add_noise(clean: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -298,6 +300,7 @@ class _DenoisingTask:
         )
 
 
+@locks_out("the encoder checkpoint")
 def pretrain(cfg: PretrainConfig, *, ctx: Context | None = None) -> PretrainReport:
     """Denoising pretraining of ``cfg.arch`` from ``cfg.init``; writes the best epoch's checkpoint.
 
