@@ -62,6 +62,13 @@ def _global(
     state.device = device
 
 
+def command() -> typer.core.TyperGroup:
+    """The click command of `app`, every float option refusing non-finite numbers (`finite_numbers`)."""
+    from featcache.cli.finite import finite_numbers
+
+    return finite_numbers(typer.main.get_command(app))
+
+
 def _restore_ctrl_c() -> None:
     """Make SIGINT raise KeyboardInterrupt, even when it was inherited ignored (``cmd &`` in a script)."""
     if threading.current_thread() is threading.main_thread():
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _restore_ctrl_c()
         # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.
-        code = app(args=argv, standalone_mode=False)
+        code = command()(args=argv, standalone_mode=False)
         if code == 130:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"error: {exc}", style="red", soft_wrap=True, highlight=False, markup=False)
         sys.exit(2 if isinstance(exc, OptionError) else 1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would interrupt the clean-up, noisily
         err_console.print("interrupted", style="red")
         sys.exit(130)
     except Exception as exc:
