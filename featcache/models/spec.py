@@ -46,7 +46,8 @@ class EncoderSpec:
     (a timm model's own weights), a weights file (a torchvision state dict; for timm, safetensors or a state
     dict) or a featcache encoder checkpoint (whose architecture wins over ``arch``). ``layers``: the blocks read
     (`featcache.models.vit.resolve_layers`; None: the last). ``expect_sha256``: the hash the built weights must
-    have (a rebuilt, recorded encoder); ``recorded_as``: what the record said, for the message when they do not.
+    have (a rebuilt, recorded encoder); ``recorded_as``: what the record said, for the message when they do not;
+    ``given``: the weights file was passed on the command line (``--encoder FILE``), not taken from the record.
     """
 
     arch: str = "vit_b_16"
@@ -56,6 +57,7 @@ class EncoderSpec:
     model_kwargs: dict = field(default_factory=dict)
     expect_sha256: str | None = None
     recorded_as: str = ""
+    given: bool = False
 
     @property
     def is_timm(self) -> bool:
@@ -126,19 +128,43 @@ class EncoderSpec:
         else:
             raise FeatcacheError(f"cannot rebuild an encoder of unknown origin ({source.kind})")
         spec = cls.like(record, weights, layers=layers)
-        return replace(spec, expect_sha256=record.weights_sha256, recorded_as=source.file or source.kind)
+        return replace(
+            spec,
+            expect_sha256=record.weights_sha256,
+            recorded_as=source.file or source.kind,
+            given=weights_file is not None,
+        )
 
     def build(self) -> AnyEncoder:
         """The encoder, in eval mode, with ``source`` (a `WeightsSource`) saying where its weights came from;
         refused when ``expect_sha256`` is set and its weights hash to another value."""
         encoder = self._build()
         if self.expect_sha256 is not None and weights_sha256(encoder) != self.expect_sha256:
-            raise FeatcacheError(
-                f"the {self.arch} encoder rebuilt from {self.weights} has other weights "
-                f"({weights_sha256(encoder)[:10]}…) than the one recorded ({self.expect_sha256[:10]}…, from "
-                f"{self.recorded_as}); restore that weights file"
-            )
+            raise FeatcacheError(self._mismatch(weights_sha256(encoder)))
         return encoder
+
+    def _mismatch(self, found: str) -> str:
+        """The one line for a rebuilt encoder whose weights hash to ``found``, not to ``expect_sha256``: which file
+        or source gave them, and the ways to the right ones."""
+        hashes = f"({found[:10]}…) than the one recorded ({self.expect_sha256[:10]}…, from {self.recorded_as})"
+        original = "the weights file the store was extracted with"
+        if self.given:  # --encoder FILE: the wrong file, or the right one replaced by another
+            recorded_there = not Path(self.recorded_as).is_absolute() or Path(self.recorded_as).is_file()
+            ways = (
+                f"drop --encoder to rebuild it from {self.recorded_as}, or pass {original}"
+                if recorded_there
+                else f"pass {original} (recorded as {self.recorded_as}, no longer there; checked by its hash)"
+            )
+            return f"--encoder {self.weights} holds other weights {hashes}; {ways}"
+        if self.weights_file is not None:  # the recorded file is there, but other weights are in it now
+            return (
+                f"the weights file {self.weights} has other weights {hashes}: it was replaced since the extraction; "
+                f"put {original} back there, or pass it with --encoder wherever it is now (checked by its hash)"
+            )
+        return (
+            f"the {self.arch} encoder rebuilt from {self.weights} has other weights {hashes}: this library version "
+            f"makes them differently; pass {original} with --encoder (checked by its hash)"
+        )
 
     def _build(self) -> AnyEncoder:
         arch, weights = self.arch, self.weights

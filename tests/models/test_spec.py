@@ -4,6 +4,7 @@ Offline: the micro ViT and a tiny timm ViT, both with random weights.
 """
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -78,7 +79,8 @@ def test_a_recorded_random_encoder_is_rebuilt_and_proven_by_its_hash(arch, kwarg
         EncoderSpec.recorded(record).build()
     assert str(info.value) == (
         f"the {arch} encoder rebuilt from random has other weights ({other[:10]}…) than the one recorded "
-        f"({record.weights_sha256[:10]}…, from random); restore that weights file"
+        f"({record.weights_sha256[:10]}…, from random): this library version makes them differently; pass the "
+        "weights file the store was extracted with with --encoder (checked by its hash)"
     )
 
 
@@ -100,9 +102,23 @@ def test_a_recorded_weights_file_that_moved(tmp_path):
     assert weights_sha256(rebuilt) == record.weights_sha256 and rebuilt.source.file == str(moved.resolve())
     wrong = tmp_path / "wrong.pt"
     torch.save(build_encoder("vit_micro", "random", seed=6).state_dict(), wrong)
-    with pytest.raises(FeatcacheError, match=rf"has other weights .* from {original.resolve()}\); restore") as info:
+    with pytest.raises(FeatcacheError) as info:
         EncoderSpec.recorded(record, weights_file=wrong).build()
-    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"--encoder {wrong} holds other weights (") and "\n" not in str(info.value)
+    assert str(info.value).endswith(
+        f"from {original.resolve()}); pass the weights file the store was extracted with (recorded as "
+        f"{original.resolve()}, no longer there; checked by its hash)"
+    )
+    # The file moved back, then replaced by another: named, with the way back.
+    shutil.copyfile(wrong, original)
+    with pytest.raises(FeatcacheError) as info:
+        EncoderSpec.recorded(record).build()
+    assert str(info.value).startswith(f"the weights file {original.resolve()} has other weights (")
+    assert "it was replaced since the extraction; put the weights file the store was extracted with back" in str(
+        info.value
+    )
+    with pytest.raises(FeatcacheError, match=rf"^--encoder {wrong} holds .*; drop --encoder to rebuild it from "):
+        EncoderSpec.recorded(record, weights_file=wrong).build()
 
 
 def test_build_encoder_is_the_spec_built():

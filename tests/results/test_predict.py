@@ -96,7 +96,11 @@ def test_encoder_file_is_recorded_absolute_and_can_be_pointed_to_when_moved(synt
         run_predict(tmp_path / "run", [image], tmp_path / "p")
     assert len(run_predict(tmp_path / "run", [image], tmp_path / "p", encoder=tmp_path / "moved.pth")) == 1
     torch.save(build_encoder("vit_micro", "random", seed=4).state_dict(), tmp_path / "other.pth")
-    with pytest.raises(FeatcacheError, match="has other weights"):
+    with pytest.raises(
+        FeatcacheError,
+        match=r"^--encoder \S+other.pth holds other weights .*; pass the weights file the store was extracted with "
+        r"\(recorded as \S+enc.pth, no longer there",
+    ):
         run_predict(tmp_path / "run", [image], tmp_path / "p", encoder=tmp_path / "other.pth")
 
 
