@@ -35,6 +35,21 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(capsys, *args: object) -> subprocess.CompletedProcess:
+    """`featcache.cli.main` with ``args`` in this process (no interpreter to start: fast), returning its exit code,
+    stdout and stderr as `run_cli` does; ``capsys`` is pytest's fixture."""
+    from featcache.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.out, out.err)
+
+
 def run_torchrun(*args: object, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m featcache --device cpu ARGS`` as two CPU ranks under torchrun, one thread each; returns code,
     stdout and stderr."""
