@@ -85,6 +85,7 @@ class DemoConfig:
             modes=self.modes,
             epochs=self.epochs,
             lrs=(self.lr,),
+            overwrite=True,  # a demo run again replaces its earlier report, as its extraction replaces the store
         )
 
     def shortenings(self) -> str:

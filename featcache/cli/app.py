@@ -23,6 +23,29 @@ app = typer.Typer(
 )
 
 
+def _fold_long_words_in_help() -> None:
+    """typer cuts a word of an option's help longer than the help column with "…" (at 80 columns an example such
+    as ``timm:vit_base_patch14_dinov2.lvd142m``); folded onto the next line instead, it stays whole."""
+    from rich.text import Text
+    from typer import rich_utils
+
+    make = getattr(rich_utils, "_make_rich_text", None)
+    if make is None or getattr(make, "folds", False):
+        return
+
+    def folded(**kwargs):
+        text = make(**kwargs)
+        if isinstance(text, Text):
+            text.overflow = "fold"
+        return text
+
+    folded.folds = True
+    rich_utils._make_rich_text = folded
+
+
+_fold_long_words_in_help()
+
+
 @dataclass
 class GlobalOptions:
     device: str = "auto"

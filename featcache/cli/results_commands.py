@@ -18,7 +18,11 @@ def predict(
     ),
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     out: Path = typer.Option(..., "--out", help="Folder for <stem>_segmentation.png (and overlays/)."),
-    truth: Path | None = typer.Option(None, help="Folder of truth masks (<stem>_segmentation.png) to outline in red."),
+    truth: Path | None = typer.Option(
+        None,
+        help="Folder of truth masks (<stem>_segmentation.png): outlined in red, and each prediction scored against "
+        "its truth (IoU, Dice, ...; OUT/scores.csv, OUT/scores.json).",
+    ),
     overlays: str = typer.Option(
         "preview",
         help="overlays/<stem>_overlay.jpg with a long side of at most 1024 px "
@@ -35,12 +39,23 @@ def predict(
 
     cfg = PredictConfig(run_dir=run_dir, images=images, out=out, truth=truth, encoder=encoder, overlays=overlays)
     predictions = run_predict(cfg, ctx=context(device))
-    table = Table(title=f"{len(predictions)} masks in {out}")
-    table.add_column("image")
-    table.add_column("lesion %", justify="right")
+    scored = truth is not None
+    table = Table(title=f"{len(predictions)} masks in {out}" + (" scored against the truth" if scored else ""))
+    table.add_column("image", overflow="fold")
+    for name in ("lesion %", *(("IoU", "Dice") if scored else ())):
+        table.add_column(name, justify="right", no_wrap=True)
     for p in predictions:
-        table.add_row(p.image.name, f"{100 * p.lesion_fraction:.1f}")
+        table.add_row(
+            p.image.name,
+            f"{100 * p.lesion_fraction:.1f}",
+            *((f"{p.scores['iou']:.4f}", f"{p.scores['dice']:.4f}") if scored else ()),
+        )
+    if scored:
+        means = [sum(p.scores[k] for p in predictions) / len(predictions) for k in ("iou", "dice")]
+        table.add_row("mean", "", *(f"{m:.4f}" for m in means), style="bold")
     out_console.print(table)
+    if scored:
+        err_console.print(f"per-image scores (study convention): {out / 'scores.csv'}, {out / 'scores.json'}")
 
 
 def evaluate(
@@ -61,10 +76,13 @@ def evaluate(
         None, "--csv", help="Per-image CSV (default: beside --json, else pred_dir/per_image.csv)."
     ),
     predicted_only: bool = typer.Option(
-        False, "--predicted-only", help="Score the predicted images alone (the truth folder may hold more)."
+        False, "--predicted-only", help="Score the predicted images alone: the default, said explicitly."
+    ),
+    require_all: bool = typer.Option(
+        False, "--all", help="Every truth mask must have its prediction (else refused, naming the missing ones)."
     ),
 ) -> None:
-    """Score predicted masks against ISIC truth masks."""
+    """Score predicted masks against ISIC truth masks: the predicted images (the truth folder may hold more)."""
     from featcache.results.evaluate import EvaluateConfig, evaluate_dirs
 
     cfg = EvaluateConfig(
@@ -73,8 +91,15 @@ def evaluate(
         convention=convention,
         threshold=threshold,
         predicted_only=predicted_only,
+        require_all=require_all,
     )
     result = evaluate_dirs(cfg)
+    if result.unpredicted:
+        err_console.print(
+            f"note: {result.unpredicted} truth masks in {truth_dir} have no prediction: scored the "
+            f"{len(result.per_image)} predicted images (--all requires every one)",
+            highlight=False,
+        )
     table = Table(title=f"{len(result.per_image)} images, {convention} convention")
     table.add_column("metric")
     table.add_column("mean", justify="right")

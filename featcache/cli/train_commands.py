@@ -191,9 +191,21 @@ def compare_e2e(
         "exact",
         help="exact (image flips / stored views) | feature-flip (C approximates, encoder modes flip images) | none.",
     ),
-    out: Path = typer.Option(Path("runs/compare-e2e"), help="REPORT_DIR."),
+    out: Path = typer.Option(
+        Path("runs/compare-e2e"),
+        help="REPORT_DIR. The same configuration resumes there; another is refused (see --overwrite).",
+    ),
     cuda_graphs: bool = CUDA_GRAPHS,
     device: str | None = typer.Option(None, help="Overrides the global --device."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier sweep of another configuration in --out (its files removed)."
+    ),
+    study_lines: bool = typer.Option(
+        False,
+        "--study-lines",
+        help="Show the study's published figures in the report whatever the store (by default only for "
+        "ISIC 2017's official splits with a ViT-B/16 at 224 px).",
+    ),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
     from featcache.cli.parsing import parse_layers, parse_list, parse_numbers, parse_seeds
@@ -216,6 +228,8 @@ def compare_e2e(
         augment=augment,
         layers=parse_layers(layers) if layers else None,
         grid_modes=parse_list(grid_modes, "--grid-modes", str),
+        overwrite=overwrite,
+        study_lines=study_lines,
     )
     result = run_compare(cfg, ctx=context(device, ranks=True, cuda_graphs=cuda_graphs))
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports

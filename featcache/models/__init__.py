@@ -2,6 +2,7 @@
 from, and the decoders trained on their features; nothing of storage."""
 
 from featcache.models.decoders import DECODERS, LinearProbe, ReconstructionDecoder, SegmentationDecoder, build_decoder
+from featcache.models.naming import encoder_words
 from featcache.models.record import EncoderRecord, WeightsSource, record_of
 from featcache.models.spec import AnyEncoder, EncoderSpec, build_encoder
 from featcache.models.timm_vit import TimmEncoder
@@ -23,6 +24,7 @@ __all__ = [
     "WeightsSource",
     "build_decoder",
     "build_encoder",
+    "encoder_words",
     "record_of",
     "weights_sha256",
 ]

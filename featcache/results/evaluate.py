@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from featcache.core.errors import FeatcacheError
+from featcache.core.errors import FeatcacheError, OptionError
 from featcache.core.io import atomic_path, write_json
 from featcache.core.runtime import err_console
 from featcache.data.layouts import IMAGE_EXTENSIONS, bad_file, shown
@@ -29,15 +29,25 @@ class Evaluation:
 
     `mean`: metric -> mean over images. `per_image`: one dict per image, sorted by id, with
     ``id`` (``ISIC_<7 digits>``, or the image stem), the six `METRICS` and the counts ``tp, fp, fn, tn``.
+    `unpredicted`: how many truth masks had no prediction and were left out.
     """
 
     mean: dict[str, float]
     per_image: list[dict]
     convention: str
+    unpredicted: int = 0  # truth masks without a prediction (not scored)
 
     def to_json(self, path: Path) -> None:
-        """Write ``{"convention", "mean", "per_image"}`` as JSON, atomically."""
-        write_json(path, {"convention": self.convention, "mean": self.mean, "per_image": self.per_image})
+        """Write ``{"convention", "mean", "per_image", "unpredicted"}`` as JSON, atomically."""
+        write_json(
+            path,
+            {
+                "convention": self.convention,
+                "mean": self.mean,
+                "per_image": self.per_image,
+                "unpredicted": self.unpredicted,
+            },
+        )
 
     def to_csv(self, path: Path) -> None:
         """Write one row per image (columns: id, the metrics, the counts), atomically."""
@@ -97,6 +107,26 @@ def _unmatched(keys: list[str], have: Path, lack: Path, *, what: str, fix: str) 
         raise FeatcacheError(f"{len(keys)} {what} in {have} have no counterpart in {lack} ({shown(keys)}); {fix}")
 
 
+def truth_mask(path: Path) -> torch.Tensor:
+    """A truth mask file as bool ``[H, W]`` (lesion), by `evaluate_dirs`' rule: gray level above 128, a 0/1 mask
+    read as 0/255."""
+    return _load_gray(path)[0] > 128
+
+
+def evaluation(keys: list[str], counts: torch.Tensor, convention: str, *, unpredicted: int = 0) -> Evaluation:
+    """The `Evaluation` of images ``keys`` from their confusion counts ``[N, 4]`` (tp, fp, fn, tn)."""
+    per_image = scores(counts, convention)
+    rows = [
+        {
+            "id": key,
+            **{name: per_image[name][row].item() for name in METRICS},
+            **dict(zip(COUNTS, counts[row].tolist(), strict=True)),
+        }
+        for row, key in enumerate(keys)
+    ]
+    return Evaluation(mean=mean_scores(per_image), per_image=rows, convention=convention, unpredicted=unpredicted)
+
+
 def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
     """8-bit gray levels uint8 [H, W] (colour images converted with PIL's 'L'), and whether it was a 0/1 mask.
 
@@ -115,14 +145,21 @@ def _load_gray(path: Path) -> tuple[torch.Tensor, bool]:
 @dataclass
 class EvaluateConfig:
     """What ``featcache evaluate`` takes: the predictions' and truths' folders, the metric convention
-    (`CONVENTIONS`), the threshold on a prediction's gray level / 256, and whether to score the predicted images
-    alone when the truth folder holds more."""
+    (`CONVENTIONS`) and the threshold on a prediction's gray level / 256. The predicted images are scored (the
+    truth folder may hold more; ``predicted_only`` says so explicitly); ``require_all``: every truth mask must
+    have its prediction."""
 
     pred_dir: Path
     truth_dir: Path
     convention: str = "study"
     threshold: float = 0.5
     predicted_only: bool = False
+    require_all: bool = False
+
+    def validate(self) -> None:
+        check_convention(self.convention)
+        if self.predicted_only and self.require_all:
+            raise OptionError("--predicted-only and --all contradict each other; pass one")
 
 
 def evaluate_dirs(cfg: EvaluateConfig) -> Evaluation:
@@ -133,8 +170,8 @@ def evaluate_dirs(cfg: EvaluateConfig) -> Evaluation:
     v / 256 > threshold, i.e. v > 256 * threshold. The default 0.5 gives v > 128 for both, which is the official
     ISIC scorer's rule.
     """
-    check_convention(cfg.convention)
-    preds, truths = match_files(Path(cfg.pred_dir), Path(cfg.truth_dir), predicted_only=cfg.predicted_only)
+    cfg.validate()
+    preds, truths = match_files(Path(cfg.pred_dir), Path(cfg.truth_dir), predicted_only=not cfg.require_all)
     keys = sorted(preds)
     counts = torch.empty(len(keys), 4, dtype=torch.int64)  # [N, 4]
     zero_one: list[str] = []
@@ -156,21 +193,12 @@ def evaluate_dirs(cfg: EvaluateConfig) -> Evaluation:
             markup=False,
             highlight=False,
         )
-    per_image = scores(counts, cfg.convention)
-    rows = [
-        {
-            "id": key,
-            **{name: per_image[name][row].item() for name in METRICS},
-            **dict(zip(COUNTS, counts[row].tolist(), strict=True)),
-        }
-        for row, key in enumerate(keys)
-    ]
-    return Evaluation(mean=mean_scores(per_image), per_image=rows, convention=cfg.convention)
+    return evaluation(keys, counts, cfg.convention, unpredicted=len(truths.keys() - preds.keys()))
 
 
 def match_files(pred_dir: Path, truth_dir: Path, *, predicted_only: bool) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Predictions and truths by image id, every prediction with its truth (and, unless ``predicted_only``, every
-    truth with its prediction).
+    """Predictions and truths by image id (all the truths found), every prediction with its truth (and, unless
+    ``predicted_only``, every truth with its prediction).
 
     When the truth folder holds ISIC truths (``ISIC_<id>_segmentation.png``), a prediction is any image file whose
     name contains ``ISIC_<id>`` (``ISIC_0000001.png``, ``pred_ISIC_0000001_mask.png``, ...). Otherwise (a plain
@@ -208,7 +236,7 @@ def match_files(pred_dir: Path, truth_dir: Path, *, predicted_only: bool) -> tup
         )
     if not predicted_only:
         missing = sorted(truths.keys() - preds.keys())
-        fix = "add the missing predictions, or pass --predicted-only to score only the predicted images"
+        fix = "add the missing predictions, or drop --all to score only the predicted images"
         _unmatched(missing, truth_dir, pred_dir, what="truth masks", fix=fix)
     fix = "add their truth masks or remove these predictions"
     _unmatched(sorted(preds.keys() - truths.keys()), pred_dir, truth_dir, what="predictions", fix=fix)

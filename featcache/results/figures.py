@@ -16,6 +16,37 @@ from featcache.results.stats import SELECTED, number_name
 from featcache.results.study import STUDY_IOU
 
 MODE_COLOURS = {"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd", "C": "#2ca02c"}
+MODE_MARKERS = {"E": "o", "Es": "D", "F": "s", "FI": "v", "C": "^"}
+#: Two modes whose mean test metrics differ by less than this at every size are said to coincide.
+COINCIDE_WITHIN = 5e-4
+METRIC_TITLES = {"iou": "IoU", "dice": "Dice", "sensitivity": "Sensitivity", "specificity": "Specificity"}
+
+
+def clipped_errors(means: list[float], spreads: list[float]) -> np.ndarray:
+    """Error bars ``[2, n]`` (below, above) of ``means`` ± ``spreads``, cut at 0 and 1: a score cannot leave
+    [0, 1], so neither may its interval."""
+    m, e = np.asarray(means, dtype=float), np.asarray(spreads, dtype=float)
+    return np.maximum(np.stack([m - np.clip(m - e, 0, 1), np.clip(m + e, 0, 1) - m]), 0)
+
+
+def coinciding_modes(
+    groups: dict[tuple[str, int], list[RunResults]], modes: list[str], sizes: list[int]
+) -> list[tuple[str, str]]:
+    """Pairs of modes whose mean test IoU, Dice, sensitivity and specificity agree within `COINCIDE_WITHIN` at
+    every size (as C and F do from a float32 store): drawn one over the other, one would vanish."""
+
+    def means(mode: str) -> np.ndarray:
+        return np.array(
+            [[np.mean([getattr(r.test, k) for r in groups[(mode, s)]]) for k in METRIC_TITLES] for s in sizes]
+        )
+
+    table = {m: means(m) for m in modes}
+    return [
+        (a, b)
+        for i, a in enumerate(modes)
+        for b in modes[i + 1 :]
+        if np.all(np.abs(table[a] - table[b]) < COINCIDE_WITHIN)
+    ]
 
 
 @dataclass
@@ -74,7 +105,7 @@ def plot_iou_against_lr(
         ax.errorbar(
             xs,
             [by_lr[x][0] for x in xs],
-            yerr=[by_lr[x][1] for x in xs],
+            yerr=clipped_errors([by_lr[x][0] for x in xs], [by_lr[x][1] for x in xs]),
             marker="o",
             capsize=3,
             label=label,
@@ -109,38 +140,66 @@ def plot_grid(summary: dict, path: Path, title: str) -> None:
 
 
 def plot_metrics_vs_size(
-    groups: dict[tuple[str, int], list[RunResults]], modes: list[str], sizes: list[int], *, path: Path
-) -> None:
-    """IoU, Dice and sensitivity against training-set size per mode, error bars = std over seeds."""
-    fig = Figure(figsize=(13, 4))
-    axes = fig.subplots(1, 3)
+    groups: dict[tuple[str, int], list[RunResults]],
+    modes: list[str],
+    sizes: list[int],
+    *,
+    path: Path,
+    study: bool = False,
+) -> list[tuple[str, str]]:
+    """IoU, Dice, sensitivity and specificity against training-set size per mode, error bars = std over seeds cut
+    to [0, 1]. Each mode is drawn slightly apart on the size axis with its own marker, so that modes that agree
+    stay visible, and the figure names the pairs that coincide (returned, `coinciding_modes`). ``study``: the
+    study's published IoU of E and F drawn too (only where its setting is reproduced)."""
+    fig = Figure(figsize=(16, 4.4))
+    axes = fig.subplots(1, len(METRIC_TITLES))
     xs = sorted(sizes)
-    for ax, metric in zip(axes, ("iou", "dice", "sensitivity"), strict=True):
-        for mode in modes:
+    for ax, metric in zip(axes, METRIC_TITLES, strict=True):
+        for i, mode in enumerate(modes):
             values = [[getattr(r.test, metric) for r in groups[(mode, s)]] for s in xs]
-            ys = [np.mean(v) for v in values]
-            es = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=mode, color=MODE_COLOURS[mode])
-        if metric == "iou":
-            for mode, marker in (("E", "x"), ("F", "+")):
-                theirs = [(s, STUDY_IOU[mode][s]) for s in xs if s in STUDY_IOU[mode]]
-                if theirs:
-                    ax.plot(
-                        *zip(*theirs, strict=True),
-                        linestyle=":",
-                        marker=marker,
-                        color="0.5",
-                        label=f"study {mode} (theirs)",
-                    )
+            ys = [float(np.mean(v)) for v in values]
+            es = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+            shift = 1 + 0.04 * (i - (len(modes) - 1) / 2)  # apart on the log axis, the same for every size
+            ax.errorbar(
+                [x * shift for x in xs],
+                ys,
+                yerr=clipped_errors(ys, es),
+                marker=MODE_MARKERS.get(mode, "o"),
+                markerfacecolor="none" if i % 2 else None,
+                capsize=3,
+                label=mode,
+                color=MODE_COLOURS.get(mode, f"C{i % 10}"),
+            )
+        if metric == "iou" and study:
+            _study_lines(ax, xs)
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(xs, [str(s) for s in xs])
         ax.set_xlabel("training images")
-        ax.set_title({"iou": "IoU", "dice": "Dice", "sensitivity": "Sensitivity"}[metric])
+        ax.set_title(METRIC_TITLES[metric])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    pairs = coinciding_modes(groups, modes, xs)
+    if pairs:
+        said = "; ".join(f"{a} and {b} coincide" for a, b in pairs)
+        fig.text(0.5, 0.01, f"{said} (drawn side by side)", ha="center", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05 if pairs else 0, 1, 1))
     save_figure(fig, path)
+    return pairs
+
+
+def _study_lines(ax, xs: list[int]) -> None:
+    """The study's published mean test IoU of E and F (theirs), dotted grey."""
+    for mode, marker in (("E", "x"), ("F", "+")):
+        theirs = [(s, STUDY_IOU[mode][s]) for s in xs if s in STUDY_IOU[mode]]
+        if theirs:
+            ax.plot(
+                *zip(*theirs, strict=True),
+                linestyle=":",
+                marker=marker,
+                color="0.5",
+                label=f"study {mode} (theirs)",
+            )
 
 
 def plot_loss_curves(
@@ -173,7 +232,8 @@ def plot_loss_curves(
 
 
 def plot_cases(cases: Cases, modes: list[str], sizes: list[int], *, path: Path) -> None:
-    """Each case image across sizes (columns) and modes (rows): truth red, prediction green."""
+    """Each case image across sizes (columns) and modes (rows): truth red, prediction green; a prediction that is
+    all lesion or empty says so in words."""
     xs = sorted(sizes)
     ids = cases.ids
     rows = [(i, m) for i in range(len(ids)) for m in modes]
@@ -184,9 +244,24 @@ def plot_cases(cases: Cases, modes: list[str], sizes: list[int], *, path: Path) 
         truth = cases.masks[i].numpy().astype(bool)
         for c, size in enumerate(xs):
             ax = axes[r, c]
-            ax.imshow(overlay(image, cases.predictions[(mode, size)][i].numpy().astype(bool), truth))
+            predicted = cases.predictions[(mode, size)][i].numpy().astype(bool)
+            ax.imshow(overlay(image, predicted, truth))
             ax.set_xticks([])
             ax.set_yticks([])
+            # An outline alone says nothing of these: a full mask is a green frame, an empty one no green at all.
+            words = "all lesion" if predicted.all() else "empty prediction" if not predicted.any() else None
+            if words:
+                ax.text(
+                    0.5,
+                    0.5,
+                    words,
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 2},
+                )
             if r == 0:
                 ax.set_title(f"{size} images")
             if c == 0:

@@ -10,6 +10,9 @@ study's figures:
 - ``full``: ``OUT/overlays/<stem>_overlay.png`` at the image's own resolution (lossless, several
   MB for a 3024x2016 photo and slow to compress);
 - ``none``: no overlays folder.
+
+With truth masks, each prediction is also scored against its truth (study convention, the rule of
+``featcache evaluate``): ``OUT/scores.csv`` (per image) and ``OUT/scores.json`` (per image and means).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from featcache.data.layouts import IMAGE_EXTENSIONS, header_hw
 from featcache.data.loading import load_image, load_mask_full
 from featcache.models.decoders import build_decoder
 from featcache.models.spec import AnyEncoder, EncoderSpec
+from featcache.results.evaluate import evaluation, truth_mask
+from featcache.results.metrics import METRICS, confusion
 from featcache.results.overlays import overlay
 from featcache.results.records import DecoderCheckpoint
 from featcache.store.encoder_check import check_run_encoder
@@ -57,12 +62,21 @@ def find_checkpoint(run_dir: Path) -> Path:
     return best
 
 
+#: predict's scores against the truth masks, in its output folder.
+SCORES_CSV, SCORES_JSON = "scores.csv", "scores.json"
+
+
 @dataclass
 class Prediction:
+    """One image's prediction: the image, its mask file, its overlay (if drawn), the fraction of its pixels
+    predicted lesion, and with a truth mask the confusion counts ``[4]`` (tp, fp, fn, tn) and per-image scores."""
+
     image: Path
     mask: Path
     overlay: Path | None
     lesion_fraction: float
+    counts: torch.Tensor | None = None
+    scores: dict[str, float] | None = None
 
 
 def _expand(images: list[Path]) -> list[Path]:
@@ -181,8 +195,6 @@ class PredictConfig:
     def validate(self) -> None:
         if self.overlays not in OVERLAY_MODES:
             raise OptionError(f"--overlays {self.overlays} is not one of {' | '.join(OVERLAY_MODES)}")
-        if self.truth is not None and self.overlays == "none":
-            raise OptionError("--truth is only drawn on overlays; drop it, or pass --overlays preview or full")
 
 
 @dataclass
@@ -221,10 +233,22 @@ def predict(cfg: PredictConfig, *, ctx: Context | None = None) -> list[Predictio
     ensure_writable_dir(cfg.out)
     run = load_run(cfg.run_dir, encoder_weights=cfg.encoder, device=ctx.device)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    return [
+    predictions = [
         _predict_one(run, path, truth_path=truth, cfg=cfg, device=ctx.device)
         for path, truth in zip(files, truths, strict=True)
     ]
+    if cfg.truth is not None:
+        _write_scores(predictions, cfg.out)
+    return predictions
+
+
+def _write_scores(predictions: list[Prediction], out: Path) -> None:
+    """Each prediction's scores against its truth, into ``OUT/scores.csv`` and ``OUT/scores.json`` (with means)."""
+    scored = evaluation([p.image.stem for p in predictions], torch.stack([p.counts for p in predictions]), "study")
+    scored.to_csv(out / SCORES_CSV)
+    scored.to_json(out / SCORES_JSON)
+    for p, row in zip(predictions, scored.per_image, strict=True):
+        p.scores = {name: row[name] for name in METRICS}
 
 
 def _predict_one(
@@ -244,4 +268,7 @@ def _predict_one(
     overlay_path = None
     if cfg.overlays != "none":
         overlay_path = _write_overlay(cfg.out, path, pred, truth_path=truth_path, overlays=cfg.overlays)
-    return Prediction(path, mask_path, overlay_path, np.count_nonzero(pred) / pred.size)
+    counts = None
+    if truth_path is not None:
+        counts = confusion(torch.from_numpy(pred)[None].float(), truth_mask(truth_path)[None])[0]
+    return Prediction(path, mask_path, overlay_path, np.count_nonzero(pred) / pred.size, counts)

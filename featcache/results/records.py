@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 from featcache.core.errors import FeatcacheError
 from featcache.core.io import write_json
 from featcache.core.json_record import JsonRecord, RecordError
-from featcache.models.record import EncoderRecord
+from featcache.models.naming import encoder_words
+from featcache.models.record import EncoderRecord, WeightsSource
 from featcache.results.metrics import METRICS
 from featcache.store.schema import DatasetRecord, Preprocessing
 
@@ -79,17 +80,52 @@ class GroupShare(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class RunEncoder(JsonRecord):
+    """The encoder a run's features came from (for a store mode: the store's): its ``description`` in words
+    (`featcache.models.naming.encoder_words`), architecture, where its weights came from, the sha256 of the
+    weights the run started from, and whether the run trained it."""
+
+    NESTED: ClassVar = {"source": WeightsSource}
+
+    description: str
+    arch: str
+    source: WeightsSource
+    weights_sha256: str
+    trained: bool
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, record: EncoderRecord, *, trained: bool) -> RunEncoder:
+        """What a run records of the encoder of ``record``."""
+        return cls(
+            description=encoder_words(record),
+            arch=record.arch,
+            source=record.source,
+            weights_sha256=record.weights_sha256,
+            trained=trained,
+        )
+
+
+@dataclass(kw_only=True)
 class RunResults(JsonRecord):
     """One run's ``results.json``: its mode, size and seed, the plan it trained with (validation size, epochs,
     batch), the kept epoch, synchronised seconds (training steps alone, and with validation), the test metrics,
     its configuration (``config``: `featcache.train.TrainConfig`'s fields), its training ids and loss history.
 
     ``group``: set when it trained within a grouped network (its seconds are then its share of the group's);
-    ``store_identity``: what a resumed sweep compares to keep the run (config, device type, encoder hash, dataset).
+    ``store_identity``: what a resumed sweep compares to keep the run (config, device type, encoder hash, dataset);
+    ``encoder``: the encoder it used (`RunEncoder`); ``degenerate``: why its test predictions are degenerate
+    (`featcache.results.degenerate`; empty when they are not, None in files written before the check).
     """
 
-    NESTED: ClassVar = {"optimiser": Optimiser, "test": TestScores, "history": History, "group": GroupShare}
-    OPTIONAL: ClassVar = ("group", "store_identity")
+    NESTED: ClassVar = {
+        "optimiser": Optimiser,
+        "test": TestScores,
+        "history": History,
+        "group": GroupShare,
+        "encoder": RunEncoder,
+    }
+    OPTIONAL: ClassVar = ("group", "store_identity", "encoder", "degenerate")
 
     mode: str
     size: int
@@ -114,6 +150,8 @@ class RunResults(JsonRecord):
     history: History = field(default_factory=History)
     group: GroupShare | None = None
     store_identity: dict | None = None
+    encoder: RunEncoder | None = None
+    degenerate: list[str] | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

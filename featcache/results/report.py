@@ -1,24 +1,28 @@
 """The markdown report of a compare-e2e sweep: its tables, figures, paired differences and cases.
 
-`write_report` writes ``report.md`` section by section (`_header`, `_iou_section`, `_time_section`,
-`_pairs_section`, `lr_grid_section`, `_tail`), each returning its markdown lines; `ReportContext` says what the
-sweep ran on and `Cases` holds the case figure's images and predictions.
+`write_report` writes ``report.md`` section by section (`_header`, `_iou_section`, then
+`featcache.results.report_sections`' `time_section` and `degenerate_section`, `_pairs_section`, `lr_grid_section`,
+`_tail`), each returning its markdown lines; `ReportContext` says what the sweep ran on and `Cases` holds the case
+figure's images and predictions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from featcache.core.io import atomic_path
+from featcache.core.machine import Environment
+from featcache.models.naming import encoder_words
 from featcache.models.record import EncoderRecord, WeightsSource
 from featcache.results.export import write_runs_csv
 from featcache.results.figures import Cases, plot_cases, plot_iou_against_lr, plot_loss_curves, plot_metrics_vs_size
 from featcache.results.records import RunResults
+from featcache.results.report_sections import degenerate_section, encoder_lines, iou_cell, time_section
 from featcache.results.stats import PAIRS, SELECTED, group_runs, number_name, paired_difference, select_on_validation
-from featcache.results.study import STUDY_IOU, STUDY_SECONDS
+from featcache.results.study import STUDY_IOU
 from featcache.store.schema import DatasetRecord
 
 
@@ -27,7 +31,10 @@ class ReportContext:
     """What a sweep ran on: the store (its path, test images, image size, encoder, dataset, extraction time), the
     encoder E and FI started from (``e_init``), the blocks read, the device, and the sweep's sizes, seeds, modes
     (with their descriptions), epochs (None: the protocol's), learning rates (``lr``: the one the modes compare
-    at; ``grid_modes``: the modes that trained every one of ``lrs``) and augmentation."""
+    at; ``grid_modes``: the modes that trained every one of ``lrs``) and augmentation. ``init_encoder``: the record
+    of the encoder E and FI started from; ``not_study``: why the store is not the study's setting (empty: it is);
+    ``study_lines``: the study's published figures shown whatever the setting; ``environment``: the machine and
+    its load at the sweep's start and end."""
 
     store: str
     n_test: int
@@ -50,6 +57,15 @@ class ReportContext:
     lr: float
     lrs: list[float]
     grid_modes: list[str]
+    init_encoder: EncoderRecord | None = None
+    not_study: list[str] = field(default_factory=list)
+    study_lines: bool = False
+    environment: Environment | None = None
+
+    @property
+    def study(self) -> bool:
+        """Whether the study's published figures are shown: in its setting, or when asked for."""
+        return self.study_lines or not self.not_study
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -108,18 +124,25 @@ def write_report(results: list[RunResults], *, context: ReportContext, out: Path
     ``context.lr`` and `lr_grid_section` adds the grid."""
     write_runs_csv(results, out / "results.csv", optimiser=bool(context.grid_modes))
     grid_lines = lr_grid_section(results, context, out) if context.grid_modes else []
-    # The store served every C run, the grid's too: its extraction time is shared among them all.
-    n_c = sum(1 for r in results if r.mode == "C")
     compared = [r for r in results if r.lr == context.lr] if context.grid_modes else results
     groups = group_runs(compared)
     sizes = sorted(context.sizes, reverse=True)
-    plot_metrics_vs_size(groups, context.modes, sizes, path=out / "metrics_vs_size.png")
+    pairs = plot_metrics_vs_size(groups, context.modes, sizes, path=out / "metrics_vs_size.png", study=context.study)
     plot_loss_curves(groups, context.modes, sizes, path=out / "loss_curves.png")
     plot_cases(cases, context.modes, sizes, path=out / "cases.png")
+    extraction = context.extraction_seconds
     lines = [
         *_header(context, sizes),
-        *_iou_section(groups, context.modes, sizes),
-        *_time_section(groups, context, sizes=sizes, n_c=n_c),
+        *_iou_section(groups, context, sizes, pairs=pairs),
+        *time_section(
+            groups,
+            modes=context.modes,
+            sizes=sizes,
+            extraction=(extraction, context.extraction_device) if extraction else None,
+            study=context.study,
+            environment=context.environment,
+        ),
+        *degenerate_section(groups, modes=context.modes, sizes=sizes),
         *_pairs_section(groups, context.modes, sizes),
         *_tail(grid_lines, len(cases.ids)),
     ]
@@ -146,7 +169,7 @@ def _header(context: ReportContext, sizes: list[int]) -> list[str]:
         "# featcache compare-e2e report",
         "",
         f"Store `{context.store}`: {context.n_test} test images at {context.image_size} px, "
-        f"encoder {context.encoder.arch} ({context.encoder.source.kind}), {blocks}runs on {context.device}. "
+        f"encoder {encoder_words(context.encoder)}, {blocks}runs on {context.device}. "
         f"Sizes {', '.join(map(str, sizes))}; seeds {', '.join(map(str, context.seeds))}; {epochs}{lr}",
         "",
         f"Data: `{context.dataset_root}` ({dataset.layout} layout, "
@@ -154,73 +177,66 @@ def _header(context: ReportContext, sizes: list[int]) -> list[str]:
         + "). "
         + (dataset.split_note or "Official splits."),
         "",
+        *encoder_lines(context.encoder, context.init_encoder),
+        "",
         "Modes, all on the same seeded subsets, flips and protocol:",
         "",
         *[f"- **{m}**: {context.mode_descriptions[m]}" for m in context.modes],
         "",
-        "Every number below is the mean over seeds; ± is the standard deviation over seeds. "
-        "Columns marked *study* are the published figures (theirs, ISIC 2017 test set, RTX 4070 Ti Super), "
-        "shown for orientation only: they are not from this run.",
+        "Scores are means over seeds; ± is the standard deviation over seeds (– with one seed). Times are medians "
+        "over seeds with their min–max.",
+        "",
+        _study_sentence(context),
     ]
 
 
-def _iou_section(groups: dict[tuple[str, int], list[RunResults]], modes: list[str], sizes: list[int]) -> list[str]:
+def _study_sentence(context: ReportContext) -> str:
+    """Whether the study's published figures are shown, and why."""
+    if not context.study:
+        return (
+            "The study's published figures are not shown: this is not its setting ("
+            + "; ".join(context.not_study)
+            + "), so they would compare unlike with unlike. `--study-lines` shows them anyway."
+        )
+    why = (
+        ""
+        if not context.not_study
+        else f" (shown on request, though this is not its setting: {'; '.join(context.not_study)})"
+    )
+    return (
+        "Columns and lines marked *study* are the published figures (theirs, ISIC 2017 test set, RTX 4070 Ti Super), "
+        f"shown for orientation only: they are not from this run{why}."
+    )
+
+
+def _iou_section(
+    groups: dict[tuple[str, int], list[RunResults]],
+    context: ReportContext,
+    sizes: list[int],
+    *,
+    pairs: list[tuple[str, str]],
+) -> list[str]:
+    """Mean ± std test IoU per size and mode (degenerate runs counted), the study's in its setting, the figure."""
+    modes, study = context.modes, context.study
     lines = [
         "",
         "## Test IoU",
         "",
-        "| size | " + " | ".join(modes) + " | study E | study F |",
-        "|---|" + "---|" * (len(modes) + 2),
+        "| size | " + " | ".join(modes) + (" | study E | study F |" if study else " |"),
+        "|---|" + "---|" * (len(modes) + (2 if study else 0)),
     ]
     for s in sizes:
-        cells = []
-        for m in modes:
-            mean, std = _mean_std([r.test.iou for r in groups[(m, s)]])
-            cells.append(f"{_fmt(mean)} ± {_fmt(std)}")
-        study = f" | {_fmt(STUDY_IOU['E'].get(s))} | {_fmt(STUDY_IOU['F'].get(s))} |"
-        lines.append(f"| {s} | " + " | ".join(cells) + study)
-    return [*lines, "", "![IoU, Dice and sensitivity against training-set size](metrics_vs_size.png)"]
-
-
-def _time_section(
-    groups: dict[tuple[str, int], list[RunResults]], context: ReportContext, *, sizes: list[int], n_c: int
-) -> list[str]:
-    """The study's Table 3, extended: seconds per run and mode, with the extraction's share and E's ratios."""
-    modes = context.modes
-    extraction = context.extraction_seconds
-    share = extraction / n_c if extraction and n_c else None
-    lines = [
-        "",
-        "## Training time (the study's Table 3, extended)",
-        "",
-        "Seconds of training steps per run (device synchronised; validation, checkpoints and extraction excluded), "
-        "% saved and speed-up against E.",
-    ]
-    if any(r.group is not None for runs in groups.values() for r in runs):
-        lines.append(
-            "C runs of one size trained their seeds together as one grouped network; each run's time is the "
-            "group's divided by the number of seeds."
-        )
-    if share is not None:
-        lines.append(
-            f"The store's extraction took {extraction:.1f} s ({context.extraction_device}); spread over the "
-            f"{n_c} C runs that used it, that is {share:.2f} s per run, shown as *C+extract*."
-        )
-    header = ["size", *modes] + (["C+extract"] if share is not None and "C" in modes else [])
-    if "E" in modes:
-        header += [f"{m} saved vs E" for m in modes if m != "E"] + [f"{m} speed-up" for m in modes if m != "E"]
-    header += ["study E", "study F"]
-    lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for s in sizes:
-        t = {m: float(np.mean([r.train_seconds for r in groups[(m, s)]])) for m in modes}
-        row = [str(s), *(f"{t[m]:.2f}" for m in modes)]
-        if share is not None and "C" in modes:
-            row.append(f"{t['C'] + share:.2f}")
-        if "E" in modes:
-            row += [f"{100 * (1 - t[m] / t['E']):.1f} %" for m in modes if m != "E"]
-            row += [f"{t['E'] / t[m]:.1f}x" for m in modes if m != "E"]
-        row += [_fmt(STUDY_SECONDS["E"].get(s), 1), _fmt(STUDY_SECONDS["F"].get(s), 1)]
-        lines.append("| " + " | ".join(row) + " |")
+        cells = [iou_cell(groups[(m, s)]) for m in modes]
+        theirs = f" | {_fmt(STUDY_IOU['E'].get(s))} | {_fmt(STUDY_IOU['F'].get(s))} |" if study else " |"
+        lines.append(f"| {s} | " + " | ".join(cells) + theirs)
+    lines += ["", "![IoU, Dice, sensitivity and specificity against training-set size](metrics_vs_size.png)"]
+    if pairs:
+        said = "; ".join(f"{a} and {b}" for a, b in pairs)
+        lines += [
+            "",
+            f"Modes that coincide (every mean score within 5e-4 at every size): {said}; the figure draws each mode "
+            "slightly apart on the size axis so that both show.",
+        ]
     return lines
 
 

@@ -7,21 +7,30 @@ import numpy as np
 
 from featcache.results.metrics import METRICS
 from featcache.results.records import RunResults
+from featcache.results.timing import time_spread
 
 
 def aggregate(results: list[RunResults]) -> dict:
     """Mean and sample std (ddof 1; 0 for one run) over runs of each test metric and of the timings:
-    ``{"n_runs", "seeds", "mean": {name: value}, "std": {name: value}}`` (the summary.json schema)."""
+    ``{"n_runs", "seeds", "mean": {name: value}, "std": {name: value}}`` (the summary.json schema), and the
+    training seconds' ``median``, ``min``, ``max`` and ``outliers`` (seeds, `featcache.results.timing`)."""
     values = {k: np.array([r.test.as_dict()[k] for r in results], dtype=float) for k in METRICS}
     values["train_seconds"] = np.array([r.train_seconds for r in results], dtype=float)
     values["total_seconds"] = np.array([r.total_seconds for r in results], dtype=float)
     values["best_epoch"] = np.array([r.best_epoch for r in results], dtype=float)
     ddof = 1 if len(results) > 1 else 0
+    times = time_spread(results)
     return {
         "n_runs": len(results),
         "seeds": [r.seed for r in results],
         "mean": {k: float(v.mean()) for k, v in values.items()},
         "std": {k: float(v.std(ddof=ddof)) for k, v in values.items()},
+        "train_seconds": {
+            "median": times.median,
+            "min": times.low,
+            "max": times.high,
+            "outliers": list(times.outliers),
+        },
     }
 
 

@@ -4,7 +4,7 @@ sizes side by side on CUDA; then the encoder modes) and `write_comparison` (the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,16 +12,26 @@ import torch
 from featcache.core.context import Context
 from featcache.core.errors import FeatcacheError
 from featcache.core.io import ensure_writable_dir
+from featcache.core.machine import Environment
 from featcache.core.progress import EpochCallback, epoch_row, progress_bar
 from featcache.core.runtime import err_console
-from featcache.models.record import record_of
+from featcache.models.record import EncoderRecord, record_of
 from featcache.models.spec import AnyEncoder, EncoderSpec
 from featcache.results.figures import Cases
-from featcache.results.records import RunResults
+from featcache.results.records import RunEncoder, RunResults
 from featcache.results.report import ReportContext, write_report
 from featcache.results.stats import number_name
+from featcache.results.study import not_the_study
 from featcache.store.encoder_check import check_encoder_matches
 from featcache.store.feature_store import FeatureStore
+from featcache.train.comparison_folder import (
+    check_folder,
+    claim_folder,
+    finished_run,
+    sweep_configuration,
+    write_case_masks,
+    write_comparison_file,
+)
 from featcache.train.config import CompareConfig, RunKey, TrainConfig
 from featcache.train.modes import MODES
 from featcache.train.outputs import write_run
@@ -56,7 +66,9 @@ class Batch:
 @dataclass
 class ComparePlan:
     """A comparison resolved against its store: the encoders (``ssl``: the store's; ``init``: where E and FI
-    start), each size's `Plan`, this rank's batches and the test rows of the case figure."""
+    start), each size's `Plan`, this rank's batches and the test rows of the case figure; ``records``: the two
+    encoders' records (``ssl`` the store's), which each run's results name; ``configuration`` and ``environment``:
+    what ``comparison.json`` keeps."""
 
     cfg: CompareConfig
     encoders: dict[str, AnyEncoder]
@@ -65,6 +77,17 @@ class ComparePlan:
     case_rows: torch.Tensor
     results: list[RunResults] = field(default_factory=list)
     cases: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    records: dict[str, EncoderRecord] = field(default_factory=dict)
+    configuration: dict = field(default_factory=dict)
+    environment: Environment | None = None
+
+    def is_case_run(self, key: RunKey) -> bool:
+        """Whether the report's case figure shows this run's predictions (the first seed, first learning rate)."""
+        return key.seed == self.cfg.seeds[0] and key.lr == self.cfg.lrs[0]
+
+    def run_encoder(self, mode: str) -> RunEncoder:
+        """What a run of ``mode`` records of its encoder (a store mode: the store's)."""
+        return RunEncoder.of(self.records[MODES[mode].encoder or "ssl"], trained=MODES[mode].trainable)
 
     def run_config(self, mode: str, key: RunKey) -> TrainConfig:
         """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays)."""
@@ -93,12 +116,23 @@ class ComparePlan:
 def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison:
     """Every (mode, size, seed) run on the same subsets and protocol, then the report; a list of learning rates
     adds every one of them for the grid modes (`CompareConfig.mode_lrs`), each in ``runs/MODE/size-N/lr-X/``.
+    ``OUT/comparison.json`` keeps the configuration: the same one resumes, keeping the finished runs; another is
+    refused unless ``cfg.overwrite`` (`featcache.train.comparison_folder`).
     ``ctx``: device, CUDA graphs, progress and torchrun ranks (default: `Context.resolve`)."""
     cfg.validate()
     ensure_writable_dir(cfg.out)
     ctx = ctx or Context.resolve()
+    environment = Environment.start(ctx.device)
     with FeatureStore.open(cfg.store) as store:
+        configuration = sweep_configuration(cfg, store, ctx.device)
+        resume = check_folder(cfg.out, configuration, overwrite=cfg.overwrite)
         planned = plan_comparison(store, cfg, ctx)
+        planned.configuration, planned.environment = configuration, environment
+        if ctx.is_main:
+            claim_folder(cfg.out, configuration, environment=environment, resume=resume)
+        ctx.ranks.broadcast_object(None)  # the other ranks write nothing before rank 0 has claimed the folder
+        if resume:
+            _keep_finished(planned)
         run_comparison(store, planned, ctx)
         gathered = ctx.ranks.gather_objects((planned.results, planned.cases))
         ctx.ranks.close()
@@ -160,7 +194,31 @@ def plan_comparison(store: FeatureStore, cfg: CompareConfig, ctx: Context) -> Co
     batches = _batches(cfg, grouped=ctx.device.type == "cuda")[ctx.ranks.rank :: ctx.ranks.world_size]
     n_test = len(store.indices("test"))
     case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
-    return ComparePlan(cfg, encoders, plans, batches, case_rows)
+    records = {"ssl": store.record.encoder, "init": record_of(encoders["init"])}
+    return ComparePlan(cfg, encoders, plans, batches, case_rows, records=records)
+
+
+def _keep_finished(planned: ComparePlan) -> None:
+    """A resumed sweep: the runs of this rank's batches finished already are kept (their results and case masks),
+    and only the others are left to train."""
+    batches = []
+    for batch in planned.batches:
+        pending = []
+        for key in batch.keys:
+            run_config = asdict(planned.run_config(batch.mode, key))
+            done = finished_run(planned.directory(key), run_config, cases=planned.is_case_run(key))
+            if done is None:
+                pending.append(key)
+                continue
+            planned.results.append(done[0])
+            if done[1] is not None:
+                planned.cases[(key.mode, key.size)] = done[1]
+        if pending:
+            batches.append(Batch(batch.mode, batch.size, pending))
+    kept = sum(len(b.keys) for b in planned.batches) - sum(len(b.keys) for b in batches)
+    if kept:
+        err_console.print(f"{planned.cfg.out}: {kept} runs of this configuration finished already, kept")
+    planned.batches = batches
 
 
 def _batches(cfg: CompareConfig, *, grouped: bool) -> list[Batch]:
@@ -233,26 +291,30 @@ def _configs(planned: ComparePlan, batches: list[Batch]) -> list[TrainConfig]:
 def _record(planned: ComparePlan, batch: Batch, outputs: list[RunOutput]) -> None:
     """Write a batch's runs, keep their results and, for the first seed at the first learning rate, the case
     images' predicted masks."""
-    cfg = planned.cfg
     for key, run in zip(batch.keys, outputs, strict=True):
+        run.results.encoder = planned.run_encoder(key.mode)
+        if planned.is_case_run(key):
+            masks = (torch.sigmoid(run.test_logits[planned.case_rows, 0]) > 0.5).to(torch.uint8).cpu()
+            planned.cases[(key.mode, key.size)] = masks
+            write_case_masks(planned.directory(key), masks)
         write_run(planned.directory(key), run.results, None)
         planned.results.append(run.results)
-        if key.seed == cfg.seeds[0] and key.lr == cfg.lrs[0]:
-            masks = (torch.sigmoid(run.test_logits[planned.case_rows, 0]) > 0.5).to(torch.uint8)
-            planned.cases[(key.mode, key.size)] = masks
 
 
 def write_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> Path:
-    """The report over every run (rank 0, after gathering)."""
+    """The report over every run (rank 0, after gathering), and ``comparison.json`` with the load at the end."""
     cfg, record = planned.cfg, store.record
     ssl = planned.encoders["ssl"]
     extraction = record.extraction
+    environment = planned.environment.finish() if planned.environment else None
+    if environment is not None:
+        write_comparison_file(cfg.out, planned.configuration, environment)
     context = ReportContext(
         store=str(cfg.store),
         n_test=len(store.indices("test")),
         image_size=store.image_size,
         encoder=record.encoder,
-        e_init=record_of(planned.encoders["init"]).source,
+        e_init=planned.records["init"].source,
         layers=list(ssl.layers),
         depth=ssl.depth,
         device=str(ctx.device),
@@ -262,13 +324,17 @@ def write_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) ->
         extraction_device=extraction.device if extraction else None,
         augment=cfg.augment,
         modes=list(cfg.modes),
-        mode_descriptions={m: MODES[m].description for m in cfg.modes},
+        mode_descriptions={m: MODES[m].describe(planned.run_encoder(m).description) for m in cfg.modes},
         sizes=list(cfg.sizes),
         seeds=list(cfg.seeds),
         epochs=cfg.epochs,
         lr=cfg.lrs[0],
         lrs=list(cfg.lrs),
         grid_modes=[m for m in cfg.modes if cfg.is_grid(m)],
+        init_encoder=planned.records["init"],
+        not_study=not_the_study(record, store.ids),
+        study_lines=cfg.study_lines,
+        environment=environment,
     )
     test_rows = store.indices("test")[planned.case_rows.numpy()]
     cases = Cases(

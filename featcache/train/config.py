@@ -144,7 +144,9 @@ class CompareConfig:
     ``encoder``: the store's encoder (None: rebuilt from its record); ``e_init``: where E and FI start (None: the
     weights the store's encoder started from). ``lrs``: SGD learning rates; the ``grid_modes`` train at every one,
     the others at the first. None epochs/batch/val follow the study's protocol per size; ``layers``: the stored
-    blocks every mode reads (None: all).
+    blocks every mode reads (None: all). ``overwrite``: replace an earlier sweep of another configuration in
+    ``out`` (else refused; the same configuration resumes); ``study_lines``: the study's published figures in the
+    report whatever the store (by default only in the study's setting).
     """
 
     store: str
@@ -161,6 +163,8 @@ class CompareConfig:
     augment: str = "exact"
     layers: tuple[int, ...] | None = None
     grid_modes: tuple[str, ...] = ("C",)
+    overwrite: bool = False
+    study_lines: bool = False
 
     def mode_lrs(self, mode: str) -> tuple[float, ...]:
         """The learning rates ``mode`` trains at: every one for a grid mode, else the first."""

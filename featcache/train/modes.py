@@ -15,7 +15,8 @@ class Mode:
     ``source``: ``store`` (features read from the feature store; no encoder runs) or ``encoder`` (an
     encoder runs on the store's images at every step). ``encoder``: for encoder modes, ``ssl`` (the
     self-supervised encoder the store was extracted with) or ``init`` (the weights it started from,
-    `--e-init`). ``trainable``: the encoder is trained end to end with the decoder.
+    `--e-init`). ``trainable``: the encoder is trained end to end with the decoder. ``description``: the mode
+    in words, ``{encoder}`` standing for the words of the encoder it uses (`describe`).
     """
 
     name: str
@@ -28,35 +29,19 @@ class Mode:
     def reads_store(self) -> bool:
         return self.source == "store"
 
+    def describe(self, encoder: str) -> str:
+        """The mode in words, with ``encoder`` (`featcache.models.naming.encoder_words` of the encoder it runs,
+        or for a store mode of the store's) in place: what the report and tables say of it."""
+        return self.description.format(encoder=encoder)
+
 
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode(
-            "E",
-            "encoder",
-            "init",
-            True,
-            "encoder and decoder trained end to end, the encoder starting from the "
-            "weights the self-supervised encoder started from (the study's E)",
-        ),
-        Mode("Es", "encoder", "ssl", True, "end to end, starting from the self-supervised encoder"),
-        Mode(
-            "F", "encoder", "ssl", False, "self-supervised encoder frozen and recomputed at every step (the study's F)"
-        ),
-        Mode(
-            "FI",
-            "encoder",
-            "init",
-            False,
-            "the starting (ImageNet in the study's setting) encoder frozen and recomputed at every step",
-        ),
-        Mode(
-            "C",
-            "store",
-            None,
-            False,
-            "decoder trained from the feature store: no encoder runs during training (featcache)",
-        ),
+        Mode("E", "encoder", "init", True, "{encoder} trained end to end with the decoder (the study's E: --e-init)"),
+        Mode("Es", "encoder", "ssl", True, "{encoder} trained end to end with the decoder (the store's encoder)"),
+        Mode("F", "encoder", "ssl", False, "{encoder} frozen, recomputed at every step (the study's F)"),
+        Mode("FI", "encoder", "init", False, "{encoder} frozen, recomputed at every step (--e-init)"),
+        Mode("C", "store", None, False, "decoder trained from the feature store of the {encoder}: no encoder runs"),
     )
 }

@@ -18,6 +18,7 @@ from featcache.core.progress import EpochCallback
 from featcache.core.runtime import GLOBAL_RNG, seeded
 from featcache.models.decoders import build_decoder, stack_states
 from featcache.models.spec import AnyEncoder
+from featcache.results.degenerate import degenerate_reasons
 from featcache.results.records import (
     CheckpointStore,
     DecoderCheckpoint,
@@ -115,6 +116,7 @@ def train_group_from_store(
     for k, (c, r, fitted) in enumerate(zip(cfgs, rows, fits, strict=True)):
         test = score_test(store, logits[:, k : k + 1], r, cfg=c)
         results = run_results("C", cfg=c, rows=r, fitted=fitted, test=test, plan=plan, device=device)
+        results.degenerate = degenerate_reasons(test, logits[:, k] > 0)
         if len(cfgs) > 1:
             _share_group_time(results, cfgs, fitted)
         outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results=results), logits[:, k : k + 1]))
@@ -186,9 +188,9 @@ def train_encoder_mode(
         encoder.load_state_dict(fitted.best.weights["encoder"])
     logits = predict_logits(decoder, [test_source], n=len(rows.test_rows), batch=cfg.eval_batch_size, device=device)
     test = score_test(store, logits, rows, cfg=cfg)
-    return RunOutput(
-        run_results(mode, cfg=cfg, rows=rows, fitted=fitted, test=test, plan=plan, device=device), None, logits
-    )
+    results = run_results(mode, cfg=cfg, rows=rows, fitted=fitted, test=test, plan=plan, device=device)
+    results.degenerate = degenerate_reasons(test, logits[:, 0] > 0)
+    return RunOutput(results, None, logits)
 
 
 def train_mode(

@@ -18,8 +18,9 @@ from featcache.models.record import record_of
 from featcache.models.spec import EncoderSpec
 from featcache.results.export import write_grid_csv, write_runs_csv
 from featcache.results.figures import plot_grid
-from featcache.results.records import RunResults
-from featcache.results.stats import aggregate, grid_summary
+from featcache.results.records import RunEncoder, RunResults
+from featcache.results.seed_figure import SEEDS_FIGURE, plot_seeds
+from featcache.results.stats import SELECTED, aggregate, grid_summary, number_name, select_on_validation
 from featcache.store.encoder_check import check_encoder_matches
 from featcache.store.feature_store import FeatureStore
 from featcache.train.config import RunKey, SweepConfig
@@ -51,6 +52,7 @@ class SweepPlan:
     identities: dict[RunKey, dict]
     finished: dict[RunKey, RunResults]
     groups: list[list[RunKey]]
+    encoder: RunEncoder | None = None  # the store's, which every run's results name
 
     def directory(self, key: RunKey) -> Path:
         """``OUT/seed-K``, or in a grid ``OUT/lr-X_wd-Y/seed-K``."""
@@ -100,7 +102,7 @@ def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan
     if plan.note:  # said once, not per seed
         err_console.print(plan.note)
     identities = {key: _identity(store, cfg.run_config(key, plan.val_size), ctx) for key in cfg.keys()}
-    planned = SweepPlan(cfg, plan, identities, {}, [])
+    planned = SweepPlan(cfg, plan, identities, {}, [], encoder=RunEncoder.of(store.record.encoder, trained=False))
     for key in cfg.keys():
         done = finished_run(planned.directory(key), identities[key])
         if done is not None:
@@ -174,6 +176,7 @@ def _train_or_halve(
 def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -> None:
     """Write a finished run and say so in a line that stays in logs (where the progress bar leaves nothing)."""
     output.results.store_identity = planned.identities[key]
+    output.results.encoder = planned.encoder
     write_run(planned.directory(key), output.results, output.checkpoint)
     planned.finished[key] = output.results
     if ctx.progress:
@@ -186,12 +189,15 @@ def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -
 
 
 def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
-    """``summary.json`` and ``summary.csv`` over seeds; for a grid also ``runs.csv`` and ``grid_iou.png``."""
+    """``summary.json``, ``summary.csv`` and ``seeds.png`` (every seed's loss curves and test scores) over seeds;
+    for a grid also ``runs.csv`` and ``grid_iou.png``, and ``seeds.png`` shows each seed's run selected on
+    validation."""
     head = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(cfg.store)}
     if not cfg.grid:
         summary = {**head, **aggregate(results)}
         write_json(cfg.out / "summary.json", summary)
         write_runs_csv(results, cfg.out / "summary.csv")
+        plot_seeds(results, cfg.out / SEEDS_FIGURE, title=f"C · {cfg.size} images · {len(results)} seeds")
         return SeedSweep(cfg.out, results, summary)
     combinations = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     summary = {**head, **grid_summary(results, combinations, list(cfg.seeds))}
@@ -201,4 +207,7 @@ def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
     write_grid_csv(summary, cfg.out / "summary.csv")
     write_runs_csv(results, cfg.out / "runs.csv", optimiser=True)
     plot_grid(summary, cfg.out / "grid_iou.png", f"C · {cfg.size} images · {len(cfg.seeds)} seeds")
+    chosen = [select_on_validation([r for r in results if r.seed == seed]) for seed in cfg.seeds]
+    labels = [f"seed {r.seed}: lr {number_name(r.lr)}, wd {number_name(r.weight_decay)}" for r in chosen]
+    plot_seeds(chosen, cfg.out / SEEDS_FIGURE, title=f"C · {cfg.size} images · {SELECTED}", labels=labels)
     return SeedSweep(cfg.out, results, summary)

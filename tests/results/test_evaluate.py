@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache.core.errors import FeatcacheError
+from featcache.core.errors import FeatcacheError, OptionError
 from featcache.results.evaluate import EvaluateConfig, Evaluation, evaluate_dirs
 from featcache.results.metrics import (
     COUNTS,
@@ -21,8 +21,10 @@ from tests.helpers import write_mask
 EPS = 1e-6
 
 
-def evaluate(pred_dir, truth_dir, convention="study", threshold=0.5, predicted_only=False):
-    return evaluate_dirs(EvaluateConfig(pred_dir, truth_dir, convention, threshold, predicted_only))
+def evaluate(pred_dir, truth_dir, convention="study", threshold=0.5, predicted_only=False, require_all=False):
+    return evaluate_dirs(
+        EvaluateConfig(pred_dir, truth_dir, convention, threshold, predicted_only, require_all=require_all)
+    )
 
 
 def oracle_pairs(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -172,17 +174,21 @@ def test_evaluate_dirs_refuses_size_mismatch(folders):
         evaluate(pred_dir, truth_dir)
 
 
-def test_evaluate_dirs_refuses_truth_without_prediction(folders):
+def test_evaluate_dirs_scores_the_predicted_images_and_counts_the_truths_left_out(folders):
     pred_dir, truth_dir = folders
     for i in range(4, 11):
         write_mask(truth_dir / f"ISIC_{i:07d}_segmentation.png", np.zeros((16, 16), np.uint8))
-    with pytest.raises(FeatcacheError, match=r"7 truth masks .*ISIC_0000004, .*ISIC_0000008, \.\.\..*--predicted-only"):
-        evaluate(pred_dir, truth_dir)
-    # A test split drawn from one folder: the predicted images alone, as if the others were not there.
-    only = evaluate(pred_dir, truth_dir, predicted_only=True)
+    # By default (and with --predicted-only, still accepted): the predicted images alone, the others counted.
+    scored = evaluate(pred_dir, truth_dir)
+    assert scored.unpredicted == 7 and evaluate(pred_dir, truth_dir, predicted_only=True).per_image == scored.per_image
+    with pytest.raises(FeatcacheError, match=r"7 truth masks .*ISIC_0000004, .*ISIC_0000008, \.\.\..*drop --all"):
+        evaluate(pred_dir, truth_dir, require_all=True)
+    with pytest.raises(OptionError, match="--predicted-only and --all"):
+        evaluate(pred_dir, truth_dir, predicted_only=True, require_all=True)
     for i in range(4, 11):
         (truth_dir / f"ISIC_{i:07d}_segmentation.png").unlink()
-    assert only.per_image == evaluate(pred_dir, truth_dir).per_image
+    alone = evaluate(pred_dir, truth_dir, require_all=True)
+    assert alone.per_image == scored.per_image and alone.unpredicted == 0
 
 
 def test_evaluate_dirs_refuses_prediction_without_truth(folders):

@@ -52,11 +52,29 @@ def test_report_has_every_part(comparison):
     report = (comparison.out / "report.md").read_text()
     for heading in ("## Test IoU", "## Training time", "## Paired differences", "## Loss curves", "## Cases"):
         assert heading in report
-    assert "study E" in report and "theirs" in report
     assert "| 8 | C − F |" in report
     for png in ("metrics_vs_size.png", "loss_curves.png", "cases.png"):
         assert (comparison.out / png).stat().st_size > 5000
     assert (comparison.out / "results.csv").read_text().count("\n") == 21
+    # Synthetic data and a random micro ViT: neither the study's lines nor its words.
+    assert "study E" not in report and "not its setting" in report and "synthetic data" in report
+    assert "self-supervised" not in report and "- **F**: random ViT-micro frozen" in report
+    assert "## Degenerate runs" in report and "Load average" in report
+
+
+def test_each_run_names_its_encoder_and_flags_degenerate_predictions(comparison):
+    runs = {(r.mode, r.size, r.seed): r for r in comparison.results}
+    for mode, trained in (("E", True), ("Es", True), ("F", False), ("FI", False), ("C", False)):
+        saved = RunResults.read(comparison.out / "runs" / mode / "size-8" / "seed-0" / "results.json")
+        assert saved.encoder.description == "random ViT-micro" and saved.encoder.trained is trained
+        assert saved.encoder.arch == "vit_micro" and saved.encoder.source.kind == "random"
+        assert saved.degenerate == runs[(mode, 8, 0)].degenerate is not None
+    report = (comparison.out / "report.md").read_text()
+    for r in comparison.results:  # the flags agree with the scores, and the report lists every flagged run
+        said = " ".join(r.degenerate)
+        assert ("specificity" in said) == (r.test.specificity < 0.05)
+        assert ("sensitivity" in said) == (r.test.sensitivity < 0.05)
+        assert (f"- {r.mode}, size {r.size}, seed {r.seed}: " in report) == bool(r.degenerate)
 
 
 def test_another_encoder_is_refused(micro_store, tmp_path):
