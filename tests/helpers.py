@@ -21,17 +21,17 @@ from PIL import Image
 from featcache.core.context import Context
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, columns: int = 200) -> subprocess.CompletedProcess:
     """Run ``python -m featcache ARGS`` in a fresh process; returns code, stdout and stderr.
 
-    Its tables are laid out 200 columns wide, so that what a test looks for is not cut or wrapped.
+    Its tables are laid out ``columns`` wide: by default 200, so that what a test looks for is not cut or wrapped.
     """
     return subprocess.run(
         [sys.executable, "-m", "featcache", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 

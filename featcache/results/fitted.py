@@ -80,7 +80,9 @@ class FittedTable:
         return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.table(options.max_width)
+        # Title and caption wrap at words even on a soft-wrapping console (featcache's), which would leave them
+        # one long line for the terminal to break anywhere.
+        yield from console.render(self.table(options.max_width), options.update(no_wrap=False, overflow="fold"))
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.table(options.max_width))

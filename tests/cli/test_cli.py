@@ -146,3 +146,56 @@ def test_ctrl_c_during_start_up_is_one_line(micro_store, spawn, ignore_sigint):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr
+
+
+def test_no_help_cuts_an_example_at_80_columns(monkeypatch):
+    """typer would end a word longer than the help column with "…" (timm:vit_base_patch14_dinov2.lvd142m)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from featcache.cli.app import app
+
+    runner = CliRunner()
+    commands = typer.main.get_command(app).commands
+    assert len(commands) >= 10
+    for name in ("", *commands):
+        result = runner.invoke(app, [*([name] if name else []), "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output, (name, result.output)
+        assert max(len(line) for line in result.output.splitlines()) <= 80
+    text = runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "80"}).output
+    assert "vit_base_patch14_dinov2.lvd142" in "".join(text.split("│"))
+
+
+def test_train_decoder_table_fits_80_columns_through_the_command_line(micro_store, tmp_path, cli):
+    from tests.helpers import SMALL_SWEEP, table_rows
+
+    result = cli("train-decoder", micro_store, *SMALL_SWEEP, "--out", tmp_path / "run", columns=80)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout[: result.stdout.index("runs and summary.json")]  # then a path, which may be longer
+    assert max(len(line) for line in table.splitlines()) <= 80, result.stdout
+    rows = table_rows(result.stdout)
+    assert [row[0].rstrip("*") for row in rows] == ["0", "1", "mean", "std", "median", "min–max"]  # * degenerate
+    for row in rows[:2]:  # the per-seed scores whole: four decimals each
+        assert all(len(cell) == 6 and cell.startswith(("0.", "1.")) for cell in row[1:5]), row
+    assert (tmp_path / "run" / "seeds.png").stat().st_size > 5000
+
+
+def test_evaluate_scores_the_predicted_images_and_says_how_many_truths_had_none(tmp_path, cli):
+    import numpy as np
+
+    from tests.helpers import lesion_mask, write_mask
+
+    for i in range(5):
+        write_mask(tmp_path / "truth" / f"ISIC_{i:07d}_segmentation.png", lesion_mask(16, 16))
+    for i in range(2):
+        write_mask(tmp_path / "pred" / f"ISIC_{i:07d}.png", lesion_mask(16, 16))
+    result = cli("evaluate", tmp_path / "pred", tmp_path / "truth")
+    assert result.returncode == 0, result.stderr
+    assert "3 truth masks in" in result.stderr and "scored the 2 predicted images (--all requires every one)" in (
+        " ".join(result.stderr.split())
+    )
+    assert "2 images" in result.stdout and np.isclose(float(result.stdout.split("iou")[1].split()[1]), 1.0)
+    assert cli("evaluate", tmp_path / "pred", tmp_path / "truth", "--predicted-only").returncode == 0
+    refused = cli("evaluate", tmp_path / "pred", tmp_path / "truth", "--all")
+    assert refused.returncode == 1 and "3 truth masks" in refused.stderr and "drop --all" in refused.stderr

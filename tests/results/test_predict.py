@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import re
 import shutil
 
@@ -15,7 +16,7 @@ from featcache.results.evaluate import EvaluateConfig, evaluate_dirs
 from featcache.results.overlays import outline
 from featcache.results.predict import PREVIEW_LONG_SIDE, PredictConfig, load_run, predict
 from featcache.train import train_decoder
-from tests.helpers import CPU, quick_sweep
+from tests.helpers import CPU, quick_sweep, table_rows
 
 
 def run_predict(run_dir, images, out, **options):
@@ -44,6 +45,27 @@ def test_masks_at_original_resolution_with_overlays(trained_run, synth_root, tmp
         assert ((overlay == [255, 0, 0]).all(-1)).any()  # the truth outline is drawn
     scored = evaluate_dirs(EvaluateConfig(tmp_path / "pred", truth))  # the output folder is directly scorable
     assert len(scored.per_image) == 6
+
+
+def test_truth_scores_each_prediction_as_evaluate_does(trained_run, synth_root, tmp_path, cli):
+    test_images = synth_root / "ISIC-2017_Test_v2_Data"
+    truth = synth_root / "ISIC-2017_Test_v2_Part1_GroundTruth"
+    predictions = run_predict(trained_run, [test_images], tmp_path / "pred", truth=truth, overlays="none")
+    scored = evaluate_dirs(EvaluateConfig(tmp_path / "pred", truth))
+    by_id = {row["id"]: row for row in scored.per_image}
+    for p in predictions:
+        stem = p.image.stem
+        assert p.scores["iou"] == pytest.approx(by_id[stem]["iou"]) and p.scores["dice"] == pytest.approx(
+            by_id[stem]["dice"]
+        )
+    written = json.loads((tmp_path / "pred" / "scores.json").read_text())
+    assert written["mean"]["iou"] == pytest.approx(scored.mean["iou"]) and len(written["per_image"]) == 6
+    assert (tmp_path / "pred" / "scores.csv").read_text().count("\n") == 7
+    result = cli("predict", trained_run, test_images, "--truth", truth, "--out", tmp_path / "cli", "--overlays", "none")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert rows[-1][0] == "mean" and rows[-1][2:] == [f"{scored.mean['iou']:.4f}", f"{scored.mean['dice']:.4f}"]
+    assert "scores.csv" in result.stderr
 
 
 def test_rebuilt_encoder_must_have_the_same_weights():
@@ -189,8 +211,6 @@ def test_bad_overlay_options_and_a_missing_truth_stop_before_writing(trained_run
     images = synth_root / "ISIC-2017_Test_v2_Data"
     with pytest.raises(OptionError, match=re.escape("--overlays thumbnail is not one of preview | full | none")):
         run_predict(trained_run, [images], tmp_path / "out", overlays="thumbnail")
-    with pytest.raises(OptionError, match="--truth is only drawn on overlays"):
-        run_predict(trained_run, [images], tmp_path / "out", truth=synth_root, overlays="none")
     truth = tmp_path / "truth"
     shutil.copytree(synth_root / "ISIC-2017_Test_v2_Part1_GroundTruth", truth)
     sorted(truth.iterdir())[-1].unlink()
