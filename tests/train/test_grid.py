@@ -181,7 +181,7 @@ def test_a_single_value_writes_the_layout_of_one_run_per_seed(micro_store, tmp_p
         quick_sweep(micro_store, tmp_path / "b", seeds=(0,), lrs=(0.01,), weight_decays=(1e-4,), **QUICK), ctx=CPU
     )
     for out in (tmp_path / "a", tmp_path / "b"):
-        assert sorted(p.name for p in out.iterdir()) == ["seed-0", "summary.csv", "summary.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["seed-0", "seeds.png", "summary.csv", "summary.json"]
         assert (out / "summary.csv").read_text().splitlines()[0].startswith("mode,size,seed,iou,")
     assert "grid" not in default.summary and default.summary.keys() == listed.summary.keys()
     a, b = (dataclasses.replace(r, train_seconds=0, total_seconds=0) for r in (default.results[0], listed.results[0]))
@@ -211,7 +211,7 @@ def test_compare_e2e_grid_for_c_mode_only(micro_store, tmp_path):
     # The modes' own tables compare at the first learning rate: C there is C at 0.01 alone.
     c8 = [r.test.iou for r in comparison.results if r.mode == "C" and r.size == 8 and r.optimiser.lr == 0.01]
     row = next(line for line in report.split("## Test IoU")[1].splitlines() if line.startswith("| 8 |"))
-    assert row.split(" | ")[2] == f"{np.mean(c8):.3f} ± {np.std(c8, ddof=1):.3f}"
+    assert row.split(" | ")[2].startswith(f"{np.mean(c8):.3f} ± {np.std(c8, ddof=1):.3f}")  # then any degenerate
     with pytest.raises(OptionError, match="--grid-modes"):
         compare_e2e(dataclasses.replace(cfg, grid_modes=("X",)), ctx=CPU)
 

@@ -60,9 +60,17 @@ def test_sweep_writes_results_checkpoints_curves_and_summary(micro_store, tmp_pa
         assert (run / "loss_curve.png").stat().st_size > 1000
         ckpt = safe_torch_load(run / "decoder.pt")
         assert ckpt["store"]["encoder"]["arch"] == "vit_micro" and "state_dict" in ckpt  # as on disk
+        assert result["encoder"]["description"] == "random ViT-micro" and result["encoder"]["trained"] is False
+        assert isinstance(result["degenerate"], list)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and set(TEST_KEYS) <= set(summary["mean"]) and "std" in summary
+    times = sorted(r.train_seconds for r in sweep.results)
+    assert (
+        summary["train_seconds"]["median"] == pytest.approx(np.median(times))
+        and summary["train_seconds"]["max"] == times[1]
+    )
     assert (tmp_path / "run" / "summary.csv").read_text().count("\n") == 3
+    assert (tmp_path / "run" / "seeds.png").stat().st_size > 5000  # every seed's curves and scores in one figure
     assert sweep.summary["mean"]["iou"] == pytest.approx(np.mean([r.test.iou for r in sweep.results]))
 
 
@@ -86,14 +94,16 @@ def test_cli_train_decoder(micro_store, tmp_path, cli):
     )
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "run" / "seed-0" / "results.json").read_text())
-    seed_row, mean_row = table_rows(result.stdout)  # what results.json holds, then the summary over seeds
+    # What results.json holds, then the summary over seeds: one seed has no spread ("–", not "± 0.000").
+    seed_row, mean_row, std_row, median_row, spread_row = table_rows(result.stdout)
     assert seed_row == [
-        "0",
+        "0" + ("*" if run["degenerate"] else ""),
         *(f"{run['test'][k]:.4f}" for k in METRICS),
         str(run["best_epoch"]),
         f"{run['train_seconds']:.1f}",
     ]
-    assert mean_row[0] == "mean ± std" and mean_row[1] == f"{run['test']['iou']:.3f}±0.000"
+    assert mean_row[0] == "mean" and mean_row[1] == f"{run['test']['iou']:.3f}" and set(std_row[1:7]) == {"–"}
+    assert median_row[-1] == f"{run['train_seconds']:.1f}" and spread_row[-2:] == ["–", "–"]
     assert "C mode, 6 training images, 1 seeds (exact flips)" in result.stdout
     assert f"runs and summary.json in {tmp_path / 'run'}" in result.stdout
     too_big = cli("train-decoder", micro_store, "--size", "99", "--out", tmp_path / "x")
