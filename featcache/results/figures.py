@@ -139,6 +139,18 @@ def plot_grid(summary: dict, path: Path, title: str) -> None:
     plot_iou_against_lr(series, path, title, selected=selected)
 
 
+def coinciding_words(pairs: list[tuple[str, str]]) -> str:
+    """``E, F and C; Es and FI``: the modes of `coinciding_modes`' pairs, gathered into the groups that agree."""
+    groups: list[list[str]] = []
+    for a, b in pairs:
+        group = next((g for g in groups if a in g or b in g), None)
+        if group is None:
+            groups.append([a, b])
+        else:
+            group += [m for m in (a, b) if m not in group]
+    return "; ".join(", ".join(g[:-1]) + f" and {g[-1]}" for g in groups)
+
+
 def plot_metrics_vs_size(
     groups: dict[tuple[str, int], list[RunResults]],
     modes: list[str],
@@ -181,8 +193,7 @@ def plot_metrics_vs_size(
     axes[0].legend(fontsize=8)
     pairs = coinciding_modes(groups, modes, xs)
     if pairs:
-        said = "; ".join(f"{a} and {b} coincide" for a, b in pairs)
-        fig.text(0.5, 0.01, f"{said} (drawn side by side)", ha="center", fontsize=9)
+        fig.text(0.5, 0.01, f"{coinciding_words(pairs)} coincide (drawn side by side)", ha="center", fontsize=9)
     fig.tight_layout(rect=(0, 0.05 if pairs else 0, 1, 1))
     save_figure(fig, path)
     return pairs

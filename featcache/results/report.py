@@ -18,7 +18,15 @@ from featcache.core.machine import Environment
 from featcache.models.naming import encoder_words
 from featcache.models.record import EncoderRecord, WeightsSource
 from featcache.results.export import write_runs_csv
-from featcache.results.figures import Cases, plot_cases, plot_iou_against_lr, plot_loss_curves, plot_metrics_vs_size
+from featcache.results.figures import (
+    COINCIDE_WITHIN,
+    Cases,
+    coinciding_words,
+    plot_cases,
+    plot_iou_against_lr,
+    plot_loss_curves,
+    plot_metrics_vs_size,
+)
 from featcache.results.records import RunResults
 from featcache.results.report_sections import degenerate_section, encoder_lines, iou_cell, time_section
 from featcache.results.stats import PAIRS, SELECTED, group_runs, number_name, paired_difference, select_on_validation
@@ -231,11 +239,10 @@ def _iou_section(
         lines.append(f"| {s} | " + " | ".join(cells) + theirs)
     lines += ["", "![IoU, Dice, sensitivity and specificity against training-set size](metrics_vs_size.png)"]
     if pairs:
-        said = "; ".join(f"{a} and {b}" for a, b in pairs)
         lines += [
             "",
-            f"Modes that coincide (every mean score within 5e-4 at every size): {said}; the figure draws each mode "
-            "slightly apart on the size axis so that both show.",
+            f"Modes that coincide (every mean score within {COINCIDE_WITHIN:g} at every size): "
+            f"{coinciding_words(pairs)}; the figure draws each mode slightly apart on the size axis so that all show.",
         ]
     return lines
 

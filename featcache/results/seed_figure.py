@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from featcache.results.degenerate import run_flags
 from featcache.results.figures import save_figure
@@ -29,6 +30,7 @@ def plot_seeds(runs: list[RunResults], path: Path, *, title: str, labels: list[s
         curves.plot(epochs, run.history.val_loss, color=colour, label=label)
         curves.plot([run.best_epoch], [run.history.val_loss[run.best_epoch - 1]], "o", color=colour)
     curves.set_yscale("log")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel("BCE loss (validation solid, training dashed)")
     curves.legend(fontsize=8)

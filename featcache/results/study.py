@@ -25,13 +25,14 @@ STUDY_ARCH = "vit_b_16"
 STUDY_SIZE = 224
 
 
-def _synthetic(record: StoreIdentity, ids: list[str]) -> str | None:
-    """Why the store's data look like `featcache synth`'s (its marker file, or ids numbered 0..N-1 in sequence
-    across the splits, which the official ISIC 2017 ids are not), else None."""
+def _synthetic(record: StoreIdentity, ids: list[str], *, by_ids: bool) -> str | None:
+    """Why the store's data are `featcache synth`'s: its marker file in the data folder, or (``by_ids``: for a
+    store of the official counts, whose 2,750 official ids run up to ISIC_0016xxx with gaps) ids numbered
+    0..N-1 in sequence across the splits, as synth numbers them; else None."""
     root = Path(record.dataset_root) if record.dataset_root else None
     if root is not None and (root / SYNTH_MARKER).is_file():
         return f"synthetic data ({SYNTH_MARKER} in {root})"
-    if ids and ids == [f"ISIC_{i:07d}" for i in range(len(ids))]:
+    if by_ids and ids and ids == [f"ISIC_{i:07d}" for i in range(len(ids))]:
         return f"ids ISIC_0000000 to {ids[-1]} in sequence, as featcache synth numbers them"
     return None
 
@@ -46,9 +47,7 @@ def not_the_study(record: StoreIdentity, ids: list[str]) -> list[str]:
     counts = {split: dataset.counts.get(split, 0) for split in STUDY_COUNTS}
     if counts != STUDY_COUNTS:
         reasons.append("/".join(map(str, counts.values())) + " images (the study's: 2000/150/600)")
-    synthetic = _synthetic(record, ids)
-    if synthetic:
-        reasons.append(synthetic)
     if record.encoder.arch != STUDY_ARCH or record.preprocessing.size != STUDY_SIZE:
         reasons.append(f"{record.encoder.arch} at {record.preprocessing.size} px (the study's: vit_b_16 at 224 px)")
-    return reasons
+    synthetic = _synthetic(record, ids, by_ids=not reasons)
+    return [*reasons, synthetic] if synthetic else reasons

@@ -6,7 +6,14 @@ import torch
 
 import featcache.results.figures as figures
 import featcache.results.seed_figure as seed_figure
-from featcache.results.figures import Cases, clipped_errors, coinciding_modes, plot_cases, plot_metrics_vs_size
+from featcache.results.figures import (
+    Cases,
+    clipped_errors,
+    coinciding_modes,
+    coinciding_words,
+    plot_cases,
+    plot_metrics_vs_size,
+)
 from featcache.results.stats import group_runs
 from tests.helpers import hand_made_results
 
@@ -40,6 +47,7 @@ def test_specificity_beside_sensitivity_intervals_in_range_and_coinciding_modes_
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["IoU", "Dice", "Sensitivity", "Specificity"]
     assert "F and C coincide" in " ".join(t.get_text() for t in fig.texts)
+    assert coinciding_words([("E", "F"), ("E", "C"), ("Es", "FI")]) == "E, F and C; Es and FI"
     for ax in axes:
         for collection in ax.collections:  # the error bars' segments
             for segment in collection.get_segments():
