@@ -71,6 +71,11 @@ def extract(
         False, "--strict", help="Refuse masks that are not 0/255 gray images instead of binarising them."
     ),
     device: str | None = typer.Option(None, help="Overrides the global --device."),
+    tail_tokens: int | None = typer.Option(
+        None,
+        help="K: also store the tokens entering the encoder's last K blocks (the `tokens` array), so that "
+        "train-decoder --train-blocks k <= K trains those blocks from the store (modes Tk).",
+    ),
 ) -> None:
     """Compute the encoder's features of every sample once and write them to a store (resumable)."""
     from featcache.cli.parsing import parse_layers, parse_model_kwargs
@@ -98,6 +103,7 @@ def extract(
         skip_bad=skip_bad,
         skip_unpaired=skip_unpaired,
         strict=strict,
+        tail_tokens=tail_tokens,
     )
     if workers is not None:
         cfg.workers = workers
@@ -171,6 +177,12 @@ def info_table(found: StoreInfo) -> Table:
         f"grid {'x'.join(map(str, record.grid))}",
     )
     table.add_row("features", f"{found.shapes['features']} {record.dtype}, views {', '.join(record.view_names)}")
+    if found.tokens_bytes is not None:
+        table.add_row(
+            "tokens",
+            f"{found.shapes['tokens']} {record.dtype}: the {record.n_tokens} tokens entering the last "
+            f"{record.tail_tokens} blocks, {found.tokens_bytes / 2**20:.1f} MiB before compression",
+        )
     table.add_row("images / masks", f"{found.shapes['images']} / {found.shapes['masks']}")
     table.add_row("on disk", f"{found.bytes_on_disk / 2**20:.1f} MiB ({record.backend})")
     table.add_row(

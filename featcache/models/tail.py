@@ -63,7 +63,9 @@ def _check_kind(encoder: AnyEncoder) -> None:
         )
 
 
-def _check_tail(encoder: AnyEncoder, tail: int) -> None:
+def check_tail(encoder: AnyEncoder, tail: int) -> None:
+    """Refuse a tail of ``tail`` blocks that ``encoder`` cannot give: outside 1..depth, or a model that runs its blocks
+    its own way."""
     _check_kind(encoder)
     if not 1 <= tail <= encoder.depth:
         raise OptionError(f"--tail-tokens {tail}: {encoder.arch} has {encoder.depth} blocks; give 1 to {encoder.depth}")
@@ -96,7 +98,7 @@ def tail_tokens(encoder: AnyEncoder, images: torch.Tensor, tail: int) -> torch.T
     """The full token sequence ``[B, T, C]`` entering block D-K+1 (K = ``tail``, 1 <= K <= D) for images
     ``[B, 3, H, W]`` in [0, 1]: T = prefix tokens (`num_prefix_tokens`) + (H/p)*(W/p), before any final norm.
     Runs under the caller's grad mode."""
-    _check_tail(encoder, tail)
+    check_tail(encoder, tail)
     x = _embed(encoder, images)
     for block in _blocks(encoder)[: encoder.depth - tail]:
         x = block(x)
@@ -112,7 +114,7 @@ def _to_map(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.T
 def features_and_tail_tokens(encoder: AnyEncoder, images: torch.Tensor, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass: the encoder's features ``[B, L*C, H/p, W/p]`` (exactly ``encoder(images)``, its ``layers``
     included) and `tail_tokens` ``[B, T, C]``, for extraction."""
-    _check_tail(encoder, tail)
+    check_tail(encoder, tail)
     x = _embed(encoder, images)
     grid = (images.shape[-2] // encoder.patch_size, images.shape[-1] // encoder.patch_size)
     blocks, norm, start = _blocks(encoder), _norm(encoder), encoder.depth - tail
@@ -164,7 +166,7 @@ class TailEncoder(nn.Module):
 
     def __init__(self, encoder: AnyEncoder, *, tail: int, train_blocks: int) -> None:
         super().__init__()
-        _check_tail(encoder, tail)
+        check_tail(encoder, tail)
         _check_train_blocks(train_blocks, tail)
         depth = encoder.depth
         blocks, names = _blocks(encoder), _module_names(encoder)

@@ -1,4 +1,5 @@
-"""The encoder over uint8 images and their flip views, as extraction feeds it (and as the encoder check does)."""
+"""The encoder over uint8 images and their flip views, as extraction feeds it (and as the encoder check does); with
+``--tail-tokens``, the tokens entering its last blocks from the same pass."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from featcache.core.runtime import autocast
 from featcache.models.spec import AnyEncoder
+from featcache.models.tail import features_and_tail_tokens
 from featcache.store.schema import VIEW_FLIPS
 
 
@@ -36,3 +38,26 @@ def encode_views(
     with autocast(device):
         feats = encoder(x)
     return feats.float().to(dtype).unflatten(0, (images_u8.shape[0], len(view_names)))
+
+
+@torch.no_grad()
+def encode_views_and_tokens(
+    encoder: AnyEncoder,
+    images_u8: torch.Tensor,
+    view_names: tuple[str, ...],
+    *,
+    tail: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_views` and, from the same pass, the tokens ``[B, V, T, C]`` entering the encoder's last ``tail``
+    blocks (`featcache.models.tail.tail_tokens`), both in ``dtype`` on ``device``; the features are bit for bit
+    those `encode_views` gives."""
+    x = images_u8.to(device, non_blocking=True).float().div_(255)
+    x = view_batch(x, view_names)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device):
+        feats, tokens = features_and_tail_tokens(encoder, x, tail)
+    shape = (images_u8.shape[0], len(view_names))
+    return feats.float().to(dtype).unflatten(0, shape), tokens.float().to(dtype).unflatten(0, shape)

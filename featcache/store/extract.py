@@ -22,6 +22,7 @@ from featcache.core.runtime import compute_precision, err_console
 from featcache.data.layouts import SampleIndex, find_samples
 from featcache.models.record import record_of
 from featcache.models.spec import AnyEncoder
+from featcache.models.tail import check_tail
 from featcache.models.vit import Encoder
 from featcache.store.backend import backend_kind
 from featcache.store.extract_config import ExtractConfig
@@ -66,6 +67,7 @@ def store_identity(
         dtype=cfg.dtype,
         compute=compute_precision(device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        tail_tokens=cfg.tail_tokens,
     )
 
 
@@ -121,8 +123,10 @@ def _index(cfg: ExtractConfig, ctx: Context) -> SampleIndex:
 
 def _encoder(cfg: ExtractConfig, device: torch.device) -> AnyEncoder:
     """The encoder of ``cfg`` on ``device``, in eval mode; refuses an image size that is not a multiple of its
-    patch size."""
+    patch size, and a ``--tail-tokens`` it cannot give."""
     encoder = cfg.encoder_spec().build().to(device).eval()
+    if cfg.tail_tokens is not None:
+        check_tail(encoder, cfg.tail_tokens)
     p = encoder.patch_size
     if cfg.image_size % p:
         raise OptionError(

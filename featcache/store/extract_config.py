@@ -21,7 +21,8 @@ class ExtractConfig:
     ``encoder_weights`` (None: timm's own pretrained weights; ``random``; a file) and ``model_kwargs``
     (`EncoderSpec.parse`). ``layers``: the blocks stored (`featcache.models.vit.resolve_layers`; None: the last,
     the final normed output). ``writers``: threads compressing and writing blocks (None: one for HDF5, whose
-    library serialises every call, and up to 4 for Zarr, whose codecs release the GIL).
+    library serialises every call, and up to 4 for Zarr, whose codecs release the GIL). ``tail_tokens`` K: also
+    store the tokens entering the encoder's last K blocks (the ``tokens`` array, for modes Tk; None: none).
     """
 
     data: Path
@@ -45,6 +46,7 @@ class ExtractConfig:
     skip_bad: bool = False
     skip_unpaired: bool = False
     strict: bool = False
+    tail_tokens: int | None = None
 
     def encoder_spec(self) -> EncoderSpec:
         """The encoder these options name."""
@@ -67,6 +69,8 @@ class ExtractConfig:
         check_at_least("--batch-size", self.batch_size, 1)
         check_at_least("--shard-size", self.shard_size, 1)
         check_at_least("--workers", self.workers, 0)
+        if self.tail_tokens is not None:
+            check_at_least("--tail-tokens", self.tail_tokens, 1)
         if self.writers is not None:
             check_at_least("writers", self.writers, 1)
             if self.writers > 1 and backend_kind(self.out) == "hdf5":

@@ -78,9 +78,13 @@ class FeatureStore(Integrity):
         grid: tuple[int, int],
         shard_size: int = 32,
         compressor: str = "auto",
+        tokens: tuple[int, int] | None = None,
     ) -> FeatureStore:
         """Create an empty store for ``len(ids)`` samples of the given ``identity`` (what the extraction records),
-        features of ``width`` channels on a ``grid``, written in blocks of ``shard_size`` samples."""
+        features of ``width`` channels on a ``grid``, written in blocks of ``shard_size`` samples; ``tokens``: the
+        (T, C) of each view's cached tokens, for an identity with ``tail_tokens``."""
+        if bool(identity.tail_tokens) != (tokens is not None):
+            raise ValueError("tokens (T, C) go with an identity that has tail_tokens, and only with one")
         if compressor not in COMPRESSORS:
             raise OptionError(f"--compressor {compressor} is not one of {', '.join(COMPRESSORS)}")
         kind = backend_kind(path)
@@ -97,6 +101,7 @@ class FeatureStore(Integrity):
             grid=list(grid),
             shard_size=shard_size,
             view_names=list(VIEWS[identity.views]),
+            n_tokens=tokens[0] if tokens else None,
         )
         backend = BACKENDS[kind].create(str(path))
         backend.write_attrs(seal(record.to_json()))  # first, so an interrupted creation is recognisably ours
@@ -215,6 +220,11 @@ class FeatureStore(Integrity):
     def patch_size(self) -> int:
         """Pixels per feature-grid cell: the encoder's patch size."""
         return self.image_size // int(self.record.grid[0])
+
+    @property
+    def tail_tokens(self) -> int:
+        """K: the ``tokens`` array holds the tokens entering the encoder's last K blocks (0: no ``tokens``)."""
+        return int(self.record.tail_tokens or 0)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -341,6 +351,25 @@ class FeatureStore(Integrity):
             raw = raw.view(torch.bfloat16)
         return raw.to(device=device, dtype=dtype or raw.dtype)
 
+    def tokens(
+        self,
+        indices,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        identity_only: bool = False,
+    ) -> torch.Tensor:
+        """Cached tokens ``[n, V, T, C]`` of rows ``indices`` (``[n, 1, T, C]`` with ``identity_only``), entering the
+        encoder's last `tail_tokens` blocks, in the stored dtype unless ``dtype``."""
+        if not self.tail_tokens:
+            raise FeatcacheError(
+                f"{self.path} holds no cached tokens; extract it again with `featcache extract ... --tail-tokens K`"
+            )
+        raw = torch.from_numpy(self.read("tokens", indices, (slice(0, 1),) if identity_only else ()))
+        if self.record.dtype == "bfloat16":
+            raw = raw.view(torch.bfloat16)
+        return raw.to(device=device, dtype=dtype or raw.dtype)
+
     def masks(self, indices, device: torch.device | str = "cpu") -> torch.Tensor:
         """Masks ``[n, S, S]`` uint8 0/1."""
         return torch.from_numpy(self.read("masks", indices)).to(device)
@@ -377,22 +406,30 @@ class FeatureStore(Integrity):
 
     # ----- writing --------------------------------------------------------------------------
     def write_block(
-        self, start: int, images: np.ndarray, masks: np.ndarray, *, features: torch.Tensor, skipped: Sequence[int] = ()
+        self,
+        start: int,
+        images: np.ndarray,
+        masks: np.ndarray,
+        *,
+        features: torch.Tensor,
+        skipped: Sequence[int] = (),
+        tokens: torch.Tensor | None = None,
     ) -> None:
         """Write rows ``[start, start + n)`` (one shard-aligned block) and mark them written, last.
 
-        Rows in ``skipped`` (unreadable files) get the split `SKIPPED`, so no split selects them.
+        Rows in ``skipped`` (unreadable files) get the split `SKIPPED`, so no split selects them. ``tokens``
+        ``[n, V, T, C]``: the block's cached tokens, which a store with `tail_tokens` needs.
         """
         stop = start + len(images)
         if start % self.shard_size or (stop % self.shard_size and stop != self.n):
             raise ValueError(f"block [{start}, {stop}) is not shard-aligned (shard size {self.shard_size})")
-        storage = FEATURE_DTYPES[self.record.dtype]
-        feats = features.detach().to("cpu", storage[1]).contiguous()
-        if self.record.dtype == "bfloat16":
-            feats = feats.view(torch.uint16)
+        if (tokens is not None) != bool(self.tail_tokens):
+            raise ValueError(f"{self.path}: a block's tokens go with a store that has tail_tokens, and only with one")
         self.backend["images"][start:stop] = images
         self.backend["masks"][start:stop] = masks
-        self.backend["features"][start:stop] = feats.numpy()
+        self.backend["features"][start:stop] = self._storable(features)
+        if tokens is not None:
+            self.backend["tokens"][start:stop] = self._storable(tokens)
         if len(skipped):
             splits = np.asarray(self.splits[start:stop], dtype=object)
             splits[np.asarray(skipped) - start] = SKIPPED
@@ -401,6 +438,11 @@ class FeatureStore(Integrity):
         self.backend.flush()  # the data reaches the file before the flags that vouch for it
         self.backend["written"][start:stop] = np.ones(stop - start, dtype=bool)
         self.backend.flush()
+
+    def _storable(self, values: torch.Tensor) -> np.ndarray:
+        """Features or tokens as the store keeps them: its dtype on the CPU (bfloat16 as its uint16 bits)."""
+        values = values.detach().to("cpu", FEATURE_DTYPES[self.record.dtype][1]).contiguous()
+        return (values.view(torch.uint16) if self.record.dtype == "bfloat16" else values).numpy()
 
     def save_record(self) -> None:
         """Write `record` (changed in place) back to the store."""

@@ -24,7 +24,7 @@ from featcache.data.layouts import SampleIndex
 from featcache.data.loading import SampleDataset
 from featcache.data.workers import worker_batches
 from featcache.models.spec import AnyEncoder
-from featcache.store.encode import encode_views
+from featcache.store.encode import encode_views, encode_views_and_tokens
 from featcache.store.extract_config import ExtractConfig
 from featcache.store.feature_store import FeatureStore
 from featcache.store.schema import FEATURE_DTYPES, ExtractionRecord
@@ -76,14 +76,19 @@ class _BlockAssembler:
         self.writer, self.cuda = writer, cuda
         self.rows: dict[str, list] = {"images": [], "masks": [], "features": [], "bad": []}
         self.buffer: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None
         self.filled = 0
         self.computed = 0
 
-    def add(self, batch: dict, features: torch.Tensor, bad: list[int]) -> None:
-        """A batch's uint8 images and masks, its features ``[b, V, L*C, h, w]`` and its unreadable rows."""
+    def add(self, batch: dict, features: torch.Tensor, bad: list[int], tokens: torch.Tensor | None = None) -> None:
+        """A batch's uint8 images and masks, its features ``[b, V, L*C, h, w]``, its unreadable rows and, for a store
+        with cached tokens, its tokens ``[b, V, T, C]``."""
         if self.buffer is None:
             self.buffer = self.writer.buffer()
+            self.tokens = self.writer.tokens_buffer() if tokens is not None else None
         self.buffer[self.filled : self.filled + len(features)].copy_(features, non_blocking=True)
+        if tokens is not None:
+            self.tokens[self.filled : self.filled + len(tokens)].copy_(tokens, non_blocking=True)
         self.filled += len(features)
         self.rows["images"].append(batch["image"].numpy())
         self.rows["masks"].append(batch["mask"].numpy())
@@ -92,12 +97,14 @@ class _BlockAssembler:
         start, stop = self.current
         if self.filled == stop - start:
             self.rows["features"].append(self.buffer[: self.filled])
+            if self.tokens is not None:
+                self.rows["tokens"] = [self.tokens[: self.filled]]
             ready = torch.cuda.Event() if self.cuda else None
             if ready is not None:
                 ready.record()
-            self.writer.submit(Block(start, stop, self.rows, self.buffer, ready))
+            self.writer.submit(Block(start, stop, self.rows, self.buffer, ready, self.tokens))
             self.rows = {"images": [], "masks": [], "features": [], "bad": []}
-            self.buffer, self.filled = None, 0
+            self.buffer, self.tokens, self.filled = None, None, 0
             self.current = next(self.blocks, None)
 
 
@@ -172,18 +179,34 @@ def fill(
     cuda = ctx.device.type == "cuda"
     storage = FEATURE_DTYPES[store.record.dtype][1]
     buffer_shape = (store.shard_size, len(store.view_names), store.record.width, *store.record.grid)
+    tokens_shape = None
+    if store.tail_tokens:
+        tokens_shape = (store.shard_size, len(store.view_names), store.record.n_tokens, store.layer_width)
     masks = _MaskLog()
     started = time.perf_counter()
     batches = worker_batches(_loader(index, cfg=cfg, pending=pending, cuda=cuda))  # workers fork before the writers
-    writer = BlockWriter(store, _write_block, cfg.writer_threads(), buffer_shape=buffer_shape, dtype=storage, pin=cuda)
+    writer = BlockWriter(
+        store,
+        _write_block,
+        cfg.writer_threads(),
+        buffer_shape=buffer_shape,
+        dtype=storage,
+        pin=cuda,
+        tokens_shape=tokens_shape,
+    )
     with progress_bar("images", disable=not ctx.progress or not ctx.is_main, remaining=True) as bar, writer:
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         blocks = _BlockAssembler(pending, writer, cuda)
         for batch in batches:
             bad = _screen(batch, index=index, cfg=cfg, masks=masks)
-            blocks.add(
-                batch, encode_views(encoder, batch["image"], store.view_names, device=ctx.device, dtype=storage), bad
-            )
+            if store.tail_tokens:
+                features, tokens = encode_views_and_tokens(
+                    encoder, batch["image"], store.view_names, tail=store.tail_tokens, device=ctx.device, dtype=storage
+                )
+            else:
+                features = encode_views(encoder, batch["image"], store.view_names, device=ctx.device, dtype=storage)
+                tokens = None
+            blocks.add(batch, features, bad, tokens)
             bar.advance(task, len(batch["index"]))
             _report_blocks(writer, on_block)
     _report_blocks(writer, on_block)

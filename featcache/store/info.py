@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.store.feature_store import FeatureStore
-from featcache.store.schema import VIEW_FLIPS, StoreRecord
+from featcache.store.schema import FEATURE_DTYPES, VIEW_FLIPS, StoreRecord
 
 
 def flip_check(store: FeatureStore, max_samples: int = 64) -> dict[str, float] | None:
@@ -84,7 +84,17 @@ class StoreInfo:
             "checksum": record.checksum,
             "featcache_version": record.featcache_version,
             "flip_check_cos": self.flip_check_cos,
+            "tail_tokens": record.tail_tokens,
+            "n_tokens": record.n_tokens,
+            "tokens_bytes": self.tokens_bytes,
         }
+
+    @property
+    def tokens_bytes(self) -> int | None:
+        """Bytes of the ``tokens`` array before compression (None without it)."""
+        if "tokens" not in self.shapes:
+            return None
+        return int(np.prod(self.shapes["tokens"])) * np.dtype(FEATURE_DTYPES[self.record.dtype][0]).itemsize
 
 
 def store_info(path: str) -> StoreInfo:
@@ -101,7 +111,10 @@ def store_info(path: str) -> StoreInfo:
             record=store.record,
             written=written,
             splits={s: int((store.splits == s).sum()) for s in ("train", "val", "test")},
-            shapes={name: list(store.backend[name].shape) for name in ("images", "masks", "features")},
+            shapes={
+                name: list(store.backend[name].shape)
+                for name in ("images", "masks", "features", *(("tokens",) if store.tail_tokens else ()))
+            },
             bytes_on_disk=store.nbytes_stored(),
             layers=list(store.layers),
             patch_size=store.patch_size,

@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from featcache.store.errors import DamagedChunksError
-from featcache.store.schema import BLOCK_ARRAYS, FIXED_ARRAYS
+from featcache.store.schema import BLOCK_ARRAYS, FIXED_ARRAYS, block_arrays
 
 MISSING, CHECKSUM, UNDECODABLE = "missing", "checksum mismatch", "undecodable"
 #: Damage above the chunks (an array's metadata, an HDF5 chunk index): no chunk can be trusted to be where it is
@@ -109,14 +109,14 @@ class Integrity:
             stored = self.backend.stored_chunks(self.shard_size)
         except Exception as exc:  # the store's listing itself failed (an HDF5 group that cannot be iterated)
             unlisted = f"its chunks cannot be listed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
-            return [Damage(name, 0, self.n, METADATA, unlisted) for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS)]
+            return [Damage(name, 0, self.n, METADATA, unlisted) for name in (*FIXED_ARRAYS, *block_arrays(self.record))]
         if self.record.complete:
             done = self.blocks()
         else:
             written = self.written() if written is None else written
             done = [(a, b) for a, b in self.blocks() if written[a:b].all()]
         damages = []
-        for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS):
+        for name in (*FIXED_ARRAYS, *block_arrays(self.record)):
             if name == "masks" and self.record.format_version < 2 and self.record.backend == "zarr":
                 continue  # format 1 did not store an all-empty block of masks: absent is no proof of loss there
             step, starts = stored.get(name, (self.shard_size, set()))
@@ -145,7 +145,7 @@ class Integrity:
             raise DamagedChunksError(damage_message(self.path, damages))
 
     def damaged_blocks(self) -> list[int]:
-        """First rows of the written blocks whose images, masks, features or ``written`` chunks are missing.
+        """First rows of the written blocks whose images, masks, features, tokens or ``written`` chunks are missing.
 
         A listing, no chunk read. `extract` resuming the store computes these blocks again (as if unwritten).
         """

@@ -18,7 +18,8 @@ from featcache.store.schema import FEATURE_DTYPES, VIEWS, ArraySpec, StoreRecord
 def array_specs(record: StoreRecord) -> dict[str, ArraySpec]:
     """Every array of a store with provenance ``record``, in the order `FeatureStore.create` makes them:
     ``ids``/``split`` [N] text, ``orig_hw`` [N, 2] int32, ``written`` [N] bool, ``images`` [N, 3, S, S] and ``masks``
-    [N, S, S] uint8, ``features`` [N, V, L*C, h, w] in the storage dtype of ``record.dtype``."""
+    [N, S, S] uint8, ``features`` [N, V, L*C, h, w] and, with ``tail_tokens``, ``tokens`` [N, V, T, C] in the storage
+    dtype of ``record.dtype``."""
     n, size, block = record.n, record.preprocessing.size, record.shard_size
     checksum = record.format_version >= 2
     views, storage = len(VIEWS[record.views]), FEATURE_DTYPES[record.dtype][0]
@@ -31,6 +32,8 @@ def array_specs(record: StoreRecord) -> dict[str, ArraySpec]:
         ("masks", (n, size, size), "uint8"),
         ("features", (n, views, record.width, *record.grid), storage),
     )
+    if record.tail_tokens:
+        table += (("tokens", (n, views, record.n_tokens, record.width // len(record.layers)), storage),)
     return {name: ArraySpec(shape, dtype, block, checksum) for name, shape, dtype in table}
 
 

@@ -10,6 +10,7 @@ from featcache.core.ranks import Distributed
 from featcache.core.runtime import err_console
 from featcache.data.layouts import SampleIndex
 from featcache.models.spec import AnyEncoder
+from featcache.models.tail import num_prefix_tokens
 from featcache.store.backend import backend_kind
 from featcache.store.errors import MalformedStoreError, NotAStoreError, UnreadableStoreError
 from featcache.store.extract_config import ExtractConfig
@@ -46,7 +47,15 @@ def _decide(
     cfg: ExtractConfig, *, identity: StoreIdentity, index: SampleIndex, encoder: AnyEncoder
 ) -> tuple[FeatureStore, bool]:
     grid = (cfg.image_size // encoder.patch_size,) * 2
-    row_bytes = sample_bytes(cfg.image_size, len(VIEWS[cfg.views]), encoder.width, grid=grid, dtype=cfg.dtype)
+    tokens = (num_prefix_tokens(encoder) + grid[0] * grid[1], encoder.layer_width) if cfg.tail_tokens else None
+    row_bytes = sample_bytes(
+        cfg.image_size,
+        len(VIEWS[cfg.views]),
+        encoder.width,
+        grid=grid,
+        dtype=cfg.dtype,
+        token_values=tokens[0] * tokens[1] if tokens else 0,
+    )
     new_room = room_needed(
         backend_kind(cfg.out), row_bytes, len(index.samples), shard_size=cfg.shard_size, new_store=True
     )
@@ -57,7 +66,7 @@ def _decide(
     if store_exists(cfg.out):
         return _resume(cfg, identity), True
     check_room(cfg.out, new_room, what, fix=START_FIX)
-    return _create(cfg, identity=identity, index=index, width=encoder.width, grid=grid), False
+    return _create(cfg, identity=identity, index=index, width=encoder.width, grid=grid, tokens=tokens), False
 
 
 def _resume(cfg: ExtractConfig, identity: StoreIdentity) -> FeatureStore:
@@ -97,9 +106,16 @@ def _resume(cfg: ExtractConfig, identity: StoreIdentity) -> FeatureStore:
 
 
 def _create(
-    cfg: ExtractConfig, *, identity: StoreIdentity, index: SampleIndex, width: int, grid: tuple[int, int]
+    cfg: ExtractConfig,
+    *,
+    identity: StoreIdentity,
+    index: SampleIndex,
+    width: int,
+    grid: tuple[int, int],
+    tokens: tuple[int, int] | None,
 ) -> FeatureStore:
-    """A new, empty store; what a failed creation left is removed (nothing was computed yet)."""
+    """A new, empty store (``tokens``: the (T, C) of its cached tokens, if any); what a failed creation left is
+    removed (nothing was computed yet)."""
     samples = index.samples
     store = None
     try:
@@ -113,6 +129,7 @@ def _create(
             grid=grid,
             shard_size=cfg.shard_size,
             compressor=cfg.compressor,
+            tokens=tokens,
         )
         raise_if_write_failed(store)
     except OSError as exc:

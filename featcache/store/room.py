@@ -40,7 +40,8 @@ def room_needed(kind: str, row_bytes: tuple[int, int, int], rows: int, *, shard_
     """The room that writing ``rows`` samples (in blocks of ``shard_size``) needs.
 
     ``row_bytes``: one sample's bytes in ``images`` [3, S, S] uint8, ``masks`` [S, S] uint8 and
-    ``features`` [V, C, h, w] at the store's dtype; ``new_store`` adds what creation writes.
+    ``features`` [V, C, h, w] at the store's dtype (with its ``tokens`` [V, T, C], if any); ``new_store`` adds
+    what creation writes.
     """
     image, mask, features = row_bytes
     data = rows * (image + mask + features + 1)  # + the ``written`` flag
@@ -54,14 +55,20 @@ def room_needed(kind: str, row_bytes: tuple[int, int, int], rows: int, *, shard_
     return Room(total, shard_size * (max(image, features) + _ZARR_PER_CHUNK))
 
 
-def sample_bytes(image_size: int, n_views: int, width: int, *, grid: Sequence[int], dtype: str) -> tuple[int, int, int]:
+def sample_bytes(
+    image_size: int, n_views: int, width: int, *, grid: Sequence[int], dtype: str, token_values: int = 0
+) -> tuple[int, int, int]:
+    """One sample's bytes in images, masks and features (with ``token_values`` = T*C cached-token values per view)."""
     itemsize = np.dtype(FEATURE_DTYPES[dtype][0]).itemsize
-    return 3 * image_size**2, image_size**2, n_views * width * grid[0] * grid[1] * itemsize
+    return 3 * image_size**2, image_size**2, n_views * (width * grid[0] * grid[1] + token_values) * itemsize
 
 
 def store_row_bytes(store: FeatureStore) -> tuple[int, int, int]:
     record = store.record
-    return sample_bytes(store.image_size, len(store.view_names), record.width, grid=record.grid, dtype=record.dtype)
+    tokens = (record.n_tokens or 0) * store.layer_width
+    return sample_bytes(
+        store.image_size, len(store.view_names), record.width, grid=record.grid, dtype=record.dtype, token_values=tokens
+    )
 
 
 def _size(nbytes: int) -> str:

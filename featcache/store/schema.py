@@ -6,7 +6,9 @@ Arrays (first axis: N samples, train then val then test, ids sorted within each 
 (bfloat16 is kept as its uint16 bit pattern, numpy having no bfloat16), ``written`` [N] bool.
 ``features`` holds the outputs of L encoder blocks (``encoder.layers``; without it, the last block alone),
 block-major on the channel axis: byte for byte the C-order layout of ``[N, V, L, C, h, w]``, in the same
-one-chunk-per-sample chunks as a one-layer store.
+one-chunk-per-sample chunks as a one-layer store. With ``extract --tail-tokens K``, ``tokens`` [N, V, T, C] in the
+features' dtype holds each sample-view's full token sequence entering the encoder's last K blocks (T: prefix
+tokens such as the class token and registers, then the h*w patch tokens; C: one block's width).
 Every array is chunked (Zarr: sharded) in blocks of ``shard_size`` samples, so writers of disjoint
 blocks never touch the same file. All attributes are one JSON document under ``featcache``.
 
@@ -48,13 +50,18 @@ COMPRESSORS = ("auto", "zstd", "lz4", "gzip", "lzf", "none")
 #: The ``split`` of a sample left out by ``extract --skip-bad`` (an unreadable file).
 SKIPPED = "skipped"
 #: Provenance entries whose difference makes an existing store another store.
-IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute")
+IDENTITY_KEYS = ("encoder", "preprocessing", "dataset", "views", "dtype", "compute", "tail_tokens")
 
 
 #: Arrays written once, when the store is created: resuming `extract` never rewrites them.
 FIXED_ARRAYS = ("ids", "split", "orig_hw")
 #: Arrays `extract` writes block by block (``written`` last): a block marked unwritten is recomputed whole.
-BLOCK_ARRAYS = ("images", "masks", "features", "written")
+BLOCK_ARRAYS = ("images", "masks", "features", "tokens", "written")
+
+
+def block_arrays(record: StoreIdentity) -> tuple[str, ...]:
+    """The `BLOCK_ARRAYS` a store of ``record`` holds: ``tokens`` only where it was extracted with ``--tail-tokens``."""
+    return tuple(name for name in BLOCK_ARRAYS if name != "tokens" or record.tail_tokens)
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class StoreIdentity(JsonRecord):
     only into the same identity."""
 
     NESTED: ClassVar = {"encoder": EncoderRecord, "preprocessing": Preprocessing, "dataset": DatasetRecord}
-    OPTIONAL: ClassVar = ("dataset_root", "compute", "created")
+    OPTIONAL: ClassVar = ("dataset_root", "compute", "created", "tail_tokens")
 
     encoder: EncoderRecord
     preprocessing: Preprocessing
@@ -131,6 +138,7 @@ class StoreIdentity(JsonRecord):
     dtype: str
     compute: str | None = None
     created: str | None = None
+    tail_tokens: int | None = None  # K: the ``tokens`` array holds the tokens entering the last K blocks
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -138,10 +146,10 @@ class StoreIdentity(JsonRecord):
 class StoreRecord(StoreIdentity):
     """A store's provenance, the JSON attribute `ATTR`: its identity, then its format and layout (``n`` samples,
     feature ``width`` L*C on a ``grid``, blocks of ``shard_size``), whether it is ``complete``, the ids of samples
-    left out as unreadable, and the extraction's timing."""
+    left out as unreadable, and the extraction's timing; with ``tail_tokens``, ``n_tokens`` (T) per sample-view."""
 
     NESTED: ClassVar = {**StoreIdentity.NESTED, "extraction": ExtractionRecord}
-    OPTIONAL: ClassVar = (*StoreIdentity.OPTIONAL, "checksum", "skipped_bad", "extraction")
+    OPTIONAL: ClassVar = (*StoreIdentity.OPTIONAL, "checksum", "skipped_bad", "extraction", "n_tokens")
 
     format_version: int
     featcache_version: str
@@ -155,6 +163,7 @@ class StoreRecord(StoreIdentity):
     view_names: list[str]
     skipped_bad: list[str] | None = None
     extraction: ExtractionRecord | None = None
+    n_tokens: int | None = None
 
     @property
     def depth(self) -> int:

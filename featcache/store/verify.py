@@ -3,7 +3,7 @@
 Damage is a chunk (Zarr: a shard of ``shard_size`` samples; HDF5: one sample, or one block of a
 1-D array) that is missing where the store says it was written, fails its checksum, or cannot be
 decoded; or an array whose metadata (shape, dtype, chunking, codecs, an HDF5 chunk index) is not what
-the provenance implies. ``--repair`` marks the blocks holding damaged images, masks, features or
+the provenance implies. ``--repair`` marks the blocks holding damaged images, masks, features, tokens or
 ``written`` flags unwritten and clears the damaged chunks, so the same ``featcache extract`` computes
 exactly those blocks again; ids, split and orig_hw are written once at creation, and their damage needs
 a new extraction (``--overwrite``), as does damage above the chunks, and chunk damage of an HDF5 store
@@ -22,7 +22,7 @@ import numpy as np
 from featcache.store.feature_store import FeatureStore
 from featcache.store.integrity import CHECKSUM, METADATA, UNDECODABLE, Damage, damage_message, merge_damages
 from featcache.store.live_lock import store_lock
-from featcache.store.schema import BLOCK_ARRAYS, FIXED_ARRAYS
+from featcache.store.schema import FIXED_ARRAYS, block_arrays
 
 
 @dataclass
@@ -73,7 +73,7 @@ class VerifyReport:
 
 def verify_store(path: str | Path, repair: bool = False) -> VerifyReport:
     """Read every chunk of every array of the store at ``path``; with ``repair``, `FeatureStore.unwrite` the
-    blocks holding damage that `extract` can recompute (images, masks, features, written) where that is safe
+    blocks holding damage that `extract` can recompute (images, masks, features, tokens, written) where that is safe
     (`repair_refusal`). A repair holds the store's writer lock, as `extract` does."""
     lock = store_lock(path) if repair else None
     with (
@@ -110,7 +110,7 @@ def _damages(store: FeatureStore) -> list[Damage]:
             if not found:
                 written[a:b] = store.read("written", np.arange(a, b))
     damages += [d for d in store.missing_chunks(written) if d.array not in broken]
-    for name in (*FIXED_ARRAYS, *BLOCK_ARRAYS):
+    for name in (*FIXED_ARRAYS, *block_arrays(store.record)):
         if name == "written" or name in broken:
             continue
         for a, b in store.blocks():

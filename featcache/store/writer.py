@@ -25,17 +25,20 @@ WriteBlock = Callable[[FeatureStore, int, dict], None]
 @dataclass
 class Block:
     """A block handed to the writers: ``rows`` as `featcache.store.writing.write_or_explain` takes them, ``features``
-    holding one slice of ``buffer``; ``ready``: the event of its last copy back from the GPU (None on the CPU)."""
+    holding one slice of ``buffer`` (and ``tokens`` one of ``tokens_buffer``, for a store with cached tokens);
+    ``ready``: the event of its last copy back from the GPU (None on the CPU)."""
 
     start: int
     stop: int
     rows: dict
     buffer: torch.Tensor
     ready: torch.cuda.Event | None
+    tokens_buffer: torch.Tensor | None = None
 
 
 class BlockWriter:
-    """``threads`` writer threads over a pool of ``threads + 1`` block buffers ``[shard_size, *feature_shape]``.
+    """``threads`` writer threads over a pool of ``threads + 1`` block buffers ``[shard_size, *feature_shape]`` (and
+    as many of ``tokens_shape`` ``[shard_size, V, T, C]``, for a store with cached tokens).
 
     Use as a context manager: leaving it waits for every submitted block to be written, also when the caller
     leaves on an error or an interrupt (those blocks are computed already: nothing computed is lost), and raises
@@ -52,11 +55,15 @@ class BlockWriter:
         buffer_shape: tuple[int, ...],
         dtype: torch.dtype,
         pin: bool,
+        tokens_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.store, self.write, self.threads = store, write, threads
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        self._free_tokens: queue.Queue[torch.Tensor] = queue.Queue()
         for _ in range(threads + 1):
             self._free.put(torch.empty(buffer_shape, dtype=dtype, pin_memory=pin))
+            if tokens_shape is not None:
+                self._free_tokens.put(torch.empty(tokens_shape, dtype=dtype, pin_memory=pin))
         self._todo: queue.Queue[Block | None] = queue.Queue()
         self._done: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._error: BaseException | None = None
@@ -81,6 +88,12 @@ class BlockWriter:
     def buffer(self) -> torch.Tensor:
         """A free block buffer; waits while every buffer is in flight (a failed writer gives its buffer back too)."""
         buffer = self._free.get()
+        self.raise_if_failed()
+        return buffer
+
+    def tokens_buffer(self) -> torch.Tensor:
+        """A free tokens buffer, taken with each `buffer` (both pools hold as many and are given back together)."""
+        buffer = self._free_tokens.get()
         self.raise_if_failed()
         return buffer
 
@@ -118,3 +131,5 @@ class BlockWriter:
                 self._fail(exc)
             finally:
                 self._free.put(block.buffer)
+                if block.tokens_buffer is not None:
+                    self._free_tokens.put(block.tokens_buffer)

@@ -34,13 +34,13 @@ def explain_write_errors(store: FeatureStore) -> Iterator[None]:
 
 
 def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> None:
-    """Write one block (``rows``: lists of ``images``, ``masks`` and ``features`` arrays and the ``bad`` rows); the
-    room is checked first, so a disk that filled during the run stops the extraction before the write, and a write
-    that fails anyway ends with the fix, the store still resumable."""
+    """Write one block (``rows``: lists of ``images``, ``masks``, ``features`` (and ``tokens``) arrays and the ``bad``
+    rows); the room is checked first, so a disk that filled during the run stops the extraction before the write,
+    and a write that fails anyway ends with the fix, the store still resumable."""
     n = sum(len(x) for x in rows["images"])
     room = room_needed(store.record.backend, store_row_bytes(store), n, shard_size=store.shard_size, new_store=False)
     check_room(str(store.path), room, f"samples {start} to {start + n - 1}", fix=RESUME_FIX)
-    features = rows["features"]
+    features, tokens = rows["features"], rows.get("tokens")
     with explain_write_errors(store):
         store.write_block(
             start,
@@ -48,4 +48,5 @@ def write_or_explain(store: FeatureStore, start: int, rows: dict[str, list]) -> 
             np.concatenate(rows["masks"]),
             features=features[0] if len(features) == 1 else torch.cat(features),
             skipped=rows["bad"],
+            tokens=(tokens[0] if len(tokens) == 1 else torch.cat(tokens)) if tokens else None,
         )
