@@ -115,6 +115,20 @@ def train_decoder(
     ),
     cuda_graphs: bool = CUDA_GRAPHS,
     device: str | None = typer.Option(None, help="Overrides the global --device."),
+    train_blocks: int = typer.Option(
+        0,
+        help="k: also train the encoder's last k blocks and final norm from the store's cached tokens (mode Tk; the "
+        "store extracted with --tail-tokens K >= k); 0: the decoder alone (mode C).",
+    ),
+    lora_rank: int | None = typer.Option(
+        None,
+        help="LoRA adapters of this rank on the trained blocks' linear layers (peft: pip install 'featcache[peft]') "
+        "train instead of the blocks' own weights; torchvision encoders: q/k/v and output of the attention, and "
+        "the MLP.",
+    ),
+    lora_alpha: float | None = typer.Option(
+        None, help="LoRA scaling alpha (adapters scaled by alpha / rank); default: the rank."
+    ),
 ) -> None:
     """Train a decoder straight from the store, once per seed (and learning rate and weight decay), and summarise
     over seeds."""
@@ -123,9 +137,10 @@ def train_decoder(
     from featcache.train.config import SweepConfig
     from featcache.train.sweep import train_decoder as run_train
 
+    mode = f"T{train_blocks}" if train_blocks > 0 else "C"
     cfg = SweepConfig(
         store=store,
-        out=out or Path("runs") / f"{Path(store.rstrip('/')).stem}-C-{decoder}-n{size}",
+        out=out or Path("runs") / f"{Path(store.rstrip('/')).stem}-{mode}-{decoder}-n{size}",
         size=size,
         seeds=tuple(parse_seeds(seeds)),
         augment=augment,
@@ -139,6 +154,9 @@ def train_decoder(
         layers=parse_layers(layers) if layers else None,
         encoder=encoder,
         grouped=grouped,
+        train_blocks=train_blocks,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
     )
     ctx = context(device, ranks=True, cuda_graphs=cuda_graphs, checkpoint_seconds=checkpoint_seconds)
     sweep = run_train(cfg, ctx=ctx)
@@ -146,11 +164,12 @@ def train_decoder(
         return
     if cfg.grid:
         title = (
-            f"C mode, {size} training images, {len(sweep.summary['grid'])} (lr, weight decay) x {len(cfg.seeds)} seeds"
+            f"{cfg.mode} mode, {size} training images, {len(sweep.summary['grid'])} (lr, weight decay) x "
+            f"{len(cfg.seeds)} seeds"
         )
         out_console.print(grid_table(sweep.summary, f"{title} ({augment} flips): mean ± std over seeds"))
     else:
-        title = f"C mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
+        title = f"{cfg.mode} mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
         out_console.print(seeds_table(sweep.results, sweep.summary, title))
     out_console.print(f"runs and summary.json in {sweep.out}")
 
@@ -177,7 +196,11 @@ def compare_e2e(
     ),
     sizes: str = typer.Option("2000,160,80,40,20,10", help="Training-set sizes."),
     seeds: str = typer.Option("0,1,2", help="Seeds, e.g. 0,1,2 or 0-4."),
-    modes: str = typer.Option("E,Es,F,FI,C", help="Any of E, Es, F, FI, C."),
+    modes: str = typer.Option(
+        "E,Es,F,FI,C",
+        help="Any of E, Es, F, FI, C, and Tk / Pk: the encoder's last k blocks trained from the store's cached tokens "
+        "(T2; the store extracted with --tail-tokens K >= k) or from the images (P2).",
+    ),
     epochs: int | None = typer.Option(None, help="Default: the study's protocol per size."),
     batch_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
     val_size: int | None = typer.Option(None, help="Default: the study's protocol per size."),
@@ -206,6 +229,15 @@ def compare_e2e(
         help="Show the study's published figures in the report whatever the store (by default only for "
         "ISIC 2017's official splits with a ViT-B/16 at 224 px).",
     ),
+    lora_rank: int | None = typer.Option(
+        None,
+        help="LoRA adapters of this rank on the linear layers of the blocks the Tk and Pk modes train (peft: pip "
+        "install 'featcache[peft]') train instead of the blocks' own weights; torchvision encoders: q/k/v and output "
+        "of the attention, and the MLP.",
+    ),
+    lora_alpha: float | None = typer.Option(
+        None, help="LoRA scaling alpha (adapters scaled by alpha / rank); default: the rank."
+    ),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
     from featcache.cli.parsing import parse_layers, parse_list, parse_numbers, parse_seeds
@@ -230,6 +262,8 @@ def compare_e2e(
         grid_modes=parse_list(grid_modes, "--grid-modes", str),
         overwrite=overwrite,
         study_lines=study_lines,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
     )
     result = run_compare(cfg, ctx=context(device, ranks=True, cuda_graphs=cuda_graphs))
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports

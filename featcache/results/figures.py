@@ -15,7 +15,17 @@ from featcache.results.records import RunResults
 from featcache.results.stats import SELECTED, number_name
 from featcache.results.study import STUDY_IOU
 
-MODE_COLOURS = {"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd", "C": "#2ca02c"}
+
+class _ModeColours(dict):
+    """Each mode's colour; Tk and Pk (any k) get shades of teal and brown, darker with k."""
+
+    def __missing__(self, mode: str) -> str:
+        k = int(mode[1:]) if mode[1:].isdigit() else 1
+        shades = {"T": ("#17becf", "#0e8a96", "#08565e"), "P": ("#c49c94", "#8c564b", "#5a372f")}
+        return shades.get(mode[:1], ("#7f7f7f",) * 3)[min(k, 3) - 1]
+
+
+MODE_COLOURS = _ModeColours({"E": "#d62728", "Es": "#ff7f0e", "F": "#1f77b4", "FI": "#9467bd", "C": "#2ca02c"})
 MODE_MARKERS = {"E": "o", "Es": "D", "F": "s", "FI": "v", "C": "^"}
 #: Two modes whose mean test metrics differ by less than this at every size are said to coincide.
 COINCIDE_WITHIN = 5e-4
@@ -180,7 +190,7 @@ def plot_metrics_vs_size(
                 markerfacecolor="none" if i % 2 else None,
                 capsize=3,
                 label=mode,
-                color=MODE_COLOURS.get(mode, f"C{i % 10}"),
+                color=MODE_COLOURS[mode],
             )
         if metric == "iou" and study:
             _study_lines(ax, xs)

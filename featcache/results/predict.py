@@ -208,18 +208,22 @@ class TrainedRun:
 
 def load_run(run_dir: Path, *, encoder_weights: str | Path | None, device: torch.device) -> TrainedRun:
     """The run's checkpoint (`find_checkpoint`), its encoder rebuilt from the store's record (proven by its hash,
-    and by re-encoding a stored sample when the store is still there) and its decoder."""
+    and by re-encoding a stored sample when the store is still there; a Tk run's trained blocks, LoRA adapters
+    merged, loaded over it then) and its decoder."""
     path = find_checkpoint(run_dir)
     ckpt = DecoderCheckpoint.from_dict(safe_torch_load(path), path)
     encoder = EncoderSpec.recorded(ckpt.store.encoder, weights_file=encoder_weights, layers=ckpt.layers).build()
+    encoder = encoder.to(device).eval()
+    partial = bool(ckpt.results.train_blocks)  # the last blocks and final norm only: the rest is the store's
+    if partial or not ckpt.encoder_state_dict:  # the store's own encoder: re-encode a stored sample to prove it
+        check_run_encoder(ckpt.store.path, encoder, device)
     if ckpt.encoder_state_dict:
-        encoder.load_state_dict(ckpt.encoder_state_dict)
+        unexpected = encoder.load_state_dict(ckpt.encoder_state_dict, strict=not partial).unexpected_keys
+        if unexpected:
+            raise FeatcacheError(f"{path}: its encoder weights do not fit {encoder.arch} ({unexpected[0]}); train anew")
     decoder = build_decoder(ckpt.decoder, ckpt.in_channels, patch_size=ckpt.patch_size)
     decoder.load_state_dict(ckpt.state_dict)
-    encoder, decoder = encoder.to(device).eval(), decoder.to(device).eval()
-    if not ckpt.encoder_state_dict:  # the store's own encoder: re-encode a stored sample to prove it
-        check_run_encoder(ckpt.store.path, encoder, device)
-    return TrainedRun(ckpt, encoder, decoder)
+    return TrainedRun(ckpt, encoder, decoder.to(device).eval())
 
 
 @torch.no_grad()

@@ -79,6 +79,19 @@ class GroupShare(JsonRecord):
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
 
+@dataclass
+class LoraRecord(JsonRecord):
+    """A LoRA run's adapters: rank, alpha (scaling alpha / rank), the encoder weights they update (its state-dict
+    keys, merged into them for `featcache predict`) and the parameters they hold (all that trains in the
+    encoder)."""
+
+    rank: int
+    alpha: float
+    weights: list[str]
+    trainable: int
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
 @dataclass(kw_only=True)
 class RunEncoder(JsonRecord):
     """The encoder a run's features came from (for a store mode: the store's): its ``description`` in words
@@ -116,6 +129,8 @@ class RunResults(JsonRecord):
     ``store_identity``: what a resumed sweep compares to keep the run (config, device type, encoder hash, dataset);
     ``encoder``: the encoder it used (`RunEncoder`); ``degenerate``: why its test predictions are degenerate
     (`featcache.results.degenerate`; empty when they are not, None in files written before the check).
+    ``train_blocks``: k of modes Tk and Pk (``mode`` is then ``T2``, ``P2``, ...); ``trainable_parameters``: what
+    trained (decoder, and encoder or its last blocks or their ``lora`` adapters).
     """
 
     NESTED: ClassVar = {
@@ -124,10 +139,20 @@ class RunResults(JsonRecord):
         "history": History,
         "group": GroupShare,
         "encoder": RunEncoder,
+        "lora": LoraRecord,
     }
-    OPTIONAL: ClassVar = ("group", "store_identity", "encoder", "degenerate")
+    OPTIONAL: ClassVar = (
+        "group",
+        "store_identity",
+        "encoder",
+        "degenerate",
+        "train_blocks",
+        "trainable_parameters",
+        "lora",
+    )
 
     mode: str
+    train_blocks: int | None = None
     size: int
     seed: int
     val_size: int
@@ -152,6 +177,8 @@ class RunResults(JsonRecord):
     store_identity: dict | None = None
     encoder: RunEncoder | None = None
     degenerate: list[str] | None = None
+    trainable_parameters: int | None = None
+    lora: LoraRecord | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -29,6 +29,7 @@ from featcache.results.figures import (
 )
 from featcache.results.records import RunResults
 from featcache.results.report_sections import degenerate_section, encoder_lines, iou_cell, time_section
+from featcache.results.spectrum import spectrum_section
 from featcache.results.stats import PAIRS, SELECTED, group_runs, number_name, paired_difference, select_on_validation
 from featcache.results.study import STUDY_IOU
 from featcache.store.schema import DatasetRecord
@@ -152,6 +153,7 @@ def write_report(results: list[RunResults], *, context: ReportContext, out: Path
         ),
         *degenerate_section(groups, modes=context.modes, sizes=sizes),
         *_pairs_section(groups, context.modes, sizes),
+        *spectrum_section(groups, context.modes, sizes, out=out),
         *_tail(grid_lines, len(cases.ids)),
     ]
     report = out / "report.md"

@@ -33,13 +33,14 @@ from featcache.train.comparison_folder import (
     write_comparison_file,
 )
 from featcache.train.config import CompareConfig, RunKey, TrainConfig
-from featcache.train.modes import MODES
+from featcache.train.modes import describe, mode_of, train_blocks_of
 from featcache.train.outputs import write_run
 from featcache.train.protocol import Plan
 from featcache.train.rows import check_store_run, load_splits, select_rows
-from featcache.train.run import RunOutput, train_mode
+from featcache.train.run import RunOutput
 from featcache.train.run_lock import locks_out
 from featcache.train.sizes import SizeGroup, train_sizes_from_store
+from featcache.train.tail_run import check_top_run, train_any_mode
 
 CASE_IMAGES = 3
 
@@ -87,12 +88,15 @@ class ComparePlan:
 
     def run_encoder(self, mode: str) -> RunEncoder:
         """What a run of ``mode`` records of its encoder (a store mode: the store's)."""
-        return RunEncoder.of(self.records[MODES[mode].encoder or "ssl"], trained=MODES[mode].trainable)
+        spec = mode_of(mode)
+        return RunEncoder.of(self.records[spec.encoder or "ssl"], trained=spec.trainable)
 
     def run_config(self, mode: str, key: RunKey) -> TrainConfig:
-        """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays)."""
-        cfg = self.cfg
-        augment = cfg.augment if MODES[mode].reads_store else ("none" if cfg.augment == "none" else "exact")
+        """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays); Tk
+        and Pk train k blocks (through the LoRA adapters, if any)."""
+        cfg, k = self.cfg, train_blocks_of(mode)
+        on_images = mode_of(mode).source == "encoder"
+        augment = ("none" if cfg.augment == "none" else "exact") if on_images else cfg.augment
         return TrainConfig(
             size=key.size,
             seed=key.seed,
@@ -101,7 +105,10 @@ class ComparePlan:
             batch_size=cfg.batch_size,
             lr=key.lr,
             val_size=self.plans[key.size].val_size,
-            layers=cfg.layers,
+            layers=None if k else cfg.layers,
+            train_blocks=k,
+            lora_rank=cfg.lora_rank if k else None,
+            lora_alpha=cfg.lora_alpha if k else None,
         )
 
     def directory(self, key: RunKey) -> Path:
@@ -189,8 +196,11 @@ def plan_comparison(store: FeatureStore, cfg: CompareConfig, ctx: Context) -> Co
         plans[size] = probe.plan(store)
         if plans[size].note:
             err_console.print(f"size {size}: {plans[size].note}")
-    if any(MODES[m].reads_store for m in cfg.modes):
+    if any(mode_of(m).reads_store for m in cfg.modes):
         check_store_run(store, TrainConfig(size=cfg.sizes[0], augment=cfg.augment))
+    for mode in (m for m in cfg.modes if train_blocks_of(m)):
+        probe = TrainConfig(size=cfg.sizes[0], augment=cfg.augment, layers=cfg.layers, lora_rank=cfg.lora_rank)
+        check_top_run(store, mode, probe)
     batches = _batches(cfg, grouped=ctx.device.type == "cuda")[ctx.ranks.rank :: ctx.ranks.world_size]
     n_test = len(store.indices("test"))
     case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
@@ -231,7 +241,7 @@ def _batches(cfg: CompareConfig, *, grouped: bool) -> list[Batch]:
                 for mode in cfg.modes:
                     if lr not in cfg.mode_lrs(mode):
                         continue
-                    if not (grouped and MODES[mode].reads_store):
+                    if not (grouped and mode_of(mode).reads_store):
                         batches.append(Batch(mode, size, [RunKey(mode, size, seed, lr, 1e-4)]))
                     elif (lr, seed) == (cfg.lrs[0], cfg.seeds[0]):
                         keys = [RunKey(mode, size, k, x, 1e-4) for x in cfg.mode_lrs(mode) for k in cfg.seeds]
@@ -257,21 +267,23 @@ def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> N
             _record(planned, batch, outputs)
             bar.advance(overall, len(outputs))
 
-        from_store = [b for b in planned.batches if MODES[b.mode].reads_store]
+        from_store = [b for b in planned.batches if mode_of(b.mode).reads_store]
         if from_store:
             groups = [
                 SizeGroup(planned.plans[b.size], [planned.run_config(b.mode, k) for k in b.keys], lambda b=b: row(b))
                 for b in from_store
             ]
             train_sizes_from_store(store, groups, ctx=ctx, done=lambda i, runs: record(from_store[i], runs))
-        on_images = [b for b in planned.batches if not MODES[b.mode].reads_store]
-        if on_images:
-            every_run = [(c, select_rows(store, planned.plans[c.size], c.seed)) for c in _configs(planned, on_images)]
-            images = load_splits(store, every_run, ctx.device, images=True)
-            for batch in on_images:
+        for source in ("encoder", "tokens"):  # the images read once for every encoder run, the tokens for Tk's
+            batches = [b for b in planned.batches if mode_of(b.mode).source == source]
+            if not batches:
+                continue
+            every_run = [(c, select_rows(store, planned.plans[c.size], c.seed)) for c in _configs(planned, batches)]
+            data = load_splits(store, every_run, ctx.device, images=source == "encoder", tokens=source == "tokens")
+            for batch in batches:
                 cfgs = [planned.run_config(batch.mode, k) for k in batch.keys]
                 plan = planned.plans[batch.size]
-                outputs = train_mode(
+                outputs = train_any_mode(
                     store,
                     batch.mode,
                     cfgs,
@@ -279,7 +291,7 @@ def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> N
                     encoders=planned.encoders,
                     ctx=ctx,
                     progress=row(batch),
-                    data=images,
+                    data=data,
                 )
                 record(batch, outputs)
 
@@ -324,7 +336,7 @@ def write_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) ->
         extraction_device=extraction.device if extraction else None,
         augment=cfg.augment,
         modes=list(cfg.modes),
-        mode_descriptions={m: MODES[m].describe(planned.run_encoder(m).description) for m in cfg.modes},
+        mode_descriptions={m: describe(m, planned.run_encoder(m).description) for m in cfg.modes},
         sizes=list(cfg.sizes),
         seeds=list(cfg.seeds),
         epochs=cfg.epochs,

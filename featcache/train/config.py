@@ -8,7 +8,7 @@ from pathlib import Path
 from featcache.core.errors import OptionError, check_choice
 from featcache.models.decoders import DECODERS
 from featcache.store.feature_store import FeatureStore
-from featcache.train.modes import MODES
+from featcache.train.modes import parse_mode
 from featcache.train.protocol import Plan, plan_run
 
 AUGMENTS = ("exact", "feature-flip", "none")
@@ -17,7 +17,11 @@ EVAL_SIZES = ("224", "original")
 
 @dataclass
 class TrainConfig:
-    """One decoder training run. None means: the study's protocol for ``size`` (see `featcache.train.protocol`)."""
+    """One decoder training run. None means: the study's protocol for ``size`` (see `featcache.train.protocol`).
+
+    ``train_blocks`` k: the encoder's last k blocks train with the decoder (modes Tk, Pk; 0: they do not);
+    ``lora_rank`` (with ``lora_alpha``, None: the rank): LoRA adapters on those blocks train instead of them.
+    """
 
     size: int
     seed: int = 0
@@ -32,6 +36,9 @@ class TrainConfig:
     eval_size: str = "224"
     eval_batch_size: int = 64
     layers: tuple[int, ...] | None = None  # the stored blocks read (FeatureStore.layer_positions); None: all
+    train_blocks: int = 0
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
 
     def validate(self) -> None:
         """Refuse option values that can never be valid (a usage error)."""
@@ -40,6 +47,9 @@ class TrainConfig:
             raise OptionError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         check_choice("--eval-size", self.eval_size, EVAL_SIZES)
         check_optimiser((self.lr,), (self.weight_decay,))
+        if self.train_blocks < 0:
+            raise OptionError(f"--train-blocks {self.train_blocks} must be 0 (mode C) or more")
+        check_lora(self.lora_rank, self.lora_alpha, trains_blocks=self.train_blocks > 0)
 
     def plan(self, store: FeatureStore) -> Plan:
         """The plan of this run on ``store``: options checked, protocol defaults applied, sizes checked against
@@ -68,6 +78,24 @@ def check_optimiser(lrs: tuple[float, ...], weight_decays: tuple[float, ...]) ->
             raise OptionError(f"--weight-decay {wd} must be a number, 0 or more")
 
 
+def check_lora(rank: int | None, alpha: float | None, *, trains_blocks: bool) -> None:
+    """Refuse LoRA options that can never be valid (a usage error): adapters need trained encoder blocks, a rank
+    of 1 or more and a positive, finite alpha."""
+    if rank is None and alpha is None:
+        return
+    if rank is None:
+        raise OptionError(f"--lora-alpha {alpha} goes with --lora-rank R")
+    if not trains_blocks:
+        raise OptionError(
+            f"--lora-rank {rank}: adapters go on trained encoder blocks; give --train-blocks k (1 or more) or modes "
+            "Tk / Pk, or leave --lora-rank out"
+        )
+    if rank < 1:
+        raise OptionError(f"--lora-rank {rank} must be at least 1")
+    if alpha is not None and not (alpha > 0 and alpha != float("inf")):
+        raise OptionError(f"--lora-alpha {alpha} must be a positive number")
+
+
 @dataclass(frozen=True)
 class RunKey:
     """One run of a sweep: its mode, training-set size, seed, learning rate and weight decay."""
@@ -87,7 +115,8 @@ class SweepConfig:
     None epochs/batch/val follow the study's protocol for ``size``; ``layers``: the stored blocks read (None:
     all); ``encoder``: the encoder the store must hold (imagenet | random | FILE | timm:NAME; None: no check);
     ``grouped``: every pending run trained as one grouped network (None: on CUDA, and on the CPU a grid's
-    combinations of each seed).
+    combinations of each seed). ``train_blocks`` k >= 1: mode Tk, the encoder's last k blocks trained from the
+    store's cached tokens (0: mode C); ``lora_rank``/``lora_alpha``: LoRA adapters on them instead.
     """
 
     store: str
@@ -105,15 +134,26 @@ class SweepConfig:
     layers: tuple[int, ...] | None = None
     encoder: str | None = None
     grouped: bool | None = None
+    train_blocks: int = 0
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
 
     @property
     def grid(self) -> bool:
         return len(self.lrs) > 1 or len(self.weight_decays) > 1
 
+    @property
+    def mode(self) -> str:
+        """``C``, or ``Tk`` with ``train_blocks`` k."""
+        return f"T{self.train_blocks}" if self.train_blocks else "C"
+
     def keys(self) -> list[RunKey]:
         """Every run: combination by combination (learning rate, then weight decay), seeds within."""
         return [
-            RunKey("C", self.size, seed, lr, wd) for lr in self.lrs for wd in self.weight_decays for seed in self.seeds
+            RunKey(self.mode, self.size, seed, lr, wd)
+            for lr in self.lrs
+            for wd in self.weight_decays
+            for seed in self.seeds
         ]
 
     def run_config(self, key: RunKey, val_size: int | None = None) -> TrainConfig:
@@ -130,11 +170,19 @@ class SweepConfig:
             weight_decay=key.weight_decay,
             eval_size=self.eval_size,
             layers=self.layers,
+            train_blocks=self.train_blocks,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
         )
 
     def validate(self) -> None:
         check_optimiser(self.lrs, self.weight_decays)
         self.run_config(self.keys()[0]).validate()
+        if self.train_blocks and self.grouped:
+            raise OptionError(
+                "--grouped trains decoders alone as one grouped network; a --train-blocks run trains encoder blocks "
+                "too, one run at a time: drop --grouped"
+            )
 
 
 @dataclass
@@ -147,6 +195,8 @@ class CompareConfig:
     blocks every mode reads (None: all). ``overwrite``: replace an earlier sweep of another configuration in
     ``out`` (else refused; the same configuration resumes); ``study_lines``: the study's published figures in the
     report whatever the store (by default only in the study's setting).
+    blocks every mode reads (None: all; Tk and Pk read the encoder's final output). ``lora_rank``/``lora_alpha``:
+    LoRA adapters on the trained blocks of the Tk and Pk modes.
     """
 
     store: str
@@ -165,6 +215,8 @@ class CompareConfig:
     grid_modes: tuple[str, ...] = ("C",)
     overwrite: bool = False
     study_lines: bool = False
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
 
     def mode_lrs(self, mode: str) -> tuple[float, ...]:
         """The learning rates ``mode`` trains at: every one for a grid mode, else the first."""
@@ -174,12 +226,14 @@ class CompareConfig:
         return len(self.mode_lrs(mode)) > 1
 
     def validate(self) -> None:
-        unknown = [m for m in (*self.modes, *self.grid_modes) if m not in MODES]
-        if unknown or not self.modes:
-            raise OptionError(
-                f"--modes {','.join(self.modes)} --grid-modes {','.join(self.grid_modes)}: "
-                f"choose from {', '.join(MODES)}"
-            )
+        options = f"--modes {','.join(self.modes)} --grid-modes {','.join(self.grid_modes)}"
+        if not self.modes:
+            raise OptionError(f"{options}: give at least one mode")
+        try:
+            blocks = [parse_mode(m)[1] for m in (*self.modes, *self.grid_modes)]
+        except OptionError as exc:
+            raise OptionError(f"{options}: {exc}") from None
+        check_lora(self.lora_rank, self.lora_alpha, trains_blocks=any(blocks))
         if not self.sizes or min(self.sizes) < 1:
             raise OptionError(f"--sizes {self.sizes} must be positive training-set sizes")
         check_optimiser(self.lrs, (1e-4,))

@@ -61,7 +61,7 @@ class SharedSplits:
     """The store data of several runs on the training device, each split read once: the sorted union of the
     runs' training rows with their inputs and masks ``[n, S, S]`` uint8, the same for validation, and the test
     split's inputs. Inputs are features ``[n, V, C, h, w]`` for C runs (V = 1 unless ``exact`` flips are
-    needed) or images ``[n, 3, S, S]`` uint8 for encoder runs.
+    needed), images ``[n, 3, S, S]`` uint8 for encoder runs or cached tokens ``[n, V, T, C]`` for Tk runs.
 
     The seeds' subsets overlap, and those of a sweep's sizes nest (at the largest size they are all the
     whole training split), so every run indexes into one copy (`positions`).
@@ -84,11 +84,17 @@ class SharedSplits:
 
 
 def load_splits(
-    store: FeatureStore, runs: list[tuple[TrainConfig, RunData]], device: torch.device, *, images: bool = False
+    store: FeatureStore,
+    runs: list[tuple[TrainConfig, RunData]],
+    device: torch.device,
+    *,
+    images: bool = False,
+    tokens: bool = False,
 ) -> SharedSplits:
     """Read the rows of every run in ``runs`` once, refuse a run whose training masks are all empty, and place the
     copy on ``device``: the features (for C runs, which must share augmentation and layers) or, with ``images``,
-    the images (for encoder runs)."""
+    the images (for encoder runs), or with ``tokens`` the cached tokens (for Tk runs, which must share
+    augmentation)."""
     cfg = runs[0][0]
     train_rows = np.unique(np.concatenate([r.train_rows for _, r in runs]))
     val_rows = np.unique(np.concatenate([r.val_rows for _, r in runs]))
@@ -98,6 +104,12 @@ def load_splits(
         refuse_empty_masks(store, train_masks[np.searchsorted(train_rows, r.train_rows)], c)
     if images:
         inputs = [store.images(rows) for rows in (train_rows, val_rows, test_rows)]
+    elif tokens:
+        inputs = [
+            store.tokens(train_rows, identity_only=cfg.augment != "exact"),
+            store.tokens(val_rows, identity_only=True),
+            store.tokens(test_rows, identity_only=True),
+        ]
     else:
         inputs = [
             store.features(train_rows, identity_only=cfg.augment != "exact", layers=cfg.layers),

@@ -2,7 +2,8 @@
 encoder-mode runs, and what each leaves behind (`featcache.results.records`).
 
 C runs read the store's features (`train_group_from_store`); encoder runs (`train_encoder_mode`) run an encoder
-on the store's images; `train_mode` starts either, as `featcache.train.modes.MODES` says.
+on the store's images; `train_mode` starts either, as `featcache.train.modes.MODES` says (Tk and Pk:
+`featcache.train.tail_run`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def train_group_from_store(
     decoder = grouped_decoder(cfgs, store.feature_width(cfg.layers), store.patch_size).to(device)
     fits = fit_group(decoder, runs, plan=plan, cfg=cfg, ctx=ctx, progress=progress, checkpointer=checkpointer)
     decoder.load_state_dict(stack_states([f.best.weights["decoder"] for f in fits]))
+    per_run = sum(p.numel() for p in decoder.parameters()) // len(cfgs)  # the groups' weights are the same size
     sources = [StoreFeatures(data.test_inputs, "none")] * len(cfgs)
     logits = predict_logits(decoder, sources, n=len(rows[0].test_rows), batch=cfg.eval_batch_size, device=device)
     outputs = []
@@ -117,6 +119,7 @@ def train_group_from_store(
         test = score_test(store, logits[:, k : k + 1], r, cfg=c)
         results = run_results("C", cfg=c, rows=r, fitted=fitted, test=test, plan=plan, device=device)
         results.degenerate = degenerate_reasons(test, logits[:, k] > 0)
+        results.trainable_parameters = per_run
         if len(cfgs) > 1:
             _share_group_time(results, cfgs, fitted)
         outputs.append(RunOutput(results, decoder_checkpoint(store, c, fitted, results=results), logits[:, k : k + 1]))
@@ -190,6 +193,8 @@ def train_encoder_mode(
     test = score_test(store, logits, rows, cfg=cfg)
     results = run_results(mode, cfg=cfg, rows=rows, fitted=fitted, test=test, plan=plan, device=device)
     results.degenerate = degenerate_reasons(test, logits[:, 0] > 0)
+    trained = [*decoder.parameters(), *run.train_source.parameters()]
+    results.trainable_parameters = sum(p.numel() for p in trained)
     return RunOutput(results, None, logits)
 
 

@@ -100,7 +100,8 @@ class EncoderFeatures:
         return self._encode(self.images[rows], False)
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters()) if self.trainable else []
+        """The encoder's parameters that train (all of E's; of a Pk network, its last blocks')."""
+        return [p for p in self.encoder.parameters() if p.requires_grad] if self.trainable else []
 
     def train(self, on: bool) -> None:
         self.encoder.train(on and self.trainable)

@@ -1,10 +1,10 @@
-"""train-decoder: C-mode runs of one size over seeds (and a grid of learning rates and weight decays), in three
-phases: `plan_sweep` (checks, identities, finished runs, groups), `run_sweep` (train and write each run) and
+"""train-decoder: C-mode (or Tk) runs of one size over seeds (and a grid of learning rates and weight decays), in
+three phases: `plan_sweep` (checks, identities, finished runs, groups), `run_sweep` (train and write each run) and
 `write_sweep` (the summary over seeds)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from featcache.core.io import ensure_writable_dir, write_json
 from featcache.core.progress import epoch_row, progress_bar
 from featcache.core.runtime import err_console
 from featcache.models.record import record_of
-from featcache.models.spec import EncoderSpec
+from featcache.models.spec import AnyEncoder, EncoderSpec
 from featcache.results.export import write_grid_csv, write_runs_csv
 from featcache.results.figures import plot_grid
 from featcache.results.records import RunEncoder, RunResults
@@ -28,8 +28,9 @@ from featcache.train.outputs import combination_name, finished_run, group_name, 
 from featcache.train.protocol import Plan
 from featcache.train.resume import Checkpointer
 from featcache.train.rows import check_store_run
-from featcache.train.run import RunOutput, train_mode
+from featcache.train.run import RunOutput
 from featcache.train.run_lock import locks_out
+from featcache.train.tail_run import check_top_run, train_any_mode
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SweepPlan:
     finished: dict[RunKey, RunResults]
     groups: list[list[RunKey]]
     encoder: RunEncoder | None = None  # the store's, which every run's results name
+    encoders: dict[str, AnyEncoder] = field(default_factory=dict)
 
     def directory(self, key: RunKey) -> Path:
         """``OUT/seed-K``, or in a grid ``OUT/lr-X_wd-Y/seed-K``."""
@@ -92,17 +94,26 @@ def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan
     """Everything refused before any training (the encoder at hand, sizes, flip views), the runs already
     finished in ``cfg.out`` (kept), and this rank's runs left, grouped: on CUDA every pending run as one grouped
     network (unless ``cfg.grouped`` is False); on the CPU one run at a time, but a grid's combinations of each
-    seed together (measured faster, RESULTS.md)."""
-    if cfg.encoder is not None:
-        at_hand = EncoderSpec.like(store.record.encoder, cfg.encoder).build()
+    seed together (measured faster, RESULTS.md). Tk runs (``--train-blocks``) train one at a time, from the store's
+    encoder (rebuilt from its record unless ``cfg.encoder`` names it)."""
+    encoders = {}
+    if cfg.encoder is not None or cfg.train_blocks:
+        record = store.record.encoder
+        spec = EncoderSpec.like(record, cfg.encoder) if cfg.encoder is not None else EncoderSpec.recorded(record)
+        at_hand = spec.build()
         store.check_encoder(record_of(at_hand))
         check_encoder_matches(store, at_hand, ctx.device)
+        encoders["ssl"] = at_hand
     plan = cfg.run_config(cfg.keys()[0]).plan(store)
-    check_store_run(store, cfg.run_config(cfg.keys()[0]))
+    if cfg.train_blocks:
+        check_top_run(store, cfg.mode, cfg.run_config(cfg.keys()[0]))
+    else:
+        check_store_run(store, cfg.run_config(cfg.keys()[0]))
     if plan.note:  # said once, not per seed
         err_console.print(plan.note)
     identities = {key: _identity(store, cfg.run_config(key, plan.val_size), ctx) for key in cfg.keys()}
-    planned = SweepPlan(cfg, plan, identities, {}, [], encoder=RunEncoder.of(store.record.encoder, trained=False))
+    run_encoder = RunEncoder.of(store.record.encoder, trained=bool(cfg.train_blocks))
+    planned = SweepPlan(cfg, plan, identities, {}, [], encoder=run_encoder, encoders=encoders)
     for key in cfg.keys():
         done = finished_run(planned.directory(key), identities[key])
         if done is not None:
@@ -110,7 +121,9 @@ def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan
             planned.finished[key] = done
     # torchrun: each rank takes its share of the runs first, then groups them.
     pending = [k for k in cfg.keys() if k not in planned.finished][ctx.ranks.rank :: ctx.ranks.world_size]
-    if cfg.grouped is None and ctx.device.type == "cpu" and cfg.grid:
+    if cfg.train_blocks:
+        planned.groups = [[k] for k in pending]
+    elif cfg.grouped is None and ctx.device.type == "cpu" and cfg.grid:
         planned.groups = [g for g in ([k for k in pending if k.seed == seed] for seed in cfg.seeds) if g]
     elif (ctx.device.type == "cuda" if cfg.grouped is None else cfg.grouped) and pending:
         planned.groups = [pending]
@@ -142,7 +155,7 @@ def run_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> None:
                 {"runs": [planned.identities[k] for k in group]},
                 ctx.checkpoint_seconds,
             )
-            row = epoch_row(bar, f"C size {cfg.size} {runs_label(group, cfg.grid)}", planned.plan.epochs)
+            row = epoch_row(bar, f"{cfg.mode} size {cfg.size} {runs_label(group, cfg.grid)}", planned.plan.epochs)
             outputs = _train_or_halve(store, planned, group, ctx=ctx, progress=row, checkpointer=checkpointer)
             if outputs is None:
                 groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
@@ -159,8 +172,15 @@ def _train_or_halve(
     cannot serve them and is dropped). One run that does not fit ends the sweep with the fix."""
     cfgs = [planned.cfg.run_config(k, planned.plan.val_size) for k in group]
     try:
-        return train_mode(
-            store, "C", cfgs, plan=planned.plan, encoders={}, ctx=ctx, progress=progress, checkpointer=checkpointer
+        return train_any_mode(
+            store,
+            planned.cfg.mode,
+            cfgs,
+            plan=planned.plan,
+            encoders=planned.encoders,
+            ctx=ctx,
+            progress=progress,
+            checkpointer=checkpointer,
         )
     except torch.OutOfMemoryError:
         if len(group) == 1:
@@ -182,8 +202,8 @@ def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -
     if ctx.progress:
         r = output.results
         err_console.print(
-            f"C size {planned.cfg.size} {runs_label([key], planned.cfg.grid)}: test IoU {r.test.iou:.4f}, best epoch "
-            f"{r.best_epoch}, {r.train_seconds:.1f} s -> {planned.directory(key)}",
+            f"{key.mode} size {planned.cfg.size} {runs_label([key], planned.cfg.grid)}: test IoU {r.test.iou:.4f}, "
+            f"best epoch {r.best_epoch}, {r.train_seconds:.1f} s -> {planned.directory(key)}",
             highlight=False,
         )
 
@@ -192,12 +212,12 @@ def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
     """``summary.json``, ``summary.csv`` and ``seeds.png`` (every seed's loss curves and test scores) over seeds;
     for a grid also ``runs.csv`` and ``grid_iou.png``, and ``seeds.png`` shows each seed's run selected on
     validation."""
-    head = {"mode": "C", "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(cfg.store)}
+    head = {"mode": cfg.mode, "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(cfg.store)}
     if not cfg.grid:
         summary = {**head, **aggregate(results)}
         write_json(cfg.out / "summary.json", summary)
         write_runs_csv(results, cfg.out / "summary.csv")
-        plot_seeds(results, cfg.out / SEEDS_FIGURE, title=f"C · {cfg.size} images · {len(results)} seeds")
+        plot_seeds(results, cfg.out / SEEDS_FIGURE, title=f"{cfg.mode} · {cfg.size} images · {len(results)} seeds")
         return SeedSweep(cfg.out, results, summary)
     combinations = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     summary = {**head, **grid_summary(results, combinations, list(cfg.seeds))}
@@ -206,8 +226,8 @@ def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
     write_json(cfg.out / "summary.json", summary)
     write_grid_csv(summary, cfg.out / "summary.csv")
     write_runs_csv(results, cfg.out / "runs.csv", optimiser=True)
-    plot_grid(summary, cfg.out / "grid_iou.png", f"C · {cfg.size} images · {len(cfg.seeds)} seeds")
+    plot_grid(summary, cfg.out / "grid_iou.png", f"{cfg.mode} · {cfg.size} images · {len(cfg.seeds)} seeds")
     chosen = [select_on_validation([r for r in results if r.seed == seed]) for seed in cfg.seeds]
     labels = [f"seed {r.seed}: lr {number_name(r.lr)}, wd {number_name(r.weight_decay)}" for r in chosen]
-    plot_seeds(chosen, cfg.out / SEEDS_FIGURE, title=f"C · {cfg.size} images · {SELECTED}", labels=labels)
+    plot_seeds(chosen, cfg.out / SEEDS_FIGURE, title=f"{cfg.mode} · {cfg.size} images · {SELECTED}", labels=labels)
     return SeedSweep(cfg.out, results, summary)
