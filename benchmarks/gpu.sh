@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks at the study's scale (2,000 training images, vit_b_16) on one H100-class
-# GPU, within a time budget (default 420 s):
+# GPU, within a time budget (default 460 s):
 #
 #   bash benchmarks/gpu.sh fetch         # where pip reaches a registry: the wheels of gpu-wheels.txt -> .whl/
 #   bash benchmarks/gpu.sh data [PATH]   # the ISIC 2017 training images at PATH -> .gpu-data/ (see below)
@@ -18,7 +18,8 @@
 # add up to the budget; the last step, the timm extract, gets what is left): the CUDA tests, data, extract
 # (images/s), bench_extract (decode, encoder, whole extract, the store writer alone by writer threads,
 # JPEG decoding by workers and by nvJPEG on full-size 3024x2016 JPEGs), bench_step (E/F/C at the
-# protocol's batches 5, 10, 50), bench_profile (the top operators of a grouped step at size 2000's
+# protocol's batches 5, 10, 50), bench_step Tk/Pk (issue 22: E, C, T1, T2, P2 at vit_b_16, batch 10, with each
+# row's max_memory_allocated), bench_profile (the top operators of a grouped step at size 2000's
 # batch), bench_sweep (the full protocol x 5 seeds as one compare-e2e call,
 # then size by size grouped, F/C, sequential on size 10; its JSON is rewritten after every part, and
 # what its limit cuts off is the cheapest to lose), extract with a timm ViT-B (random weights: a speed
@@ -45,19 +46,19 @@ fi
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 # An earlier run's figures must not be summarised as this run's.
-rm -f "$OUT"/{summary.log,data.json,store_info.json,bench_extract.json,bench_step.json,bench_profile.json,bench_sweep.json,store_info_timm.json}
+rm -f "$OUT"/{summary.log,data.json,store_info.json,bench_extract.json,bench_step.json,bench_step_tail.json,bench_profile.json,bench_sweep.json,store_info_timm.json}
 export PYTHONUNBUFFERED=1 COLUMNS=${COLUMNS:-160}  # rich's tables keep their rows on one line in summary.log
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-460}
 WORK=${WORK:-/tmp/featcache-gpu}
 if [[ -n ${SMOKE:-} ]]; then
   DEVICE=cpu ARCH=vit_micro SIZE=32 SYNTH=(--n-train 24 --n-val 8 --n-test 8 --image-size 48x64)
   TIMM=(--encoder timm:vit_base_patch16_224.mae --model-kwargs depth=2 --model-kwargs embed_dim=32 --model-kwargs num_heads=2)
-  STEP=(--archs vit_micro --image-size 32 --steps 2) PROFILE=(--width 32 --batch-size 4 --steps 2) SWEEP=(--sizes 20,10 --epochs 2 --seeds 0,1 --sequential-sizes 10)
+  STEP=(--archs vit_micro --image-size 32 --steps 2) STEP_TAIL=(--archs vit_micro --image-size 32 --steps 2) PROFILE=(--width 32 --batch-size 4 --steps 2) SWEEP=(--sizes 20,10 --epochs 2 --seeds 0,1 --sequential-sizes 10)
   EXTRACT_LIMIT=16 WORKERS=2 FULL_SIZE=2
 else
   DEVICE=cuda ARCH=vit_b_16 SIZE=224 SYNTH=(--n-train 2000 --n-val 150 --n-test 600)
   TIMM=(--encoder timm:vit_base_patch16_224.mae)  # the torchvision vit_b_16's architecture, built by timm
-  STEP=(--archs vit_b_16,vit_ti_16 --steps 10) PROFILE=() SWEEP=(--seeds 0-4 --sequential-sizes 10)
+  STEP=(--archs vit_b_16,vit_ti_16 --steps 10) STEP_TAIL=(--archs vit_b_16 --steps 10) PROFILE=() SWEEP=(--seeds 0-4 --sequential-sizes 10)
   EXTRACT_LIMIT=512 WORKERS=12 FULL_SIZE=32
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "gpu.sh: no wheels in .whl/ (the GPU machine lacks zarr and pydantic); run 'bash benchmarks/gpu.sh fetch' first and copy .whl/ along" >&2
@@ -107,7 +108,9 @@ step 40 "bench_extract" "$PYTHON" benchmarks/bench_extract.py "$DATA" --arch "$A
   --device "$DEVICE" --limit "$EXTRACT_LIMIT" --extract-limit "$EXTRACT_LIMIT" --batch-size 32 --workers "$WORKERS" \
   --full-size "$FULL_SIZE" --json "$OUT/bench_extract.json"
 step 45 "bench_step" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size "$BATCHES" "${STEP[@]}" \
-  --json "$OUT/bench_step.json"
+  --modes E,F,C --json "$OUT/bench_step.json"
+step 40 "bench_step Tk/Pk" "$PYTHON" benchmarks/bench_step.py --device "$DEVICE" --batch-size 10 "${STEP_TAIL[@]}" \
+  --modes E,C,T1,T2,P2 --json "$OUT/bench_step_tail.json"
 step 15 "bench_profile" "$PYTHON" benchmarks/bench_profile.py --device "$DEVICE" "${PROFILE[@]}" --json "$OUT/bench_profile.json"
 step 150 "bench_sweep" "$PYTHON" benchmarks/bench_sweep.py "$WORK/store.zarr" --device "$DEVICE" "${SWEEP[@]}" \
   --json "$OUT/bench_sweep.json"

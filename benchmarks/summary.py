@@ -1,7 +1,8 @@
 """Every figure of one `benchmarks/gpu.sh` run as one table, beside the targets of issue 13 where it sets one.
 
 Reads the JSON files gpu.sh writes into its output folder (data.json, store_info.json,
-bench_extract.json, bench_step.json, bench_profile.json, bench_sweep.json, store_info_timm.json); a file that is
+bench_extract.json, bench_step.json, bench_step_tail.json, bench_profile.json, bench_sweep.json,
+store_info_timm.json); a file that is
 missing, empty or cut short gives "–" for its figures. The table is in Markdown, to paste as it is.
 
     python benchmarks/summary.py gpu-out
@@ -25,6 +26,8 @@ TARGET_WHOLE_OVER_ENCODER = 0.8
 TARGET_ENCODER_VIEWS_PER_SECOND = 10_000
 TARGET_PROTOCOL_SECONDS = 60
 TARGET_CPU_E_OVER_C = 10
+# Issue 22's, for the CPU at ViT-B/16, batch 10.
+TARGET_CPU_E_OVER_T1, TARGET_CPU_P2_OVER_T2, TARGET_T2_OVER_E_MEMORY = 6, 2, 0.35
 
 Row = tuple[str, str, str, str]  # what, value, unit, target
 
@@ -85,18 +88,37 @@ def bench_extract_rows(bench: dict | None) -> list[Row]:
     return rows
 
 
-def step_rows(step: dict | None) -> list[Row]:
-    """Per (arch, batch): seconds per sample of E, F, C and the ratios E/C, F/C."""
+def step_rows(step: dict | None, what: str = "bench_step") -> list[Row]:
+    """Per (arch, batch): seconds per sample of E, F, C and the ratios E/C, F/C; of the Tk and Pk (issue 22) with
+    E/T1, P2/T2 and T2's peak training memory against E's, where the rows have them."""
     if step is None:
-        return [("bench_step E / F / C", DASH, "s per sample", "")]
+        return [(f"{what} E / F / C", DASH, "s per sample", "")]
     rows: list[Row] = []
     for r in step["rows"]:
-        label = f"bench_step {r['arch']}, batch {r['batch_size']}"
-        rows.append((f"{label}: E / F / C", " / ".join(f"{r[m]:.4f}" for m in ("E", "F", "C")), "s per sample", ""))
-        target = f"≥ {TARGET_CPU_E_OVER_C}x (CPU)" if r["arch"] == "vit_b_16" else ""
-        rows.append((f"{label}: E/C, F/C", f"{r['E/C']:.1f}x, {r['F/C']:.1f}x", "ratio", target))
+        label = f"{what} {r['arch']}, batch {r['batch_size']}"
+        if all(m in r for m in ("E", "F", "C")):
+            rows.append((f"{label}: E / F / C", " / ".join(f"{r[m]:.4f}" for m in ("E", "F", "C")), "s per sample", ""))
+            target = f"≥ {TARGET_CPU_E_OVER_C}x (CPU)" if r["arch"] == "vit_b_16" else ""
+            rows.append((f"{label}: E/C, F/C", f"{r['E/C']:.1f}x, {r['F/C']:.1f}x", "ratio", target))
         if "C eager/C" in r:
             rows.append((f"{label}: C without / with CUDA graphs", f"{r['C eager/C']:.1f}x", "ratio", ""))
+        rows += tail_rows(r, label)
+    return rows
+
+
+def tail_rows(r: dict, label: str) -> list[Row]:
+    """A bench_step row's Tk and Pk figures: seconds per sample, E/T1 and P2/T2, T2's memory against E's."""
+    modes = [m for m in ("E", "C", "T1", "T2", "P2") if m in r]
+    if not any(m in r for m in ("T1", "T2", "P2")):
+        return []
+    rows: list[Row] = [(f"{label}: {' / '.join(modes)}", " / ".join(f"{r[m]:.4f}" for m in modes), "s per sample", "")]
+    for ratio, goal in (("E/T1", TARGET_CPU_E_OVER_T1), ("P2/T2", TARGET_CPU_P2_OVER_T2)):
+        if ratio in r:
+            rows.append((f"{label}: {ratio}", f"{r[ratio]:.1f}x", "ratio", f"≥ {goal}x (CPU, issue 22)"))
+    peaks = r.get("peak_mib", {})
+    if "T2" in peaks and "E" in peaks:
+        share = f"≤ {TARGET_T2_OVER_E_MEMORY:.0%} (issue 22)"
+        rows.append((f"{label}: T2 / E peak training memory", f"{peaks['T2'] / peaks['E']:.0%}", "ratio", share))
     return rows
 
 
@@ -153,6 +175,7 @@ def summary_table(out: Path) -> Table:
         *extract_rows(load(out, "store_info.json"), "extract"),
         *bench_extract_rows(load(out, "bench_extract.json")),
         *step_rows(load(out, "bench_step.json")),
+        *step_rows(load(out, "bench_step_tail.json"), "bench_step Tk/Pk"),
         *profile_rows(load(out, "bench_profile.json")),
         *sweep_rows(load(out, "bench_sweep.json")),
         *extract_rows(load(out, "store_info_timm.json"), "extract"),

@@ -37,13 +37,16 @@ def test_gpu_script_smoke_mode_runs_every_step(tmp_path):
         assert len(row["train_seconds"]) == 2 and 0 < row["finished_seconds"] <= protocol["wall_seconds"]
     assert set(sweep["grouped"]) == {"20", "10"} and set(sweep["sequential"]) == {"10"} and sweep["ratio"]["F"] > 0
     step = json.loads((tmp_path / "out" / "bench_step.json").read_text())
-    assert [(r["arch"], r.batch_size) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
+    assert [(r["arch"], r["batch_size"]) for r in step["rows"]] == [("vit_micro", b) for b in (5, 10, 50)]
+    tail = json.loads((tmp_path / "out" / "bench_step_tail.json").read_text())
+    assert set(tail["rows"][0]["peak_mib"]) == {"E", "C", "T1", "T2", "P2"}
     assert json.loads((tmp_path / "out" / "bench_extract.json").read_text())
     assert json.loads((tmp_path / "out" / "bench_profile.json").read_text())["top"]
     assert json.loads((tmp_path / "out" / "store_info.json").read_text())["complete"] is True
     assert json.loads((tmp_path / "out" / "data.json").read_text())["kind"].startswith("synthetic")
     summary = log[log.index("== summary") :]
     figures = ("data: synthetic", "protocol x 2 seeds, one call (C), wall", "bench_step vit_micro, batch 50")
+    figures += ("bench_step Tk/Pk vit_micro, batch 10: E/T1", "T2 / E peak training memory")
     for figure in (*figures, "bench_profile, 5 runs grouped, batch 4"):
         assert figure in summary, summary
 
@@ -93,3 +96,16 @@ def test_summary_shows_the_cuda_graphs_speed_up_that_only_a_gpu_run_measures(tmp
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "C without / with CUDA graphs" in x)
     assert "4.0x" in line
+
+
+def test_bench_step_measures_tk_and_pk_rows_each_in_a_process_of_its_own(tmp_path):
+    out = tmp_path / "step.json"
+    options = "--device cpu --archs vit_micro --image-size 32 --steps 1 --batch-size 2 --modes C,T1,P1,E".split()
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), *options, "--json", str(out)]
+    result = subprocess.run(bench, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    trainable = row["trainable"]
+    assert 0 < trainable["C"] < trainable["T1"] == trainable["P1"] < trainable["E"]
+    assert all(row[m] > 0 and row["peak_mib"][m] > 0 for m in ("C", "T1", "P1", "E"))
+    assert "E/T1" in row and "goals (issue 22" in result.stdout
