@@ -2,12 +2,15 @@
 
     python benchmarks/real_isic.py ../shared/data/isic2017-train-256              # ~30 min, 2 CPU cores
     python benchmarks/real_isic.py isic2017 --scale gpu --out runs/real-isic      # the study's scale
+    python benchmarks/real_isic.py ../shared/data/isic2017-train-256 --tail T1,T2 # also modes T1 and T2
 
 ``--scale cpu`` (a small ViT, stated): vit_mini at 64 px from random weights, 10 pretraining
 epochs, sizes 160..10 x 3 seeds at 40 epochs (SGD lr 0.05). ``--scale gpu``: the study's ViT-B/16 at
 224 px from ImageNet weights (put them in torchvision's cache first, see the README), 32
 pretraining epochs, sizes 2000..10 x 5 seeds with the study's protocol (epochs, batch, lr 2e-4).
 A dataset without validation/test folders is split 15 % / 15 % (seeded), as featcache says.
+``--tail T1,T2`` adds those modes (the encoder's last blocks trained from cached tokens; the store is then
+extracted with ``--tail-tokens`` the largest k).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rich.console import Console
 from featcache.core.context import Context
 from featcache.demo import DemoConfig, run_demo
 from featcache.results.tables import compare_table
+from featcache.train.modes import train_blocks_of
 
 SCALES = {
     "cpu": dict(
@@ -54,8 +58,16 @@ def main() -> None:
     parser.add_argument("--scale", choices=tuple(SCALES), default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/real-isic"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tail", default="", help="Tk modes to add, e.g. T1,T2 (issue 22)")
     args = parser.parse_args()
-    cfg = DemoConfig(out=args.out, data=args.data, modes=("E", "F", "C"), **SCALES[args.scale])
+    tail = tuple(m for m in args.tail.split(",") if m)
+    if any(not m.startswith("T") for m in tail):
+        parser.error(f"--tail {args.tail}: give modes Tk, e.g. T1,T2")
+    blocks = [train_blocks_of(m) for m in tail]
+    modes = ("E", "F", "C", *tail)
+    cfg = DemoConfig(
+        out=args.out, data=args.data, modes=modes, tail_tokens=max(blocks, default=None), **SCALES[args.scale]
+    )
     result = run_demo(cfg, ctx=Context.resolve(args.device))
     console = Console()
     console.print(compare_table(result.comparison.results))

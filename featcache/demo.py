@@ -44,6 +44,7 @@ class DemoConfig:
     lr: float = 0.05
     workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
+    tail_tokens: int | None = None  # K: the store also keeps the tokens entering the last K blocks (modes Tk)
 
     def pretrain_config(self, data: Path, out: Path) -> PretrainConfig:
         """The demo's pretraining of its small ViT on ``data`` into ``out``."""
@@ -74,6 +75,7 @@ class DemoConfig:
             workers=self.workers,
             split=self.split,
             overwrite=True,
+            tail_tokens=self.tail_tokens,
         )
 
     def compare_config(self, store: Path) -> CompareConfig:
