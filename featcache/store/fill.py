@@ -80,7 +80,7 @@ class _BlockAssembler:
         self.filled = 0
         self.computed = 0
 
-    def add(self, batch: dict, features: torch.Tensor, bad: list[int], tokens: torch.Tensor | None = None) -> None:
+    def add(self, batch: dict, features: torch.Tensor, bad: list[int], *, tokens: torch.Tensor | None = None) -> None:
         """A batch's uint8 images and masks, its features ``[b, V, L*C, h, w]``, its unreadable rows and, for a store
         with cached tokens, its tokens ``[b, V, T, C]``."""
         if self.buffer is None:
@@ -206,7 +206,7 @@ def fill(
             else:
                 features = encode_views(encoder, batch["image"], store.view_names, device=ctx.device, dtype=storage)
                 tokens = None
-            blocks.add(batch, features, bad, tokens)
+            blocks.add(batch, features, bad, tokens=tokens)
             bar.advance(task, len(batch["index"]))
             _report_blocks(writer, on_block)
     _report_blocks(writer, on_block)
