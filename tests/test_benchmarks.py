@@ -109,3 +109,16 @@ def test_bench_step_measures_tk_and_pk_rows_each_in_a_process_of_its_own(tmp_pat
     assert 0 < trainable["C"] < trainable["T1"] == trainable["P1"] < trainable["E"]
     assert all(row[m] > 0 and row["peak_mib"][m] > 0 for m in ("C", "T1", "P1", "E"))
     assert "E/T1" in row and "goals (issue 22" in result.stdout
+
+
+def test_summary_shows_issue_22s_ratios_and_memory(tmp_path):
+    row = {"arch": "vit_b_16", "batch_size": 10, "E": 0.6, "C": 0.03, "T1": 0.09, "T2": 0.15, "P2": 0.33}
+    row.update({"E/T1": 6.7, "P2/T2": 2.2, "peak_mib": {"E": 4000.0, "T2": 1000.0}})
+    (tmp_path / "bench_step_tail.json").write_text(json.dumps({"rows": [row]}))
+    summary = [sys.executable, str(ROOT / "benchmarks" / "summary.py"), str(tmp_path)]
+    result = subprocess.run(summary, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "6.7x" in next(x for x in lines if "batch 10: E/T1" in x)
+    assert "25%" in next(x for x in lines if "T2 / E peak training memory" in x)
+    assert "0.6000 / 0.0300 / 0.0900 / 0.1500 / 0.3300" in next(x for x in lines if "E / C / T1 / T2 / P2" in x)
