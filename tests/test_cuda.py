@@ -251,3 +251,31 @@ def test_pretrain_on_cuda_writes_a_checkpoint_the_cpu_loads(synth_root, tmp_path
     pretrain(cfg, ctx=GPU)
     encoder = build_encoder("vit_micro", str(cfg.out))
     assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in encoder.state_dict().values())
+
+
+@pytest.fixture(scope="module")
+def tail_store(synth_root, tmp_path_factory):
+    """float32, flip views and the tokens entering both of vit_micro's blocks, extracted on the CPU."""
+    out = tmp_path_factory.mktemp("tail") / "tail.zarr"
+    extract(extract_config(synth_root, out, dtype="float32", tail_tokens=2), ctx=CPU)
+    return out
+
+
+@pytest.mark.parametrize("mode,lora", [("T1", None), ("P1", None), ("T2", 2)], ids=["T1", "P1", "T2-lora"])
+def test_tk_and_pk_on_cuda_replay_as_graphs_unless_lora_on_torchvision(tail_store, captures, mode, lora):
+    from featcache.train.tail_run import train_any_mode
+
+    if lora:
+        pytest.importorskip("peft")
+    with FeatureStore.open(tail_store) as store:
+        encoders = {"ssl": EncoderSpec.recorded(store.record.encoder).build()}
+        cfg = quick_train(epochs=4, batch_size=3, lr=0.05, train_blocks=int(mode[1]), lora_rank=lora)
+        plan = cfg.plan(store)
+        eager = train_any_mode(store, mode, [cfg], plan=plan, encoders=encoders, ctx=EAGER)[0].results
+        assert captures == []
+        graphed = train_any_mode(store, mode, [cfg], plan=plan, encoders=encoders, ctx=GPU)[0].results
+    # peft's MultiheadAttention layer swaps merged weights around every forward: LoRA on torchvision runs eagerly.
+    assert [captured for _, captured in captures] == ([] if lora else [True, True])
+    assert graphed.cuda_graphs is (lora is None) and graphed.mode == mode
+    np.testing.assert_allclose(graphed.history.train_loss, eager.history.train_loss, rtol=3e-2)
+    np.testing.assert_allclose(graphed.history.val_loss, eager.history.val_loss, rtol=3e-2)
