@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from featcache.core.errors import FeatcacheError, OptionError
-from featcache.train.protocol import subset
 from featcache.selection import NESTED, POOLING, STRATEGIES, pool_features, select
 from featcache.selection.strategies import greedy_coverage, purity_radius
+from featcache.train.protocol import subset
 
 
 def blobs(sizes, *, dim=2, spread=0.05, gap=10.0, seed=0) -> tuple[torch.Tensor, np.ndarray]:
