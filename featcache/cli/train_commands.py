@@ -129,6 +129,14 @@ def train_decoder(
     lora_alpha: float | None = typer.Option(
         None, help="LoRA scaling alpha (adapters scaled by alpha / rank); default: the rank."
     ),
+    selection: str | None = typer.Option(
+        None,
+        help="Train on the images a label-selection strategy chooses from the store's features instead of a random "
+        "subset: random (the seeded subsets, recorded) | kcenter | typiclust | probcover; the seed is its randomness.",
+    ),
+    selection_file: Path | None = typer.Option(
+        None, help="Train on the first --size ids of this file (one per line, e.g. from featcache select), every seed."
+    ),
 ) -> None:
     """Train a decoder straight from the store, once per seed (and learning rate and weight decay), and summarise
     over seeds."""
@@ -138,9 +146,10 @@ def train_decoder(
     from featcache.train.sweep import train_decoder as run_train
 
     mode = f"T{train_blocks}" if train_blocks > 0 else "C"
+    label = "-file" if selection_file is not None else f"-{selection}" if selection else ""
     cfg = SweepConfig(
         store=store,
-        out=out or Path("runs") / f"{Path(store.rstrip('/')).stem}-{mode}-{decoder}-n{size}",
+        out=out or Path("runs") / f"{Path(store.rstrip('/')).stem}-{mode}-{decoder}-n{size}{label}",
         size=size,
         seeds=tuple(parse_seeds(seeds)),
         augment=augment,
@@ -157,6 +166,8 @@ def train_decoder(
         train_blocks=train_blocks,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
+        selection=selection,
+        selection_file=selection_file,
     )
     ctx = context(device, ranks=True, cuda_graphs=cuda_graphs, checkpoint_seconds=checkpoint_seconds)
     sweep = run_train(cfg, ctx=ctx)
@@ -238,9 +249,18 @@ def compare_e2e(
     lora_alpha: float | None = typer.Option(
         None, help="LoRA scaling alpha (adapters scaled by alpha / rank); default: the rank."
     ),
+    selections: str = typer.Option(
+        "random",
+        help="Label selections to compare, e.g. random,kcenter,typiclust,probcover: every mode, size and seed trains "
+        "on each one's chosen images too (random, the baseline, always); the report pairs each with random.",
+    ),
+    selection_file: Path | None = typer.Option(
+        None, help="Also train on a file of ids (size N: its first N, every seed), compared with random as 'file'."
+    ),
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
     from featcache.cli.parsing import parse_layers, parse_list, parse_numbers, parse_seeds
+    from featcache.results.selection_report import baseline_runs, selection_table
     from featcache.results.tables import compare_table
     from featcache.train.compare import compare_e2e as run_compare
     from featcache.train.config import CompareConfig
@@ -264,12 +284,17 @@ def compare_e2e(
         study_lines=study_lines,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
+        selections=parse_list(selections, "--selections", str),
+        selection_file=selection_file,
     )
     result = run_compare(cfg, ctx=context(device, ranks=True, cuda_graphs=cuda_graphs))
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    # A grid's other learning rates are in the report; the modes compare at the first.
-    out_console.print(compare_table([r for r in result.results if r.lr == cfg.lrs[0]]))
+    # A grid's other learning rates are in the report; the modes compare at the first, on random's subsets.
+    compared = [r for r in result.results if r.lr == cfg.lrs[0]]
+    out_console.print(compare_table(baseline_runs(compared)))
+    if cfg.compares_selections:
+        out_console.print(selection_table(compared))
     out_console.print(f"report: {result.report}")
 
 

@@ -120,6 +120,22 @@ class RunEncoder(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class SelectionRecord(JsonRecord):
+    """How a run's training images were chosen (`featcache.selection`): the ``strategy`` (``random``: the seeded
+    subsets every sweep draws; ``file``: the first ids of a person's ``file``), its ``seed`` (None for a file),
+    whether its subsets nest across sizes, and its parameters (the pooling and blocks compared among them)."""
+
+    OPTIONAL: ClassVar = ("file",)
+
+    strategy: str
+    seed: int | None
+    nested: bool
+    params: dict = field(default_factory=dict)
+    file: str | None = None
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(kw_only=True)
 class RunResults(JsonRecord):
     """One run's ``results.json``: its mode, size and seed, the plan it trained with (validation size, epochs,
     batch), the kept epoch, synchronised seconds (training steps alone, and with validation), the test metrics,
@@ -131,6 +147,7 @@ class RunResults(JsonRecord):
     (`featcache.results.degenerate`; empty when they are not, None in files written before the check).
     ``train_blocks``: k of modes Tk and Pk (``mode`` is then ``T2``, ``P2``, ...); ``trainable_parameters``: what
     trained (decoder, and encoder or its last blocks or their ``lora`` adapters).
+    ``selection``: how its training images were chosen, when a label selection was asked for.
     """
 
     NESTED: ClassVar = {
@@ -140,6 +157,7 @@ class RunResults(JsonRecord):
         "group": GroupShare,
         "encoder": RunEncoder,
         "lora": LoraRecord,
+        "selection": SelectionRecord,
     }
     OPTIONAL: ClassVar = (
         "group",
@@ -149,6 +167,7 @@ class RunResults(JsonRecord):
         "train_blocks",
         "trainable_parameters",
         "lora",
+        "selection",
     )
 
     mode: str
@@ -179,6 +198,7 @@ class RunResults(JsonRecord):
     degenerate: list[str] | None = None
     trainable_parameters: int | None = None
     lora: LoraRecord | None = None
+    selection: SelectionRecord | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

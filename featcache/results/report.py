@@ -29,6 +29,7 @@ from featcache.results.figures import (
 )
 from featcache.results.records import RunResults
 from featcache.results.report_sections import degenerate_section, encoder_lines, iou_cell, time_section
+from featcache.results.selection_report import baseline_runs, selection_section
 from featcache.results.spectrum import spectrum_section
 from featcache.results.stats import PAIRS, SELECTED, group_runs, number_name, paired_difference, select_on_validation
 from featcache.results.study import STUDY_IOU
@@ -130,7 +131,10 @@ def write_report(results: list[RunResults], *, context: ReportContext, out: Path
     """``OUT/report.md`` with its PNGs and ``results.csv``; returns the report's path.
 
     With a learning-rate grid (``context.grid_modes``), the tables and figures compare the modes at
-    ``context.lr`` and `lr_grid_section` adds the grid."""
+    ``context.lr`` and `lr_grid_section` adds the grid. With label selections, every section but
+    `selection_section` reads random's runs."""
+    selection_lines = selection_section(results, lr=context.lr, out=out)
+    results = baseline_runs(results)
     write_runs_csv(results, out / "results.csv", optimiser=bool(context.grid_modes))
     grid_lines = lr_grid_section(results, context, out) if context.grid_modes else []
     compared = [r for r in results if r.lr == context.lr] if context.grid_modes else results
@@ -154,6 +158,7 @@ def write_report(results: list[RunResults], *, context: ReportContext, out: Path
         *degenerate_section(groups, modes=context.modes, sizes=sizes),
         *_pairs_section(groups, context.modes, sizes),
         *spectrum_section(groups, context.modes, sizes, out=out),
+        *selection_lines,
         *_tail(grid_lines, len(cases.ids)),
     ]
     report = out / "report.md"

@@ -4,7 +4,7 @@ sizes side by side on CUDA; then the encoder modes) and `write_comparison` (the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from featcache.train.protocol import Plan
 from featcache.train.rows import check_store_run, load_splits, select_rows
 from featcache.train.run import RunOutput
 from featcache.train.run_lock import locks_out
+from featcache.train.selections import Chosen, choose_subsets
 from featcache.train.sizes import SizeGroup, train_sizes_from_store
 from featcache.train.tail_run import check_top_run, train_any_mode
 
@@ -69,7 +70,8 @@ class ComparePlan:
     """A comparison resolved against its store: the encoders (``ssl``: the store's; ``init``: where E and FI
     start), each size's `Plan`, this rank's batches and the test rows of the case figure; ``records``: the two
     encoders' records (``ssl`` the store's), which each run's results name; ``configuration`` and ``environment``:
-    what ``comparison.json`` keeps."""
+    what ``comparison.json`` keeps; ``chosen``: when it compares label selections, each (selection, size, seed)'s
+    training images (`choose_subsets`)."""
 
     cfg: CompareConfig
     encoders: dict[str, AnyEncoder]
@@ -81,10 +83,12 @@ class ComparePlan:
     records: dict[str, EncoderRecord] = field(default_factory=dict)
     configuration: dict = field(default_factory=dict)
     environment: Environment | None = None
+    chosen: dict[tuple[str, int, int], Chosen] = field(default_factory=dict)
 
     def is_case_run(self, key: RunKey) -> bool:
-        """Whether the report's case figure shows this run's predictions (the first seed, first learning rate)."""
-        return key.seed == self.cfg.seeds[0] and key.lr == self.cfg.lrs[0]
+        """Whether the report's case figure shows this run's predictions (the first seed, first learning rate,
+        random's subsets)."""
+        return key.seed == self.cfg.seeds[0] and key.lr == self.cfg.lrs[0] and key.selection == "random"
 
     def run_encoder(self, mode: str) -> RunEncoder:
         """What a run of ``mode`` records of its encoder (a store mode: the store's)."""
@@ -93,10 +97,11 @@ class ComparePlan:
 
     def run_config(self, mode: str, key: RunKey) -> TrainConfig:
         """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays); Tk
-        and Pk train k blocks (through the LoRA adapters, if any)."""
+        and Pk train k blocks (through the LoRA adapters, if any); a label selection's runs its chosen images."""
         cfg, k = self.cfg, train_blocks_of(mode)
         on_images = mode_of(mode).source == "encoder"
         augment = ("none" if cfg.augment == "none" else "exact") if on_images else cfg.augment
+        chosen = self.chosen.get((key.selection, key.size, key.seed))
         return TrainConfig(
             size=key.size,
             seed=key.seed,
@@ -109,13 +114,17 @@ class ComparePlan:
             train_blocks=k,
             lora_rank=cfg.lora_rank if k else None,
             lora_alpha=cfg.lora_alpha if k else None,
+            train_ids=chosen.train_ids if chosen else None,
         )
 
     def directory(self, key: RunKey) -> Path:
-        """``runs/MODE/size-N/seed-K`` (a grid mode's: ``runs/MODE/size-N/lr-X/seed-K``)."""
+        """``runs/MODE/size-N/seed-K`` (a grid mode's: ``runs/MODE/size-N/lr-X/seed-K``; comparing selections:
+        ``runs/MODE/size-N/[lr-X/]SELECTION/seed-K``)."""
         folder = self.cfg.out / "runs" / key.mode / f"size-{key.size}"
         if self.cfg.is_grid(key.mode):
             folder = folder / f"lr-{number_name(key.lr)}"
+        if self.cfg.compares_selections:
+            folder = folder / key.selection
         return folder / f"seed-{key.seed}"
 
 
@@ -147,7 +156,13 @@ def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison
             return Comparison(cfg.out, planned.results, None)
         planned.results = sorted(
             (r for part, _ in gathered for r in part),
-            key=lambda r: (cfg.sizes.index(r.size), cfg.lrs.index(r.lr), r.seed, cfg.modes.index(r.mode)),
+            key=lambda r: (
+                cfg.sizes.index(r.size),
+                cfg.lrs.index(r.lr),
+                r.seed,
+                cfg.selection_labels.index(r.selection.strategy if r.selection else "random"),
+                cfg.modes.index(r.mode),
+            ),
         )
         planned.cases = {key: value for _, part in gathered for key, value in part.items()}
         report = write_comparison(store, planned, ctx)
@@ -201,11 +216,23 @@ def plan_comparison(store: FeatureStore, cfg: CompareConfig, ctx: Context) -> Co
     for mode in (m for m in cfg.modes if train_blocks_of(m)):
         probe = TrainConfig(size=cfg.sizes[0], augment=cfg.augment, layers=cfg.layers, lora_rank=cfg.lora_rank)
         check_top_run(store, mode, probe)
+    chosen = {}
+    if cfg.compares_selections:
+        chosen = choose_subsets(
+            store,
+            selections=cfg.selection_labels,
+            sizes=cfg.sizes,
+            seeds=cfg.seeds,
+            layers=cfg.layers,
+            selection_file=cfg.selection_file,
+            device=ctx.device,
+            option="--sizes",
+        )
     batches = _batches(cfg, grouped=ctx.device.type == "cuda")[ctx.ranks.rank :: ctx.ranks.world_size]
     n_test = len(store.indices("test"))
     case_rows = torch.linspace(0, n_test - 1, min(CASE_IMAGES, n_test)).round().long().unique()
     records = {"ssl": store.record.encoder, "init": record_of(encoders["init"])}
-    return ComparePlan(cfg, encoders, plans, batches, case_rows, records=records)
+    return ComparePlan(cfg, encoders, plans, batches, case_rows, records=records, chosen=chosen)
 
 
 def _keep_finished(planned: ComparePlan) -> None:
@@ -233,7 +260,8 @@ def _keep_finished(planned: ComparePlan) -> None:
 
 def _batches(cfg: CompareConfig, *, grouped: bool) -> list[Batch]:
     """Every run in batches: size by size, learning rate, seed, then mode; with ``grouped``, a store mode's runs of
-    one size (all its seeds and learning rates) as one batch."""
+    one size (all its seeds and learning rates) as one batch. Each batch holds its runs for every label selection
+    (`_per_selection`)."""
     batches = []
     for size in cfg.sizes:
         for lr in cfg.lrs:
@@ -246,7 +274,19 @@ def _batches(cfg: CompareConfig, *, grouped: bool) -> list[Batch]:
                     elif (lr, seed) == (cfg.lrs[0], cfg.seeds[0]):
                         keys = [RunKey(mode, size, k, x, 1e-4) for x in cfg.mode_lrs(mode) for k in cfg.seeds]
                         batches.append(Batch(mode, size, keys))
-    return batches
+    return _per_selection(batches, cfg.selection_labels)
+
+
+def _per_selection(batches: list[Batch], labels: tuple[str, ...]) -> list[Batch]:
+    """A one-run batch becomes one batch per selection; a grouped batch holds its runs for every selection."""
+    out = []
+    for batch in batches:
+        keys = [[replace(k, selection=label) for k in batch.keys] for label in labels]
+        if len(batch.keys) == 1:
+            out += [Batch(batch.mode, batch.size, k) for k in keys]
+        else:
+            out.append(Batch(batch.mode, batch.size, [k for per_label in keys for k in per_label]))
+    return out
 
 
 def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> None:
@@ -278,7 +318,10 @@ def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> N
             batches = [b for b in planned.batches if mode_of(b.mode).source == source]
             if not batches:
                 continue
-            every_run = [(c, select_rows(store, planned.plans[c.size], c.seed)) for c in _configs(planned, batches)]
+            every_run = [
+                (c, select_rows(store, planned.plans[c.size], c.seed, train_ids=c.train_ids))
+                for c in _configs(planned, batches)
+            ]
             data = load_splits(store, every_run, ctx.device, images=source == "encoder", tokens=source == "tokens")
             for batch in batches:
                 cfgs = [planned.run_config(batch.mode, k) for k in batch.keys]
@@ -304,6 +347,8 @@ def _record(planned: ComparePlan, batch: Batch, outputs: list[RunOutput]) -> Non
     """Write a batch's runs, keep their results and, for the first seed at the first learning rate, the case
     images' predicted masks."""
     for key, run in zip(batch.keys, outputs, strict=True):
+        if (key.selection, key.size, key.seed) in planned.chosen:
+            run.results.selection = planned.chosen[(key.selection, key.size, key.seed)].record
         run.results.encoder = planned.run_encoder(key.mode)
         if planned.is_case_run(key):
             masks = (torch.sigmoid(run.test_logits[planned.case_rows, 0]) > 0.5).to(torch.uint8).cpu()

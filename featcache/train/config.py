@@ -7,6 +7,7 @@ from pathlib import Path
 
 from featcache.core.errors import OptionError, check_choice
 from featcache.models.decoders import DECODERS
+from featcache.selection.strategies import STRATEGIES
 from featcache.store.feature_store import FeatureStore
 from featcache.train.modes import parse_mode
 from featcache.train.protocol import Plan, plan_run
@@ -39,6 +40,7 @@ class TrainConfig:
     train_blocks: int = 0
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    train_ids: tuple[str, ...] | None = None  # the training images a label selection chose; None: the seeded subset
 
     def validate(self) -> None:
         """Refuse option values that can never be valid (a usage error)."""
@@ -50,6 +52,8 @@ class TrainConfig:
         if self.train_blocks < 0:
             raise OptionError(f"--train-blocks {self.train_blocks} must be 0 (mode C) or more")
         check_lora(self.lora_rank, self.lora_alpha, trains_blocks=self.train_blocks > 0)
+        if self.train_ids is not None and len(self.train_ids) != self.size:
+            raise OptionError(f"train_ids names {len(self.train_ids)} images but the size is {self.size}; give as many")
 
     def plan(self, store: FeatureStore) -> Plan:
         """The plan of this run on ``store``: options checked, protocol defaults applied, sizes checked against
@@ -98,13 +102,14 @@ def check_lora(rank: int | None, alpha: float | None, *, trains_blocks: bool) ->
 
 @dataclass(frozen=True)
 class RunKey:
-    """One run of a sweep: its mode, training-set size, seed, learning rate and weight decay."""
+    """One run of a sweep: its mode, training-set size, seed, learning rate, weight decay and label selection."""
 
     mode: str
     size: int
     seed: int
     lr: float
     weight_decay: float
+    selection: str = "random"
 
 
 @dataclass
@@ -117,6 +122,9 @@ class SweepConfig:
     ``grouped``: every pending run trained as one grouped network (None: on CUDA, and on the CPU a grid's
     combinations of each seed). ``train_blocks`` k >= 1: mode Tk, the encoder's last k blocks trained from the
     store's cached tokens (0: mode C); ``lora_rank``/``lora_alpha``: LoRA adapters on them instead.
+    ``selection``: a label-selection strategy (`featcache.selection.STRATEGIES`) that chooses each seed's training
+    images, its randomness the seed; ``selection_file``: a file of ids whose first ``size`` every seed trains on
+    (None for both: the seeded subsets, no selection recorded).
     """
 
     store: str
@@ -137,6 +145,8 @@ class SweepConfig:
     train_blocks: int = 0
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    selection: str | None = None
+    selection_file: Path | None = None
 
     @property
     def grid(self) -> bool:
@@ -147,6 +157,12 @@ class SweepConfig:
         """``C``, or ``Tk`` with ``train_blocks`` k."""
         return f"T{self.train_blocks}" if self.train_blocks else "C"
 
+    @property
+    def selection_label(self) -> str | None:
+        """The label selection asked for: a strategy, ``file`` (``selection_file``), or None (random's subsets,
+        nothing recorded)."""
+        return "file" if self.selection_file is not None else self.selection
+
     def keys(self) -> list[RunKey]:
         """Every run: combination by combination (learning rate, then weight decay), seeds within."""
         return [
@@ -156,8 +172,10 @@ class SweepConfig:
             for seed in self.seeds
         ]
 
-    def run_config(self, key: RunKey, val_size: int | None = None) -> TrainConfig:
-        """The `TrainConfig` of one run (``val_size``: the plan's, once resolved)."""
+    def run_config(
+        self, key: RunKey, val_size: int | None = None, *, train_ids: tuple[str, ...] | None = None
+    ) -> TrainConfig:
+        """The `TrainConfig` of one run (``val_size``: the plan's, once resolved; ``train_ids``: its selection's)."""
         return TrainConfig(
             size=self.size,
             seed=key.seed,
@@ -173,6 +191,7 @@ class SweepConfig:
             train_blocks=self.train_blocks,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
+            train_ids=train_ids,
         )
 
     def validate(self) -> None:
@@ -183,6 +202,10 @@ class SweepConfig:
                 "--grouped trains decoders alone as one grouped network; a --train-blocks run trains encoder blocks "
                 "too, one run at a time: drop --grouped"
             )
+        if self.selection is not None:
+            check_choice("--selection", self.selection, STRATEGIES)
+            if self.selection_file is not None:
+                raise OptionError("give --selection or --selection-file, not both")
 
 
 @dataclass
@@ -192,11 +215,13 @@ class CompareConfig:
     ``encoder``: the store's encoder (None: rebuilt from its record); ``e_init``: where E and FI start (None: the
     weights the store's encoder started from). ``lrs``: SGD learning rates; the ``grid_modes`` train at every one,
     the others at the first. None epochs/batch/val follow the study's protocol per size; ``layers``: the stored
-    blocks every mode reads (None: all). ``overwrite``: replace an earlier sweep of another configuration in
-    ``out`` (else refused; the same configuration resumes); ``study_lines``: the study's published figures in the
-    report whatever the store (by default only in the study's setting).
-    blocks every mode reads (None: all; Tk and Pk read the encoder's final output). ``lora_rank``/``lora_alpha``:
-    LoRA adapters on the trained blocks of the Tk and Pk modes.
+    blocks every mode reads (None: all; Tk and Pk read the encoder's final output). ``overwrite``: replace an
+    earlier sweep of another configuration in ``out`` (else refused; the same configuration resumes);
+    ``study_lines``: the study's published figures in the report whatever the store (by default only in the
+    study's setting). ``lora_rank``/``lora_alpha``: LoRA adapters on the trained blocks of the Tk and Pk modes.
+    ``selections``: label-selection strategies whose chosen training images every mode, size and seed also trains
+    on, beside random's (`selection_labels`); ``selection_file``: a file of ids, size N its first N, compared as
+    ``file``.
     """
 
     store: str
@@ -217,6 +242,20 @@ class CompareConfig:
     study_lines: bool = False
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    selections: tuple[str, ...] = ("random",)
+    selection_file: Path | None = None
+
+    @property
+    def selection_labels(self) -> tuple[str, ...]:
+        """The label selections compared: ``random`` first (the baseline, added when not named), the strategies
+        of ``selections``, then ``file`` for a ``selection_file``."""
+        others = tuple(s for s in self.selections if s != "random")
+        return ("random", *others, *(("file",) if self.selection_file is not None else ()))
+
+    @property
+    def compares_selections(self) -> bool:
+        """Whether the sweep compares label selections (its runs then record theirs, in folders per selection)."""
+        return self.selection_labels != ("random",)
 
     def mode_lrs(self, mode: str) -> tuple[float, ...]:
         """The learning rates ``mode`` trains at: every one for a grid mode, else the first."""
@@ -237,3 +276,6 @@ class CompareConfig:
         if not self.sizes or min(self.sizes) < 1:
             raise OptionError(f"--sizes {self.sizes} must be positive training-set sizes")
         check_optimiser(self.lrs, (1e-4,))
+        unknown = [s for s in self.selections if s not in STRATEGIES]
+        if unknown or not self.selections:
+            raise OptionError(f"--selections {','.join(self.selections)}: choose from {', '.join(STRATEGIES)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from featcache.core.errors import FeatcacheError
 from featcache.core.runtime import placement
+from featcache.selection.ids_file import rows_of
 from featcache.store.feature_store import FeatureStore
 from featcache.train.config import TrainConfig
 from featcache.train.protocol import Plan, subset
@@ -35,10 +37,14 @@ class RunData:
     train_ids: list[str] = field(default_factory=list)
 
 
-def select_rows(store: FeatureStore, plan: Plan, seed: int) -> RunData:
-    """Seeded, nested training subset and seeded validation subset; the whole test split."""
+def select_rows(store: FeatureStore, plan: Plan, seed: int, *, train_ids: Sequence[str] | None = None) -> RunData:
+    """Seeded, nested training subset (or the rows of ``train_ids``, a label selection's, in store order) and seeded
+    validation subset; the whole test split."""
     train, val = store.indices("train"), store.indices("val")
-    train_rows = train[subset(len(train), plan.size, seed, salt=0)]
+    if train_ids is None:
+        train_rows = train[subset(len(train), plan.size, seed, salt=0)]
+    else:
+        train_rows = np.sort(np.asarray(rows_of(list(train_ids), store), dtype=np.int64))
     val_rows = val[subset(len(val), plan.val_size, seed, salt=1)]
     return RunData(train_rows, val_rows, store.indices("test"), [store.ids[i] for i in train_rows])
 

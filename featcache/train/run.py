@@ -104,7 +104,7 @@ def train_group_from_store(
     if plan is None:  # a caller that resolved the plan checked the store too
         plan = cfg.plan(store)
         check_store_run(store, cfg)
-    rows = [select_rows(store, plan, c.seed) for c in cfgs]
+    rows = [select_rows(store, plan, c.seed, train_ids=c.train_ids) for c in cfgs]
     if data is None:
         data = load_splits(store, list(zip(cfgs, rows, strict=True)), device)
     runs = [_store_inputs(data, c, r) for c, r in zip(cfgs, rows, strict=True)]
@@ -171,7 +171,7 @@ def train_encoder_mode(
     ``data``: the store's images already on the device (`load_splits` with ``images``, holding at least this
     run's rows), else read here."""
     spec, device = MODES[mode], ctx.device
-    rows = select_rows(store, plan, cfg.seed)
+    rows = select_rows(store, plan, cfg.seed, train_ids=cfg.train_ids)
     if data is None:
         data = load_splits(store, [(cfg, rows)], device, images=True)
     tp, vp = data.positions("train", rows.train_rows), data.positions("val", rows.val_rows)

@@ -62,7 +62,7 @@ def train_sizes_from_store(
     a group's error) stops the other groups at the end of their current epoch. ``ctx``: the device and CUDA graphs.
     """
     device = ctx.device
-    runs = [(c, select_rows(store, g.plan, c.seed)) for g in groups for c in g.cfgs]
+    runs = [(c, select_rows(store, g.plan, c.seed, train_ids=c.train_ids)) for g in groups for c in g.cfgs]
     data = load_splits(store, runs, device)
     concurrent = device.type == "cuda" and len(groups) > 1 if concurrent is None else concurrent
     outputs: list[list[RunOutput] | None] = [None] * len(groups)

@@ -4,6 +4,7 @@ three phases: `plan_sweep` (checks, identities, finished runs, groups), `run_swe
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,13 +24,14 @@ from featcache.results.seed_figure import SEEDS_FIGURE, plot_seeds
 from featcache.results.stats import SELECTED, aggregate, grid_summary, number_name, select_on_validation
 from featcache.store.encoder_check import check_encoder_matches
 from featcache.store.feature_store import FeatureStore
-from featcache.train.config import RunKey, SweepConfig
+from featcache.train.config import RunKey, SweepConfig, TrainConfig
 from featcache.train.outputs import combination_name, finished_run, group_name, run_dir, runs_label, write_run
 from featcache.train.protocol import Plan
 from featcache.train.resume import Checkpointer
 from featcache.train.rows import check_store_run
 from featcache.train.run import RunOutput
 from featcache.train.run_lock import locks_out
+from featcache.train.selections import Chosen, choose_subsets
 from featcache.train.tail_run import check_top_run, train_any_mode
 
 
@@ -46,7 +48,8 @@ class SeedSweep:
 @dataclass
 class SweepPlan:
     """A sweep resolved against its store: the protocol's `Plan`, each run's identity (what a finished run must
-    match to be kept), the runs finished already, and the groups left to train (this rank's share)."""
+    match to be kept), the runs finished already, the groups left to train (this rank's share), and each seed's
+    label selection (`choose_subsets`; empty when none was asked for)."""
 
     cfg: SweepConfig
     plan: Plan
@@ -55,6 +58,12 @@ class SweepPlan:
     groups: list[list[RunKey]]
     encoder: RunEncoder | None = None  # the store's, which every run's results name
     encoders: dict[str, AnyEncoder] = field(default_factory=dict)
+    chosen: dict[int, Chosen] = field(default_factory=dict)
+
+    def run_config(self, key: RunKey) -> TrainConfig:
+        """The `TrainConfig` of a run: the plan's validation size, and its seed's selected training images."""
+        chosen = self.chosen.get(key.seed)
+        return self.cfg.run_config(key, self.plan.val_size, train_ids=chosen.train_ids if chosen else None)
 
     def directory(self, key: RunKey) -> Path:
         """``OUT/seed-K``, or in a grid ``OUT/lr-X_wd-Y/seed-K``."""
@@ -111,11 +120,11 @@ def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan
         check_store_run(store, cfg.run_config(cfg.keys()[0]))
     if plan.note:  # said once, not per seed
         err_console.print(plan.note)
-    identities = {key: _identity(store, cfg.run_config(key, plan.val_size), ctx) for key in cfg.keys()}
     run_encoder = RunEncoder.of(store.record.encoder, trained=bool(cfg.train_blocks))
-    planned = SweepPlan(cfg, plan, identities, {}, [], encoder=run_encoder, encoders=encoders)
+    planned = SweepPlan(cfg, plan, {}, {}, [], encoder=run_encoder, encoders=encoders, chosen=_chosen(store, cfg, ctx))
+    planned.identities = {key: _identity(store, planned.run_config(key), ctx) for key in cfg.keys()}
     for key in cfg.keys():
-        done = finished_run(planned.directory(key), identities[key])
+        done = finished_run(planned.directory(key), planned.identities[key])
         if done is not None:
             err_console.print(f"{planned.directory(key)}: already finished, kept")
             planned.finished[key] = done
@@ -132,15 +141,33 @@ def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan
     return planned
 
 
+def _chosen(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> dict[int, Chosen]:
+    """Each seed's label selection (`choose_subsets`), or nothing when none was asked for."""
+    if cfg.selection_label is None:
+        return {}
+    chosen = choose_subsets(
+        store,
+        selections=[cfg.selection_label],
+        sizes=[cfg.size],
+        seeds=cfg.seeds,
+        layers=cfg.layers,
+        selection_file=cfg.selection_file,
+        device=ctx.device,
+        option="--size",
+    )
+    return {seed: chosen[(cfg.selection_label, cfg.size, seed)] for seed in cfg.seeds}
+
+
 def _identity(store: FeatureStore, run_cfg, ctx: Context) -> dict:
     """What a finished run's ``store_identity`` must be to be kept: its configuration, the device type (CPU and
     CUDA random generators cannot take each other's state), the encoder's hash and the dataset's fingerprint."""
-    return {
+    identity = {
         "config": asdict(run_cfg),
         "device_type": ctx.device.type,
         "weights_sha256": store.record.encoder.weights_sha256,
         "dataset": store.record.dataset.fingerprint,
     }
+    return json.loads(json.dumps(identity))  # as results.json reads back: tuples (layers, train_ids) as lists
 
 
 def run_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> None:
@@ -170,7 +197,7 @@ def _train_or_halve(
 ) -> list[RunOutput] | None:
     """The group's outputs; None when it does not fit in GPU memory and should train in halves (its resume state
     cannot serve them and is dropped). One run that does not fit ends the sweep with the fix."""
-    cfgs = [planned.cfg.run_config(k, planned.plan.val_size) for k in group]
+    cfgs = [planned.run_config(k) for k in group]
     try:
         return train_any_mode(
             store,
@@ -197,6 +224,8 @@ def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -
     """Write a finished run and say so in a line that stays in logs (where the progress bar leaves nothing)."""
     output.results.store_identity = planned.identities[key]
     output.results.encoder = planned.encoder
+    if key.seed in planned.chosen:
+        output.results.selection = planned.chosen[key.seed].record
     write_run(planned.directory(key), output.results, output.checkpoint)
     planned.finished[key] = output.results
     if ctx.progress:
@@ -213,6 +242,8 @@ def write_sweep(cfg: SweepConfig, results: list[RunResults]) -> SeedSweep:
     for a grid also ``runs.csv`` and ``grid_iou.png``, and ``seeds.png`` shows each seed's run selected on
     validation."""
     head = {"mode": cfg.mode, "size": cfg.size, "augment": cfg.augment, "decoder": cfg.decoder, "store": str(cfg.store)}
+    if cfg.selection_label is not None:
+        head["selection"] = cfg.selection_label
     if not cfg.grid:
         summary = {**head, **aggregate(results)}
         write_json(cfg.out / "summary.json", summary)
