@@ -174,3 +174,13 @@ def test_on_cuda_a_strategy_chooses_the_images_it_chooses_on_the_cpu(micro_store
     sweep = train_decoder(cfg, ctx=cuda)
     for run in sweep.results:
         assert run.train_ids == chosen_ids(micro_store, "kcenter", 8, run.seed)
+
+
+def test_a_selected_sweep_run_again_keeps_its_finished_runs(micro_store, tmp_path, capsys):
+    """Its identity holds tuples (the chosen ids, --layers) that results.json reads back as lists."""
+    cfg = quick_sweep(micro_store, tmp_path / "k", seeds=(0,), selection="kcenter", layers=(-1,), epochs=1)
+    first = train_decoder(cfg, ctx=CPU)
+    capsys.readouterr()
+    again = train_decoder(cfg, ctx=CPU)
+    assert "already finished, kept" in capsys.readouterr().err
+    assert again.results[0].to_json() == json.loads(json.dumps(first.results[0].to_json()))
