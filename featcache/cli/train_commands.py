@@ -180,7 +180,8 @@ def train_decoder(
         )
         out_console.print(grid_table(sweep.summary, f"{title} ({augment} flips): mean ± std over seeds"))
     else:
-        title = f"{cfg.mode} mode, {size} training images, {len(sweep.results)} seeds ({augment} flips)"
+        chosen = f" chosen by {cfg.selection_label}" if cfg.selection_label else ""
+        title = f"{cfg.mode} mode, {size} training images{chosen}, {len(sweep.results)} seeds ({augment} flips)"
         out_console.print(seeds_table(sweep.results, sweep.summary, title))
     out_console.print(f"runs and summary.json in {sweep.out}")
 

@@ -301,6 +301,8 @@ def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> N
             label = f"{batch.mode} size {batch.size} seed{'s' if len(batch.keys) > 1 else ''} {seeds}"
             if planned.cfg.is_grid(batch.mode):
                 label += f" lr {','.join(dict.fromkeys(number_name(k.lr) for k in batch.keys))}"
+            if planned.cfg.compares_selections:
+                label += f" {','.join(dict.fromkeys(k.selection for k in batch.keys))}"
             return epoch_row(bar, label, planned.plans[batch.size].epochs)
 
         def record(batch: Batch, outputs: list[RunOutput]) -> None:
