@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
 #: The layers from the ground up; a module may import from its own layer and those before it.
-LAYERS = ("core", "data", "models", "store", "results", "selection", "train", "demo", "cli")
+LAYERS = ("core", "track", "data", "models", "store", "results", "selection", "train", "demo", "cli")
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_POSITIONAL = 500, 80, 3
 
 
