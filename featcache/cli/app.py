@@ -6,11 +6,12 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import typer
 
-from featcache.core.context import Context
+from featcache.core.context import Context, Invocation
 from featcache.core.errors import FeatcacheError, OptionError
 from featcache.core.runtime import err_console, resolve_device
 
@@ -50,6 +51,7 @@ _fold_long_words_in_help()
 class GlobalOptions:
     device: str = "auto"
     debug: bool = False
+    argv: tuple[str, ...] = ()  # the command line as typed, ``featcache`` first
 
 
 state = GlobalOptions()
@@ -64,12 +66,24 @@ CUDA_GRAPHS = typer.Option(
 
 
 def context(
-    device: str | None, *, ranks: bool = False, cuda_graphs: bool = True, checkpoint_seconds: float = 60.0
+    device: str | None,
+    *,
+    ranks: bool = False,
+    cuda_graphs: bool = True,
+    checkpoint_seconds: float = 60.0,
+    track: Sequence[str] = (),
+    invocation: Invocation | None = None,
 ) -> Context:
     """A command's execution context, resolved once: its own ``--device`` or else the global one; with ``ranks``,
-    this torchrun rank's (a command that divides its work among ranks)."""
+    this torchrun rank's (a command that divides its work among ranks); ``track``, ``invocation``: where its runs
+    are reported and the command line that started it (`Context`)."""
     return Context.resolve(
-        device or state.device, cuda_graphs=cuda_graphs, checkpoint_seconds=checkpoint_seconds, ranks=ranks
+        device or state.device,
+        cuda_graphs=cuda_graphs,
+        checkpoint_seconds=checkpoint_seconds,
+        ranks=ranks,
+        track=track,
+        invocation=invocation,
     )
 
 
@@ -103,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     Ctrl-C: "interrupted" and exit code 130.
     """
+    state.argv = ("featcache", *(sys.argv[1:] if argv is None else argv))
     try:
         _restore_ctrl_c()
         # Outside standalone mode, typer turns Ctrl-C into a returned exit code (130), not an exception.

@@ -8,9 +8,7 @@ a list of numbers or words, which is joined with commas (``lr = [1e-4, 2e-4]``, 
 ``seeds = "0-4"``); a repeatable option takes a list. The reserved ``[command]`` table (the command line that
 wrote the file) is skipped on reading. Relative paths are relative to the working folder, as on the command line.
 
-Works for any click command, typer's included::
-
-    config: Path | None = typer.Option(None, "--config", callback=load_config, is_eager=True, help=CONFIG_HELP)
+Works for any click command, typer's included: `CONFIG` is the option (``config: Path | None = CONFIG``).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import enum
 import math
 import os
 import re
+import shlex
 import sys
 import tomllib
 import typing
@@ -30,13 +29,15 @@ from typing import Any
 import click
 import typer
 
+from featcache.core.context import Invocation
 from featcache.core.errors import FeatcacheError, OptionError
 
 CONFIG_OPTION = "--config"
 COMMAND_TABLE = "command"
 CONFIG_HELP = (
     "TOML file of this command's options (keys as on the command line without the dashes, e.g. weight-decay = "
-    "1e-4, and the positional argument by name); options given on the command line win."
+    "1e-4, and the positional argument by name); options given on the command line win. OUT/config.toml, which "
+    "the command writes, reruns it."
 )
 
 
@@ -57,10 +58,8 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | os.Path
     return value
 
 
-def config_option(*names: str, **attrs: Any):
-    """A click decorator: ``--config FILE`` for a plain click command (typer: see the module's docstring)."""
-    attrs = {"callback": load_config, "is_eager": True, "expose_value": False, "help": CONFIG_HELP, **attrs}
-    return click.option(*(names or (CONFIG_OPTION,)), type=click.Path(dir_okay=False), **attrs)
+#: ``--config FILE.toml`` of a typer command (its value, the file, is passed on but needs no use).
+CONFIG = typer.Option(None, CONFIG_OPTION, callback=load_config, is_eager=True, help=CONFIG_HELP)
 
 
 def _is_config(param: click.Parameter) -> bool:
@@ -161,20 +160,35 @@ def _scalar(kind: str, value: Any) -> Any:
     raise TypeError("takes text" + (", a number or a list of them" if kind == "text" else ""))
 
 
-def resolved_config(ctx: click.Context, argv: Sequence[str] | None = None) -> str:
-    """A TOML document of every option of ``ctx``'s command as resolved (defaults included; None left out), and
-    the ``[command]`` table: the command line ``argv`` (default: this process's) and the working folder.
+def resolved_config(
+    ctx: click.Context, argv: Sequence[str] | None = None, resolved: Mapping[str, Any] | None = None
+) -> str:
+    """A TOML document of every option of ``ctx``'s command as resolved (defaults included; ``resolved``: values
+    the command resolved itself, by parameter name, over ``ctx.params``; options left unset, None, are named in a
+    comment), and the ``[command]`` table: the command line ``argv`` (default: this process's), the same as one
+    line for a shell, and the working folder (relative paths are relative to it).
 
     ``--config`` of that file gives the same resolved values (the ``[command]`` table is skipped on reading).
     """
-    values = {
-        option_key(param): _plain(ctx.params[param.name])
-        for param in _params_by_key(ctx).values()
-        if ctx.params.get(param.name) is not None
-    }
-    command = {"argv": list(sys.argv if argv is None else argv), "cwd": os.getcwd()}
-    header = f"# The resolved options of {ctx.command_path}; rerun with {CONFIG_OPTION} THIS_FILE.\n"
+    params = {**ctx.params, **(resolved or {})}
+    keys = _params_by_key(ctx)
+    values = {key: _plain(params[p.name]) for key, p in keys.items() if params.get(p.name) is not None}
+    unset = [key for key, p in keys.items() if params.get(p.name) is None]
+    argv = list(sys.argv if argv is None else argv)
+    command = {"argv": argv, "line": shlex.join(argv), "cwd": os.getcwd()}
+    header = f"# The resolved options of featcache {ctx.info_name}; rerun with {CONFIG_OPTION} THIS_FILE.\n"
+    if unset:
+        header += f"# Not set, their defaults resolved by the command: {', '.join(unset)}.\n"
     return header + dumps_toml({**values, COMMAND_TABLE: command})
+
+
+def invocation(ctx: click.Context, **resolved: Any) -> Invocation:
+    """The command line that started ``ctx``'s command (as `featcache.cli.main` got it) and its `resolved_config`,
+    for the command to write beside its outputs; ``resolved``: values the command resolved itself."""
+    from featcache.cli.app import state
+
+    argv = state.argv or ("featcache", *sys.argv[1:])
+    return Invocation(tuple(argv), resolved_config(ctx, argv, resolved))
 
 
 def _plain(value: Any) -> Any:
@@ -231,3 +245,16 @@ def dumps_toml(table: Mapping[str, Any]) -> str:
             lines += ["", f"[{_toml_key(name)}]"]
             lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in sub.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def reporting(ctx: click.Context, track: Sequence[str], *, device: str | None, **resolved: Any) -> dict[str, Any]:
+    """`featcache.cli.app.context`'s ``track`` (``--track``, else ``FEATCACHE_TRACK``) and ``invocation`` of a
+    command that trains: the options as resolved (``resolved``: values the command resolved itself), the trackers'
+    names and, when not auto, the device (the command's ``--device``, else the global one) included."""
+    from featcache.cli.app import state
+    from featcache.track import parse_track
+
+    names = parse_track(track)
+    chosen = device or state.device
+    resolved = {**resolved, "track": list(names), "device": None if chosen == "auto" else chosen}
+    return {"track": names, "invocation": invocation(ctx, **resolved)}

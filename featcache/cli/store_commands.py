@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from featcache.cli.app import context
+from featcache.cli.config_file import CONFIG
 from featcache.core.errors import FeatcacheError
 from featcache.core.runtime import out_console
 
@@ -76,6 +77,7 @@ def extract(
         help="K: also store the tokens entering the encoder's last K blocks (the `tokens` array), so that "
         "train-decoder --train-blocks k <= K trains those blocks from the store (modes Tk).",
     ),
+    config: Path | None = CONFIG,
 ) -> None:
     """Compute the encoder's features of every sample once and write them to a store (resumable)."""
     from featcache.cli.parsing import parse_layers, parse_model_kwargs

@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from featcache.cli.app import CUDA_GRAPHS, context
+from featcache.cli.config_file import CONFIG, reporting
 from featcache.core.runtime import out_console
+from featcache.track import TRACK_HELP
 
 
 def pretrain(
@@ -43,6 +45,9 @@ def pretrain(
         60.0, help="Least seconds between two resume-state writes (0: every epoch)."
     ),
     device: str | None = typer.Option(None, help="Overrides the global --device."),
+    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    config: Path | None = CONFIG,
+    command: typer.Context,
 ) -> None:
     """Self-supervised denoising pretraining of the encoder (the study's VE + RD)."""
     from featcache.cli.parsing import parse_model_kwargs
@@ -64,7 +69,8 @@ def pretrain(
         init_weights=encoder_weights,
         model_kwargs=parse_model_kwargs(model_kwargs),
     )
-    report = run_pretrain(cfg, ctx=context(device, checkpoint_seconds=checkpoint_seconds))
+    ctx = context(device, checkpoint_seconds=checkpoint_seconds, **reporting(command, track, device=device))
+    report = run_pretrain(cfg, ctx=ctx)
     out_console.print(
         f"wrote {report.out}: best epoch {report.best_epoch} (validation MSE {report.best_val_loss:.5f}), "
         f"{report.seconds:.1f} s of training; figures {', '.join(str(f) for f in report.figures)}"
@@ -137,6 +143,9 @@ def train_decoder(
     selection_file: Path | None = typer.Option(
         None, help="Train on the first --size ids of this file (one per line, e.g. from featcache select), every seed."
     ),
+    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    config: Path | None = CONFIG,
+    command: typer.Context,
 ) -> None:
     """Train a decoder straight from the store, once per seed (and learning rate and weight decay), and summarise
     over seeds."""
@@ -169,7 +178,13 @@ def train_decoder(
         selection=selection,
         selection_file=selection_file,
     )
-    ctx = context(device, ranks=True, cuda_graphs=cuda_graphs, checkpoint_seconds=checkpoint_seconds)
+    ctx = context(
+        device,
+        ranks=True,
+        cuda_graphs=cuda_graphs,
+        checkpoint_seconds=checkpoint_seconds,
+        **reporting(command, track, device=device, out=cfg.out),
+    )
     sweep = run_train(cfg, ctx=ctx)
     if not sweep.summary:  # a torchrun rank other than 0: rank 0 reports
         return
@@ -258,6 +273,9 @@ def compare_e2e(
     selection_file: Path | None = typer.Option(
         None, help="Also train on a file of ids (size N: its first N, every seed), compared with random as 'file'."
     ),
+    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    config: Path | None = CONFIG,
+    command: typer.Context,
 ) -> None:
     """Train every mode on the same subsets and protocol; write report.md with figures and tables."""
     from featcache.cli.parsing import parse_layers, parse_list, parse_numbers, parse_seeds
@@ -288,7 +306,8 @@ def compare_e2e(
         selections=parse_list(selections, "--selections", str),
         selection_file=selection_file,
     )
-    result = run_compare(cfg, ctx=context(device, ranks=True, cuda_graphs=cuda_graphs))
+    ctx = context(device, ranks=True, cuda_graphs=cuda_graphs, **reporting(command, track, device=device))
+    result = run_compare(cfg, ctx=ctx)
     if result.report is None:  # a torchrun rank other than 0: rank 0 reports
         return
     # A grid's other learning rates are in the report; the modes compare at the first, on random's subsets.

@@ -13,13 +13,18 @@ from featcache.core.runtime import err_console
 @dataclass(frozen=True)
 class EpochEnd:
     """What the epoch loop says after each epoch: the epoch (1-based) of ``epochs``, the training and validation
-    losses averaged over the runs trained together, and the best epoch so far of the first run."""
+    losses averaged over the runs trained together, and the best epoch so far of the first run; then each run's
+    own losses (in the order the runs train) and the epoch's synchronised seconds of training steps, all runs
+    together (what experiment tracking logs)."""
 
     epoch: int
     epochs: int
     train_loss: float
     val_loss: float
     best_epoch: int
+    train_losses: tuple[float, ...] = ()
+    val_losses: tuple[float, ...] = ()
+    seconds: float = 0.0
 
 
 #: Called after each epoch.

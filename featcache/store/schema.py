@@ -141,6 +141,13 @@ class StoreIdentity(JsonRecord):
     tail_tokens: int | None = None  # K: the ``tokens`` array holds the tokens entering the last K blocks
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 of the identity entries (`IDENTITY_KEYS`): stores with the same fingerprint
+        hold the same features (experiment trackers record it with each run)."""
+        document = self.to_json()
+        identity = json.dumps({key: document.get(key) for key in IDENTITY_KEYS}, sort_keys=True)
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
 
 @dataclass(kw_only=True)
 class StoreRecord(StoreIdentity):

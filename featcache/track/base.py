@@ -45,11 +45,12 @@ class Tracker(Protocol):
         params: Mapping[str, ParamValue],
         tags: Mapping[str, str],
         run_id: str | None,
+        parent_id: str | None = None,
     ) -> TrackerRun:
         """A new run, or the run ``run_id`` (a `TrackerRun.id` of an earlier process) continued.
 
         ``name`` tells the run apart within ``group`` (a sweep: an MLflow experiment, a W&B group); ``params`` are
-        flat (`flatten_params`).
+        flat (`flatten_params`); ``parent_id``: this backend's id of the run it belongs to (a sweep's own run).
         """
 
     def close(self) -> None:

@@ -40,11 +40,14 @@ class Trackers:
         params: Mapping[str, object] | None = None,
         tags: Mapping[str, str] | None = None,
         run_ids: Mapping[str, str] | None = None,
+        parent: Run | None = None,
     ) -> Run:
         """A run in every backend; ``run_ids`` (an earlier `Run.ids`) continues those runs instead of new ones.
 
-        ``params`` may nest (`flatten_params`); ``group`` gathers the runs of one sweep.
+        ``params`` may nest (`flatten_params`); ``group`` gathers the runs of one sweep; ``parent``: the run this
+        one belongs to (MLflow shows it nested under it).
         """
+        parent_ids = parent.ids if parent is not None else {}
         flat, tags, run_ids = flatten_params(params or {}), dict(tags or {}), dict(run_ids or {})
         runs: dict[str, TrackerRun] = {}
         for tracker in self._trackers:
@@ -56,6 +59,7 @@ class Trackers:
                 params=flat,
                 tags=tags,
                 run_id=run_ids.get(tracker.name),
+                parent_id=parent_ids.get(tracker.name),
             )
             if run is not None:
                 runs[tracker.name] = run

@@ -1,7 +1,8 @@
 """MLflow: runs in ``MLFLOW_TRACKING_URI``, else in a SQLite database in the output folder (``OUT/mlflow.db``,
 artifacts in ``OUT/mlartifacts``: ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db`` shows them).
 
-A sweep's group is an MLflow experiment. Epoch values are written in batches, at most every `FLUSH_SECONDS` and
+A sweep's group is an MLflow experiment (``MLFLOW_EXPERIMENT_NAME``, when set, gathers every group in one), its
+runs nested under the sweep's own run. Epoch values are written in batches, at most every `FLUSH_SECONDS` and
 at most `FLUSH_SHARE` of the wall time (one write to SQLite costs milliseconds, an epoch of a small decoder not
 much more), and whenever the run logs anything else or ends.
 """
@@ -27,6 +28,8 @@ FLUSH_SHARE = 0.01
 #: MLflow's limits on one `log_batch` call and on a parameter's and a tag's value (characters).
 METRICS_PER_BATCH, PARAMS_PER_BATCH, PARAM_CHARS, TAG_CHARS = 1000, 100, 6000, 8000
 DEFAULT_EXPERIMENT = "featcache"
+#: The tag by which MLflow nests a run under its parent run.
+PARENT_TAG = "mlflow.parentRunId"
 
 
 @contextmanager
@@ -81,14 +84,17 @@ class MlflowTracker:
         params: Mapping[str, ParamValue],
         tags: Mapping[str, str],
         run_id: str | None,
+        parent_id: str | None = None,
     ) -> MlflowRun:
         with self.lock:
             run = self._existing(run_id) if run_id is not None else None
             if run is None:
                 experiment = self._experiment_id(
-                    group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+                    os.environ.get("MLFLOW_EXPERIMENT_NAME") or group or DEFAULT_EXPERIMENT
                 )
-                tags = {**tags, "featcache.group": group} if group else tags
+                tags = {**tags, "featcache.group": group} if group else dict(tags)
+                if parent_id is not None:
+                    tags[PARENT_TAG] = parent_id
                 run = self.client.create_run(
                     experiment, run_name=name, tags={k: str(v)[:TAG_CHARS] for k, v in tags.items()}
                 )

@@ -66,6 +66,7 @@ class TensorBoardTracker:
         params: Mapping[str, ParamValue],
         tags: Mapping[str, str],
         run_id: str | None,
+        parent_id: str | None = None,
     ) -> TensorBoardRun:
         """The run's id is its folder relative to ``OUT/tensorboard``; a new run gets a folder of its own (``NAME-2``
         when ``NAME`` is taken)."""

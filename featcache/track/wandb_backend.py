@@ -53,6 +53,7 @@ class WandbTracker:
         params: Mapping[str, ParamValue],
         tags: Mapping[str, str],
         run_id: str | None,
+        parent_id: str | None = None,
     ) -> WandbRun:
         self.out.mkdir(parents=True, exist_ok=True)
         run = wandb.init(

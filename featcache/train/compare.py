@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from featcache import __version__
 from featcache.core.context import Context
 from featcache.core.errors import FeatcacheError
 from featcache.core.io import ensure_writable_dir
@@ -42,6 +43,16 @@ from featcache.train.run_lock import locks_out
 from featcache.train.selections import Chosen, choose_subsets
 from featcache.train.sizes import SizeGroup, train_sizes_from_store
 from featcache.train.tail_run import check_top_run, train_any_mode
+from featcache.train.tracking import (
+    CONFIG_FILE,
+    IDS_FILE,
+    CommandTracking,
+    TrackedRun,
+    decoder_params,
+    folder_files,
+    run_files,
+    run_metrics,
+)
 
 CASE_IMAGES = 3
 
@@ -94,6 +105,8 @@ class ComparePlan:
         """What a run of ``mode`` records of its encoder (a store mode: the store's)."""
         spec = mode_of(mode)
         return RunEncoder.of(self.records[spec.encoder or "ssl"], trained=spec.trainable)
+
+    tracking: CommandTracking = field(default_factory=CommandTracking.off)
 
     def run_config(self, mode: str, key: RunKey) -> TrainConfig:
         """A run's `TrainConfig`: encoder modes flip images, which is what ``exact`` reproduces (``none`` stays); Tk
@@ -149,7 +162,9 @@ def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison
         ctx.ranks.broadcast_object(None)  # the other ranks write nothing before rank 0 has claimed the folder
         if resume:
             _keep_finished(planned)
-        run_comparison(store, planned, ctx)
+        planned.tracking = track_comparison(store, planned, ctx)
+        with planned.tracking:
+            run_comparison(store, planned, ctx)
         gathered = ctx.ranks.gather_objects((planned.results, planned.cases))
         ctx.ranks.close()
         if not ctx.is_main:
@@ -166,6 +181,7 @@ def compare_e2e(cfg: CompareConfig, *, ctx: Context | None = None) -> Comparison
         )
         planned.cases = {key: value for _, part in gathered for key, value in part.items()}
         report = write_comparison(store, planned, ctx)
+    end_tracking(planned)
     return Comparison(cfg.out, planned.results, report)
 
 
@@ -289,6 +305,41 @@ def _per_selection(batches: list[Batch], labels: tuple[str, ...]) -> list[Batch]
     return out
 
 
+def track_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> CommandTracking:
+    """``OUT/config.toml``, and the comparison's runs registered with the trackers of ``ctx`` (`CommandTracking`):
+    its own run ``compare-e2e`` and one run per (mode, size, seed, learning rate), named by its folder under
+    ``runs/``. compare-e2e trains every run again when run again: each is a new tracked run."""
+    cfg = planned.cfg
+    tracking = CommandTracking.open(ctx, out=cfg.out, command="compare-e2e", config_file=cfg.out / CONFIG_FILE)
+    if tracking.active:
+        params = {**asdict(cfg), "store_fingerprint": store.record.fingerprint(), "featcache_version": __version__}
+        tracking.start_command(TrackedRun("compare-e2e", params, cfg.out / IDS_FILE))
+        for key in _every_key(cfg):
+            encoder = planned.records[mode_of(key.mode).encoder or "ssl"]
+            run_cfg = planned.run_config(key.mode, key)
+            params = decoder_params(store, run_cfg, mode=key.mode, plan=planned.plans[key.size], encoder=encoder)
+            directory = planned.directory(key)
+            name = directory.relative_to(cfg.out / "runs").as_posix()
+            tracking.add(key, TrackedRun(name, params, directory / IDS_FILE, run_files(directory)))
+    return tracking
+
+
+def _every_key(cfg: CompareConfig) -> list[RunKey]:
+    """Every run of the comparison, on every rank."""
+    return [key for batch in _batches(cfg, grouped=False) for key in batch.keys]
+
+
+def end_tracking(planned: ComparePlan) -> None:
+    """The runs other ranks trained logged from their results; the comparison's run gets the report, its table
+    and figures and ``config.toml``, and ends."""
+    for results in planned.results:
+        selection = results.selection.strategy if results.selection else "random"
+        key = RunKey(results.mode, results.size, results.seed, results.lr, results.weight_decay, selection)
+        planned.tracking.log_finished(key, results)
+    files = ("report.md", "results.csv", "comparison.json", CONFIG_FILE)
+    planned.tracking.end(folder_files(planned.cfg.out, files))
+
+
 def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> None:
     """Train every batch, writing each run as it finishes: the store's runs first, all sizes from one read of the
     store, the sizes at the same time on CUDA (`train_sizes_from_store`); then the encoder modes, whose images are
@@ -303,7 +354,7 @@ def run_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> N
                 label += f" lr {','.join(dict.fromkeys(number_name(k.lr) for k in batch.keys))}"
             if planned.cfg.compares_selections:
                 label += f" {','.join(dict.fromkeys(k.selection for k in batch.keys))}"
-            return epoch_row(bar, label, planned.plans[batch.size].epochs)
+            return planned.tracking.epochs(batch.keys, epoch_row(bar, label, planned.plans[batch.size].epochs))
 
         def record(batch: Batch, outputs: list[RunOutput]) -> None:
             _record(planned, batch, outputs)
@@ -358,6 +409,7 @@ def _record(planned: ComparePlan, batch: Batch, outputs: list[RunOutput]) -> Non
             write_case_masks(planned.directory(key), masks)
         write_run(planned.directory(key), run.results, None)
         planned.results.append(run.results)
+        planned.tracking.finish(key, run_metrics(run.results))
 
 
 def write_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> Path:

@@ -134,7 +134,10 @@ def run_epochs(
                 }
             )
         if progress is not None:
-            progress(EpochEnd(epoch, epochs, sum(losses[0]) / task.runs, sum(losses[1]) / task.runs, bests[0].epoch))
+            means = (sum(losses[0]) / task.runs, sum(losses[1]) / task.runs)
+            progress(
+                EpochEnd(epoch, epochs, *means, bests[0].epoch, tuple(losses[0]), tuple(losses[1]), trained - started)
+            )
     bests = [BestEpoch(b.epoch, b.val_loss, on_cpu(b.weights)) for b in bests]
     return LoopResult(bests, histories, train_seconds, total_seconds, epoch_train_seconds)
 

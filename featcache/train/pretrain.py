@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
+from featcache import __version__
 from featcache.core.context import Context
 from featcache.core.errors import FeatcacheError, OptionError, check_at_least, check_choice
 from featcache.core.io import ensure_writable_dir, torch_save, write_json
@@ -46,6 +47,7 @@ from featcache.results.figures import plot_loss_curve, save_figure
 from featcache.train.loop import LoopResult, run_epochs
 from featcache.train.resume import Checkpointer
 from featcache.train.run_lock import locks_out
+from featcache.train.tracking import track_checkpoint
 
 #: Validation images shown in the reconstruction figure.
 FIGURE_IMAGES = 4
@@ -343,19 +345,31 @@ def pretrain(cfg: PretrainConfig, *, ctx: Context | None = None) -> PretrainRepo
         device=ctx.device,
         resume_file=checkpointer.path,
     )
-    with progress_bar("epochs", disable=not ctx.progress) as bar:
+    # A finished run trained again (no resume state beside its checkpoint) is a new tracked run.
+    resume = checkpointer.path.exists() or not Path(cfg.out).exists()
+    params = {
+        **cfg.to_dict(),
+        "encoder": {"arch": encoder.arch, "config": encoder_config(encoder), "source": init.to_json()},
+    }
+    params.update(dataset_fingerprint=identity["fingerprint"], featcache_version=__version__)
+    tracking = track_checkpoint(ctx, checkpoint=Path(cfg.out), command="pretrain", params=params, resume=resume)
+    with tracking, progress_bar("epochs", disable=not ctx.progress) as bar:
         result = run_epochs(
             task,
             epochs=cfg.epochs,
             device=ctx.device,
             checkpointer=checkpointer,
-            progress=epoch_row(bar, "pretrain", cfg.epochs),
+            progress=tracking.epochs(["pretrain"], epoch_row(bar, "pretrain", cfg.epochs)),
         )
     best = result.bests[0]
     encoder.load_state_dict(best.weights["encoder"])
     decoder.load_state_dict(best.weights["decoder"])
     report = _write_outputs(cfg, encoder=encoder, decoder=decoder, init=init, result=result, data=data, ctx=ctx)
     checkpointer.done()
+    metrics = {"best_epoch": best.epoch, "best_val_loss": best.val_loss, "train_seconds": result.train_seconds}
+    files = [report.history, *report.figures, tracking.config_file]
+    tracking.finish("pretrain", {**metrics, "total_seconds": result.total_seconds}, files)
+    tracking.end()
     return report
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from featcache import __version__
 from featcache.core.context import Context
 from featcache.core.errors import FeatcacheError
 from featcache.core.io import ensure_writable_dir, write_json
@@ -33,6 +34,16 @@ from featcache.train.run import RunOutput
 from featcache.train.run_lock import locks_out
 from featcache.train.selections import Chosen, choose_subsets
 from featcache.train.tail_run import check_top_run, train_any_mode
+from featcache.train.tracking import (
+    CONFIG_FILE,
+    IDS_FILE,
+    CommandTracking,
+    TrackedRun,
+    decoder_params,
+    folder_files,
+    run_files,
+    run_metrics,
+)
 
 
 @dataclass
@@ -65,6 +76,8 @@ class SweepPlan:
         chosen = self.chosen.get(key.seed)
         return self.cfg.run_config(key, self.plan.val_size, train_ids=chosen.train_ids if chosen else None)
 
+    tracking: CommandTracking = field(default_factory=CommandTracking.off)
+
     def directory(self, key: RunKey) -> Path:
         """``OUT/seed-K``, or in a grid ``OUT/lr-X_wd-Y/seed-K``."""
         combination = combination_name(key.lr, key.weight_decay) if self.cfg.grid else None
@@ -89,14 +102,18 @@ def train_decoder(cfg: SweepConfig, *, ctx: Context | None = None) -> SeedSweep:
     ctx = ctx or Context.resolve()
     with FeatureStore.open(cfg.store) as store:
         planned = plan_sweep(store, cfg, ctx)
-        run_sweep(store, planned, ctx)
+        planned.tracking = track_sweep(store, planned, ctx)
+        with planned.tracking:
+            run_sweep(store, planned, ctx)
     gathered = ctx.ranks.gather_objects(planned.finished)
     ctx.ranks.close()
     if not ctx.is_main:
         return SeedSweep(cfg.out, list(planned.finished.values()), {})
     for part in gathered:
         planned.finished.update(part)
-    return write_sweep(cfg, [planned.finished[key] for key in cfg.keys()])
+    sweep = write_sweep(cfg, [planned.finished[key] for key in cfg.keys()])
+    end_tracking(planned)
+    return sweep
 
 
 def plan_sweep(store: FeatureStore, cfg: SweepConfig, ctx: Context) -> SweepPlan:
@@ -170,6 +187,36 @@ def _identity(store: FeatureStore, run_cfg, ctx: Context) -> dict:
     return json.loads(json.dumps(identity))  # as results.json reads back: tuples (layers, train_ids) as lists
 
 
+def track_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> CommandTracking:
+    """``OUT/config.toml``, and the sweep's runs registered with the trackers of ``ctx`` (`CommandTracking`): the
+    sweep's own run ``train-decoder`` and one run per seed (and combination), named by its folder; a resumed run
+    continues its tracked run (ids in ``OUT/tracking.json`` and each run's folder)."""
+    cfg = planned.cfg
+    tracking = CommandTracking.open(
+        ctx, out=cfg.out, command="train-decoder", config_file=cfg.out / CONFIG_FILE, resume=True
+    )
+    if tracking.active:
+        params = {**asdict(cfg), "store_fingerprint": store.record.fingerprint(), "featcache_version": __version__}
+        tracking.start_command(TrackedRun("train-decoder", params, cfg.out / IDS_FILE))
+        for key in cfg.keys():
+            directory = planned.directory(key)
+            run_cfg = cfg.run_config(key, planned.plan.val_size)
+            params = decoder_params(store, run_cfg, mode="C", plan=planned.plan, encoder=store.record.encoder)
+            name = directory.relative_to(cfg.out).as_posix()
+            kept = key in planned.finished
+            tracking.add(key, TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=kept))
+    return tracking
+
+
+def end_tracking(planned: SweepPlan) -> None:
+    """The runs no tracker has yet (other ranks', or finished before tracking was asked for) logged from their
+    results; the sweep's run gets the summary, the figures and ``config.toml``, and ends."""
+    for key in planned.cfg.keys():
+        planned.tracking.log_finished(key, planned.finished[key])
+    files = ("summary.json", "summary.csv", "runs.csv", CONFIG_FILE)
+    planned.tracking.end(folder_files(planned.cfg.out, files))
+
+
 def run_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> None:
     """Train the planned groups one after another, writing each run as it finishes (into ``planned.finished``);
     a group that runs out of GPU memory is split in halves that start again."""
@@ -183,6 +230,7 @@ def run_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> None:
                 ctx.checkpoint_seconds,
             )
             row = epoch_row(bar, f"{cfg.mode} size {cfg.size} {runs_label(group, cfg.grid)}", planned.plan.epochs)
+            row = planned.tracking.epochs(group, row)
             outputs = _train_or_halve(store, planned, group, ctx=ctx, progress=row, checkpointer=checkpointer)
             if outputs is None:
                 groups[:0] = [group[: len(group) // 2], group[len(group) // 2 :]]
@@ -228,6 +276,7 @@ def _keep(planned: SweepPlan, key: RunKey, output: RunOutput, *, ctx: Context) -
         output.results.selection = planned.chosen[key.seed].record
     write_run(planned.directory(key), output.results, output.checkpoint)
     planned.finished[key] = output.results
+    planned.tracking.finish(key, run_metrics(output.results))
     if ctx.progress:
         r = output.results
         err_console.print(

@@ -12,7 +12,7 @@ import pytest
 import typer
 from click.testing import CliRunner
 
-from featcache.cli.config_file import CONFIG_HELP, config_option, dumps_toml, load_config, resolved_config
+from featcache.cli.config_file import CONFIG, dumps_toml, load_config, resolved_config
 from featcache.core.errors import FeatcacheError, OptionError
 
 seen: dict = {}
@@ -38,7 +38,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite"),
     out: Path = typer.Option(Path("runs/x")),
     dtype: Dtype = typer.Option(Dtype.float16),
-    config: Path | None = typer.Option(None, "--config", callback=load_config, is_eager=True, help=CONFIG_HELP),
+    config: Path | None = CONFIG,
 ) -> None:
     seen["params"] = {k: v for k, v in ctx.params.items() if k != "config"}
     seen["toml"] = resolved_config(ctx, argv=["featcache", "train", *ctx.args])
@@ -101,8 +101,9 @@ def test_resolved_config_reruns_to_the_same_values(tmp_path, monkeypatch):
     first = invoke("a.zarr", "--size", "10", "--weight-decay", "1e-4,1e-3", "--model-kwargs", "depth=2", "--grouped")
     document = seen["toml"]
     parsed = tomllib.loads(document)
-    assert parsed["command"] == {"argv": ["featcache", "train"], "cwd": str(tmp_path)}
+    assert parsed["command"] == {"argv": ["featcache", "train"], "line": "featcache train", "cwd": str(tmp_path)}
     assert "epochs" not in parsed and math.isinf(parsed["clip"]) and parsed["model-kwargs"] == ["depth=2"]
+    assert "# Not set, their defaults resolved by the command: epochs.\n" in document
     (tmp_path / "config.toml").write_text(document)
     assert invoke("--config", tmp_path / "config.toml") == first
     assert seen["toml"] == document
@@ -145,7 +146,7 @@ def test_a_plain_click_command_takes_config_too(tmp_path):
     @click.command()
     @click.argument("data")
     @click.option("--batch-size", type=int, default=8)
-    @config_option()
+    @click.option("--config", callback=load_config, is_eager=True, expose_value=False)
     def extract(data: str, batch_size: int) -> None:
         click.echo(f"{data} {batch_size}")
 

@@ -19,7 +19,7 @@ class Recorder:
         self.fail_at = fail_at
         self.calls: list[tuple] = []
 
-    def start_run(self, *, name, group, params, tags, run_id):
+    def start_run(self, *, name, group, params, tags, run_id, parent_id=None):
         self.calls.append(("start", name, group, dict(params), dict(tags), run_id))
         return RecorderRun(self, run_id or f"{self.name}-{name}")
 
