@@ -15,7 +15,7 @@ class EpochEnd:
     """What the epoch loop says after each epoch: the epoch (1-based) of ``epochs``, the training and validation
     losses averaged over the runs trained together, and the best epoch so far of the first run; then each run's
     own losses (in the order the runs train) and the epoch's synchronised seconds of training steps, all runs
-    together (what experiment tracking logs)."""
+    together (what experiment tracking logs; None for an epoch restored from a resume state that lacks them)."""
 
     epoch: int
     epochs: int
@@ -24,10 +24,10 @@ class EpochEnd:
     best_epoch: int
     train_losses: tuple[float, ...] = ()
     val_losses: tuple[float, ...] = ()
-    seconds: float = 0.0
+    seconds: float | None = None
 
 
-#: Called after each epoch.
+#: Called after each epoch; when a run resumes, first once for each epoch its resume state restored.
 EpochCallback = Callable[[EpochEnd], None]
 
 

@@ -91,6 +91,7 @@ def run_epochs(
     bests = [BestEpoch() for _ in range(task.runs)]
     train_seconds = total_seconds = 0.0
     epoch_train_seconds: list[float] = []
+    restored_seconds: list[float] | None = []  # the resume state's epochs' seconds (None: it holds none)
     first = 1
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
@@ -100,6 +101,8 @@ def run_epochs(
         histories = saved["histories"]
         bests = [BestEpoch(**b) for b in saved["bests"]]
         train_seconds, total_seconds, first = saved["train_seconds"], saved["total_seconds"], saved["epoch"] + 1
+        restored_seconds = saved.get("epoch_seconds")
+        _tell_restored(progress, histories, restored_seconds, epochs=epochs, best=bests[0].epoch)
     for epoch in range(first, epochs + 1):
         wait_for_stream(device)
         started = time.perf_counter()
@@ -131,15 +134,39 @@ def run_epochs(
                     "bests": [{"epoch": b.epoch, "val_loss": b.val_loss, "weights": on_cpu(b.weights)} for b in bests],
                     "train_seconds": train_seconds,
                     "total_seconds": total_seconds,
+                    "epoch_seconds": None if restored_seconds is None else restored_seconds + epoch_train_seconds,
                 }
             )
         if progress is not None:
-            means = (sum(losses[0]) / task.runs, sum(losses[1]) / task.runs)
-            progress(
-                EpochEnd(epoch, epochs, *means, bests[0].epoch, tuple(losses[0]), tuple(losses[1]), trained - started)
-            )
+            progress(_epoch_end(epoch, epochs, losses, best=bests[0].epoch, seconds=trained - started))
     bests = [BestEpoch(b.epoch, b.val_loss, on_cpu(b.weights)) for b in bests]
     return LoopResult(bests, histories, train_seconds, total_seconds, epoch_train_seconds)
+
+
+def _epoch_end(epoch: int, epochs: int, losses: list[list[float]], *, best: int, seconds: float | None) -> EpochEnd:
+    """The report of epoch ``epoch``: ``losses`` = [training losses, validation losses], one per run."""
+    train, val = losses
+    return EpochEnd(
+        epoch, epochs, sum(train) / len(train), sum(val) / len(val), best, tuple(train), tuple(val), seconds
+    )
+
+
+def _tell_restored(
+    progress: EpochCallback | None,
+    histories: list[dict[str, list[float]]],
+    seconds: list[float] | None,
+    *,
+    epochs: int,
+    best: int,
+) -> None:
+    """Report again the epochs a resumed loop restored (``seconds``: their training seconds, None when the resume
+    state holds none): experiment trackers pick their runs up from them, with the epochs that a killed process
+    had not yet written out."""
+    if progress is None:
+        return
+    for epoch in range(1, len(histories[0]["train_loss"]) + 1):
+        losses = [[h["train_loss"][epoch - 1] for h in histories], [h["val_loss"][epoch - 1] for h in histories]]
+        progress(_epoch_end(epoch, epochs, losses, best=best, seconds=seconds[epoch - 1] if seconds else None))
 
 
 def on_cpu(weights):

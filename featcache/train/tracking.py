@@ -155,9 +155,9 @@ class CommandTracking:
         runs = self.start(keys)
 
         def log(end: EpochEnd) -> None:
-            share = end.seconds / len(runs)
+            share = {} if end.seconds is None else {"epoch_seconds": end.seconds / len(runs)}
             for run, train, val in zip(runs, end.train_losses, end.val_losses, strict=True):
-                run.log_epoch(epoch=end.epoch, metrics={"train_loss": train, "val_loss": val, "epoch_seconds": share})
+                run.log_epoch(epoch=end.epoch, metrics={"train_loss": train, "val_loss": val, **share})
             if progress is not None:
                 progress(end)
 

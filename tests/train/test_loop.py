@@ -110,7 +110,11 @@ def test_a_resumed_loop_continues_after_the_saved_epoch_to_the_same_result(tmp_p
     resumed = run_epochs(
         task, epochs=4, device=CPU, checkpointer=Checkpointer(path, {"run": 1}, 0), progress=ends.append
     )
-    assert task.trained == [3, 4] and [e.epoch for e in ends] == [3, 4]
+    # The restored epochs are reported again first (experiment trackers pick the run up from them), seconds included.
+    assert task.trained == [3, 4] and [e.epoch for e in ends] == [1, 2, 3, 4]
+    assert [list(e.train_losses) for e in ends] == [[h["train_loss"][i] for h in whole.histories] for i in range(4)]
+    assert [list(e.val_losses) for e in ends] == [[h["val_loss"][i] for h in whole.histories] for i in range(4)]
+    assert all(e.seconds is not None and e.seconds >= 0 for e in ends)
     assert resumed.histories == whole.histories
     assert [(b.epoch, b.val_loss) for b in resumed.bests] == [(b.epoch, b.val_loss) for b in whole.bests]
     assert all(torch.equal(r.weights["w"], w.weights["w"]) for r, w in zip(resumed.bests, whole.bests, strict=True))
