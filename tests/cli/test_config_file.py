@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from featcache.cli.config_file import CONFIG, dumps_toml, load_config, resolved_config
 from featcache.core.errors import FeatcacheError, OptionError
+from featcache.results.records import RunResults
+from tests.helpers import one_line_error
 
 seen: dict = {}
 app = typer.Typer(add_completion=False)
@@ -172,3 +174,57 @@ def test_dumps_toml_writes_what_tomllib_reads_back():
     parsed = tomllib.loads(dumps_toml({**table, "nan": math.nan}))
     assert math.isnan(parsed.pop("nan"))
     assert parsed == {k: v for k, v in table.items() if v is not None}
+
+
+# The commands themselves, through the command line.
+
+MICRO_COMPARE = "--sizes 4 --seeds 0 --modes F,C --epochs 2 --batch-size 2 --val-size 2 --lr 0.01".split()
+
+
+def test_compare_e2e_config_toml_reruns_the_comparison(micro_store, tmp_path, cli):
+    first = cli("--device", "cpu", "compare-e2e", micro_store, *MICRO_COMPARE, "--out", tmp_path / "a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    written = tomllib.loads((tmp_path / "a" / "config.toml").read_text())
+    assert written["command"]["argv"][:3] == ["featcache", "--device", "cpu"] and written["device"] == "cpu"
+    assert written["modes"] == "F,C" and written["grid-modes"] == "C" and written["track"] == []
+    again = cli("compare-e2e", "--config", tmp_path / "a" / "config.toml", "--out", tmp_path / "b", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    rerun = tomllib.loads((tmp_path / "b" / "config.toml").read_text())
+    assert rerun.pop("command")["argv"][1:3] == ["compare-e2e", "--config"] and rerun.pop("out").endswith("b")
+    assert {k: v for k, v in written.items() if k not in ("command", "out")} == rerun
+    for run in ("F/size-4/seed-0", "C/size-4/seed-0"):
+        a, b = (RunResults.read(tmp_path / x / "runs" / run / "results.json") for x in "ab")
+        assert (a.test, a.history.to_json()) == (b.test, b.history.to_json())
+
+
+@pytest.mark.parametrize(
+    ("command", "toml", "message"),
+    [
+        ("train-decoder", 'store = "s"\nsise = 10', "sise is not an option of this command; did you mean size?"),
+        ("compare-e2e", 'store = "s"\nseeds = [[0]]', "seeds = [[0]]: takes text, a number or a list of them"),
+        ("pretrain", 'data = "d"\nepochs = 1.5', "epochs = 1.5: takes a whole number"),
+        ("extract", 'data = "d"\noverwrite = 1', "overwrite = 1: takes true or false"),
+    ],
+)
+def test_a_bad_key_of_each_command_is_one_line_naming_the_key_and_the_file(tmp_path, cli, command, toml, message):
+    config = write(tmp_path, toml + "\n")
+    one_line_error(cli(command, "--config", config), f"{config}: {message}", code=2)
+
+
+def test_track_comes_from_the_option_or_the_environment_and_is_checked(micro_store, tmp_path, cli, monkeypatch):
+    one_line_error(cli("train-decoder", micro_store, "--size", "4", "--track", "neptune"), "--track neptune", code=2)
+    monkeypatch.setenv("FEATCACHE_TRACK", "tensorboard")
+    options = ("--size", "4", "--seeds", "0", "--epochs", "1", "--batch-size", "2", "--val-size", "2")
+    result = cli("--device", "cpu", "train-decoder", micro_store, *options, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["track"] == ["tensorboard"]
+    assert sorted(p.name for p in (tmp_path / "run" / "tensorboard").iterdir()) == ["seed-0", "train-decoder"]
+
+
+def test_pretrain_writes_its_configuration_beside_the_checkpoint(synth_root, tmp_path, cli):
+    options = "--arch vit_micro --init random --epochs 1 --batch-size 4 --image-size 32".split()
+    result = cli("--device", "cpu", "pretrain", synth_root, *options, "--out", tmp_path / "enc.pt")
+    assert result.returncode == 0, result.stderr
+    written = tomllib.loads((tmp_path / "enc_config.toml").read_text())
+    assert (written["data"], written["epochs"], written["image-size"]) == (str(synth_root), 1, 32)
+    assert not (tmp_path / "config.toml").exists() and not (tmp_path / "enc_tracking.json").exists()
