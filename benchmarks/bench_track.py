@@ -12,6 +12,16 @@ W&B runs offline.
 
     python benchmarks/bench_track.py                                     # 1,000 epochs, one run
     python benchmarks/bench_track.py --epochs 500 --runs 15 --pause 0.05 --backends mlflow
+
+``--compare STORE`` measures instead what tracking adds to a whole command: ``featcache compare-e2e STORE --modes C``
+(the public command line, each run a fresh process into a fresh folder, the tracker's import and database included)
+without tracking and with each of ``--backends``, ``--repeats`` times each, interleaved (none, mlflow, tensorboard,
+none, ...) so that a change of the machine's load falls on every variant alike. It prints each variant's median
+wall and CPU seconds (the process and its children: the CPU time is what the machine's other load disturbs least)
+and their excess over no tracking, with the load average before and after; ``--`` passes further options on.
+
+    python benchmarks/bench_track.py --compare real.zarr --backends mlflow,tensorboard --repeats 3 -- \
+        --sizes 1400,160,80,40,20,10 --seeds 0,1,2 --device cpu
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,14 +93,70 @@ def measure(backend: str, *, epochs: int, runs: int, pause: float, out: Path) ->
     }
 
 
+def compare_command(store: str, *, track: str | None, out: Path, extra: list[str]) -> dict:
+    """One ``featcache compare-e2e STORE --modes C`` in a fresh process: its wall and CPU seconds (the process and
+    its children, e.g. W&B's service)."""
+    device = [] if "--device" in extra else ["--device", "cpu"]
+    options = [*device, "--modes", "C", *extra, "--out", str(out), *(["--track", track] if track else [])]
+    cmd = [sys.executable, "-m", "featcache", "compare-e2e", store, *options]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FEATCACHE_TRACK")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(out))
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    if done.returncode or "warning:" in done.stderr:
+        raise SystemExit(f"{' '.join(cmd)}: exit code {done.returncode}\n{done.stderr[-3000:]}")
+    return {"track": track or "none", "wall_seconds": wall, "cpu_seconds": cpu}
+
+
+def compare(args: argparse.Namespace, extra: list[str]) -> None:
+    """`compare_command` ``--repeats`` times per variant, interleaved; the medians and their excess over none."""
+    variants = [None, *args.backends.split(",")]
+    rows, load = [], [os.getloadavg()]
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for track in variants:
+                out = Path(tmp) / f"{track or 'none'}-{repeat}"
+                rows.append(compare_command(args.compare, track=track, out=out, extra=extra))
+                print(json.dumps(rows[-1]), flush=True)
+                shutil.rmtree(out)
+    load.append(os.getloadavg())
+    medians = {
+        t or "none": {
+            k: statistics.median(r[k] for r in rows if r["track"] == (t or "none"))
+            for k in ("wall_seconds", "cpu_seconds")
+        }
+        for t in variants
+    }
+    base = medians["none"]
+    command = f"compare-e2e {args.compare} --modes C {' '.join(extra)}"
+    print(f"{command}: median of {args.repeats} runs each, {os.cpu_count()} CPUs")
+    print(f"load average (1, 5, 15 min) before {load[0]}, after {load[1]}")
+    print(f"{'track':<12} {'wall s':>9} {'excess':>8} {'CPU s':>9} {'excess':>8}")
+    for track, m in medians.items():
+        wall, cpu = m["wall_seconds"], m["cpu_seconds"]
+        print(
+            f"{track:<12} {wall:>9.1f} {100 * (wall / base['wall_seconds'] - 1):>7.1f}% "
+            f"{cpu:>9.1f} {100 * (cpu / base['cpu_seconds'] - 1):>7.1f}%"
+        )
+    print(json.dumps({"rows": rows, "medians": medians, "load": load}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="mlflow,tensorboard,wandb")
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1, help="Runs open side by side, each logging every epoch.")
     parser.add_argument("--pause", type=float, default=0.0, help="Seconds between epochs (the training's stand-in).")
+    parser.add_argument("--compare", metavar="STORE", help="Measure whole compare-e2e commands instead (see above).")
+    parser.add_argument("--repeats", type=int, default=3, help="With --compare: runs of each variant.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one backend
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    if args.compare:
+        compare(args, [a for a in extra if a != "--"])
+        return
+    if extra:
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
