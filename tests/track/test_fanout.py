@@ -1,14 +1,10 @@
-"""--track parsing, opening backends, the fan-out's failure handling and rank 0 only: no backend package needed."""
+"""`Trackers`: every call to every tracker, a failing one warned of once and dropped: no tracker package needed."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from featcache.core.errors import FeatcacheError, OptionError
-from featcache.track import Trackers, flatten_params, open_trackers, parse_track
-from featcache.track import options as track_options
+from featcache.track import Trackers, flatten_params
 
 
 class Recorder:
@@ -18,9 +14,11 @@ class Recorder:
         self.name = name
         self.fail_at = fail_at
         self.calls: list[tuple] = []
+        self.parents: list[tuple] = []
 
     def start_run(self, *, name, group, params, tags, run_id, parent_id=None):
         self.calls.append(("start", name, group, dict(params), dict(tags), run_id))
+        self.parents.append((name, parent_id))
         return RecorderRun(self, run_id or f"{self.name}-{name}")
 
     def close(self) -> None:
@@ -44,54 +42,6 @@ class RecorderRun:
 
     def end(self, status):
         self.backend.calls.append(("end", status))
-
-
-def test_track_names_come_from_the_repeatable_option_else_the_environment():
-    assert parse_track(["mlflow", "tensorboard,MLflow"], env={}) == ("mlflow", "tensorboard")
-    assert parse_track(None, env={"FEATCACHE_TRACK": "tensorboard, mlflow"}) == ("tensorboard", "mlflow")
-    assert parse_track(["tensorboard"], env={"FEATCACHE_TRACK": "mlflow"}) == ("tensorboard",)
-    assert parse_track([], env={}) == ()
-
-
-@pytest.mark.parametrize(
-    ("values", "env", "source"),
-    [(["mlflow,neptune"], {}, "--track"), (None, {"FEATCACHE_TRACK": "neptune"}, "FEATCACHE_TRACK")],
-)
-def test_an_unknown_tracker_is_a_usage_error_listing_the_choices(values, env, source):
-    with pytest.raises(OptionError) as info:
-        parse_track(values, env=env)
-    assert str(info.value) == f"{source} neptune is not one of mlflow, tensorboard, wandb"
-
-
-def test_a_tracker_whose_package_is_missing_names_the_pip_command(monkeypatch):
-    real = track_options.importlib.util.find_spec
-    monkeypatch.setattr(track_options.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
-    with pytest.raises(FeatcacheError) as info:
-        parse_track(["tensorboard", "wandb"], env={})
-    assert str(info.value) == "--track wandb needs the wandb package: pip install 'featcache[wandb]'"
-
-
-def test_a_backend_that_cannot_be_imported_names_the_pip_command(monkeypatch, tmp_path):
-    monkeypatch.delitem(sys.modules, "featcache.track.mlflow_backend", raising=False)
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
-    with pytest.raises(FeatcacheError) as info:
-        open_trackers(["mlflow"], out=tmp_path)
-    message = str(info.value)
-    assert "\n" not in message and message.endswith(": pip install 'featcache[mlflow]'")
-
-
-def test_ranks_other_than_0_track_nothing_and_write_nothing(tmp_path, fake_run):
-    out = tmp_path / "out"
-    trackers = open_trackers(["mlflow", "tensorboard", "wandb"], out=out, rank=1)
-    run = trackers.start_run(name="seed-0", group="sweep", params=fake_run.params)
-    fake_run.log(run)
-    trackers.close()
-    assert trackers.names == () and run.ids == {} and not out.exists()
-
-
-def test_params_nest_into_dotted_keys_and_lists_into_text():
-    flat = flatten_params({"encoder": {"arch": "vit", "blocks": {"n": 12}}, "layers": (8, 9), "epochs": None, "x": 1.5})
-    assert flat == {"encoder.arch": "vit", "encoder.blocks.n": 12, "layers": "8,9", "x": 1.5}
 
 
 def test_every_backend_gets_every_call_with_flat_params_and_its_own_resume_id(fake_run):
@@ -142,3 +92,14 @@ def test_a_run_used_as_a_context_ends_failed_or_killed_on_an_exception(error, st
             raise error
     run.end()
     assert backend.calls[-1] == ("end", status) and [c[0] for c in backend.calls].count("end") == 1
+
+
+def test_a_run_started_under_a_parent_gets_each_backends_own_parent_id():
+    a, b = Recorder("a"), Recorder("b")
+    trackers = Trackers([a, b])
+    sweep = trackers.start_run(name="sweep")
+    trackers.start_run(name="seed-0", parent=sweep)
+    assert [call[-1] for call in a.parents] == [None, "a-sweep"] and [call[-1] for call in b.parents] == [
+        None,
+        "b-sweep",
+    ]

@@ -117,3 +117,19 @@ def test_mlflow_tracking_uri_wins_over_the_output_folder(out, client, tmp_path, 
     trackers.close()
     assert client.get_experiment_by_name("from-the-environment") is not None
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_child_run_is_nested_under_its_parent(trackers, client):
+    parent = trackers.start_run(name="sweep", group="nested")
+    child = trackers.start_run(name="seed-0", group="nested", parent=parent)
+    stored = client.get_run(child.ids["mlflow"])
+    assert stored.data.tags["mlflow.parentRunId"] == parent.ids["mlflow"]
+    assert "mlflow.parentRunId" not in client.get_run(parent.ids["mlflow"]).data.tags
+
+
+def test_mlflow_experiment_name_gathers_every_group_in_one_experiment(trackers, client, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "all-sweeps")
+    run = trackers.start_run(name="seed-0", group="one-sweep")
+    stored = client.get_run(run.ids["mlflow"])
+    assert client.get_experiment(stored.info.experiment_id).name == "all-sweeps"
+    assert stored.data.tags["featcache.group"] == "one-sweep"
