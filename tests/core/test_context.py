@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from featcache.core.context import Context
+from featcache.core.context import Context, Invocation
 from featcache.core.errors import FeatcacheError, OptionError
 from featcache.core.ranks import Distributed
 
@@ -21,6 +21,13 @@ def test_cpu_keeps_the_options_and_turns_cuda_graphs_off(no_cuda):
     assert ctx.device == torch.device("cpu") and ctx.cuda_graphs is False
     assert ctx.progress is False and ctx.checkpoint_seconds == 7.5
     assert ctx.ranks == Distributed(device=torch.device("cpu")) and not ctx.ranks.initialised
+
+
+def test_trackers_and_the_command_line_ride_on_the_context(no_cuda):
+    assert (Context.resolve("cpu").track, Context.resolve("cpu").invocation) == ((), None)
+    invocation = Invocation(("featcache", "train-decoder", "s.zarr"), 'store = "s.zarr"\n')
+    ctx = Context.resolve("cpu", track=["mlflow", "tensorboard"], invocation=invocation)
+    assert ctx.track == ("mlflow", "tensorboard") and ctx.invocation is invocation
 
 
 def test_auto_without_cuda_is_the_cpu_even_for_ranks_without_torchrun(no_cuda):
