@@ -72,11 +72,18 @@ class CommandTracking:
     """One command's tracked runs. Used as a context: an exception ends the runs still open and the command's
     own run as failed (killed on Ctrl-C) and closes the trackers."""
 
-    def __init__(self, trackers: Trackers, *, group: str | None, tags: dict[str, str], resume: bool) -> None:
+    def __init__(
+        self,
+        trackers: Trackers,
+        *,
+        group: str | None,
+        tags: dict[str, str],
+        resume: bool,
+        config_file: Path | None = None,
+    ) -> None:
         self.trackers = trackers
-        self.group, self.tags, self.resume = group, tags, resume
+        self.group, self.tags, self.resume, self.config_file = group, tags, resume, config_file
         self.command: Run | None = None
-        self.config_file: Path | None = None
         self._runs: dict[Hashable, TrackedRun] = {}
         self._open: dict[Hashable, Run] = {}
         self._finished: set[Hashable] = set()
@@ -101,9 +108,8 @@ class CommandTracking:
         if ctx.invocation is not None:
             tags["featcache.argv"] = shlex.join(ctx.invocation.argv)
         trackers = open_trackers(ctx.track, out=out, rank=ctx.ranks.rank)
-        tracking = cls(trackers, group=f"{command} {Path(out).resolve()}", tags=tags, resume=resume)
-        tracking.config_file = config_file
-        return tracking
+        group = f"{command} {Path(out).resolve()}"
+        return cls(trackers, group=group, tags=tags, resume=resume, config_file=config_file)
 
     @classmethod
     def off(cls) -> CommandTracking:
@@ -194,11 +200,9 @@ class CommandTracking:
             self._open[key] = tracked
         self.finish(key, run_metrics(results))
 
-    def end(self, files: Iterable[Path] = (), metrics: Mapping[str, float] | None = None) -> None:
-        """The command's run gets ``metrics`` and ``files`` (those that exist) and ends; the trackers close."""
+    def end(self, files: Iterable[Path] = ()) -> None:
+        """The command's run gets ``files`` (those that exist) and ends; the trackers close."""
         if self.command is not None:
-            if metrics:
-                self.command.log_metrics(metrics)
             for path in files:
                 if Path(path).exists():
                     self.command.log_artifact(path)
