@@ -200,8 +200,8 @@ def track_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> Comman
         tracking.start_command(TrackedRun("train-decoder", params, cfg.out / IDS_FILE))
         for key in cfg.keys():
             directory = planned.directory(key)
-            run_cfg = cfg.run_config(key, planned.plan.val_size)
-            params = decoder_params(store, run_cfg, mode="C", plan=planned.plan, encoder=store.record.encoder)
+            run_cfg = planned.run_config(key)
+            params = decoder_params(store, run_cfg, mode=key.mode, plan=planned.plan, encoder=store.record.encoder)
             name = directory.relative_to(cfg.out).as_posix()
             kept = key in planned.finished
             tracking.add(key, TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=kept))
