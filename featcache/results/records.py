@@ -119,7 +119,7 @@ class RunEncoder(JsonRecord):
         )
 
 
-@dataclass(kw_only=True)
+@dataclass
 class SelectionRecord(JsonRecord):
     """How a run's training images were chosen (`featcache.selection`): the ``strategy`` (``random``: the seeded
     subsets every sweep draws; ``file``: the first ids of a person's ``file``), its ``seed`` (None for a file),
