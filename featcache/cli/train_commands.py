@@ -94,7 +94,9 @@ def train_decoder(
     ),
     weight_decay: str = typer.Option("1e-4", help="SGD weight decay, or a list (1e-4,1e-3): a grid with --lr."),
     eval_size: str = typer.Option("224", help="224 (the store's size) | original (logits upsampled to each image)."),
-    out: Path | None = typer.Option(None, help="RUN_DIR (default runs/<store>-C-<decoder>-n<size>)."),
+    out: Path | None = typer.Option(
+        None, help="RUN_DIR (default runs/<store>-<C|Tk>-<decoder>-n<size>[-<selection>])."
+    ),
     encoder: str | None = typer.Option(
         None,
         help=(

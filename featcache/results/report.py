@@ -296,6 +296,7 @@ def _tail(grid_lines: list[str], n_cases: int) -> list[str]:
         "## Files",
         "",
         "- `results.csv`: one row per run; `runs/MODE/size-N/seed-K/results.json` (a grid mode's: "
-        "`runs/MODE/size-N/lr-X/seed-K/`): each run in full, with its loss curve.",
+        "`runs/MODE/size-N/lr-X/seed-K/`; comparing label selections: `runs/MODE/size-N/[lr-X/]SELECTION/seed-K/`): "
+        "each run in full, with its loss curve.",
         "",
     ]

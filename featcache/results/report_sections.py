@@ -21,7 +21,8 @@ Groups = dict[tuple[str, int], list[RunResults]]
 
 def encoder_lines(store_encoder: EncoderRecord, init_encoder: EncoderRecord | None) -> list[str]:
     """Which encoders the modes used, in words and by the hash of their weights."""
-    lines = [f"- the store's encoder (read by C, run by F and Es): {_named(store_encoder)};"]
+    used = "read by C, run by F and Es, its last blocks trained by Tk and Pk"
+    lines = [f"- the store's encoder ({used}): {_named(store_encoder)};"]
     if init_encoder is None or init_encoder.same_weights(store_encoder):
         lines.append("- E and FI start from the same encoder (no other starting point recorded or given).")
     else:

@@ -258,6 +258,11 @@ def _wrong_value(record: StoreRecord) -> str:
         return f"backend {record.backend!r} or complete {record.complete!r}"
     if not isinstance(record.encoder.weights_sha256, str) or not isinstance(record.encoder.arch, str):
         return "encoder.arch or encoder.weights_sha256 is not text"
+    tail, tokens = record.tail_tokens, record.n_tokens
+    if tail is not None and (type(tail) is not int or not 1 <= tail <= record.encoder.depth):
+        return f"tail_tokens {tail!r} is not a number of blocks from 1 to {record.encoder.depth}"
+    if tail and (type(tokens) is not int or tokens < 1):
+        return f"n_tokens {tokens!r} is not a positive whole number"
     return ""
 
 

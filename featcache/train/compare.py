@@ -307,20 +307,33 @@ def _per_selection(batches: list[Batch], labels: tuple[str, ...]) -> list[Batch]
 
 def track_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) -> CommandTracking:
     """``OUT/config.toml``, and the comparison's runs registered with the trackers of ``ctx`` (`CommandTracking`):
-    its own run ``compare-e2e`` and one run per (mode, size, seed, learning rate), named by its folder under
-    ``runs/``. compare-e2e trains every run again when run again: each is a new tracked run."""
+    its own run ``compare-e2e`` and one run per (mode, size, seed, learning rate, selection), named by its folder
+    under ``runs/``. A resumed comparison continues its tracked runs (ids in each run's folder); the runs it kept
+    (`_keep_finished`) are not logged again."""
     cfg = planned.cfg
-    tracking = CommandTracking.open(ctx, out=cfg.out, command="compare-e2e", config_file=cfg.out / CONFIG_FILE)
+    tracking = CommandTracking.open(
+        ctx, out=cfg.out, command="compare-e2e", config_file=cfg.out / CONFIG_FILE, resume=True
+    )
     if tracking.active:
         params = {**asdict(cfg), "store_fingerprint": store.record.fingerprint(), "featcache_version": __version__}
         tracking.start_command(TrackedRun("compare-e2e", params, cfg.out / IDS_FILE))
+        kept = {_key_of(r) for r in planned.results}
         for key in _every_key(cfg):
             encoder = planned.records[mode_of(key.mode).encoder or "ssl"]
             run_cfg = planned.run_config(key.mode, key)
-            params = decoder_params(store, run_cfg, mode=key.mode, plan=planned.plans[key.size], encoder=encoder)
+            chosen = planned.chosen.get((key.selection, key.size, key.seed))
+            params = decoder_params(
+                store,
+                run_cfg,
+                mode=key.mode,
+                plan=planned.plans[key.size],
+                encoder=encoder,
+                selection=chosen.record if chosen else None,
+            )
             directory = planned.directory(key)
             name = directory.relative_to(cfg.out / "runs").as_posix()
-            tracking.add(key, TrackedRun(name, params, directory / IDS_FILE, run_files(directory)))
+            run = TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=key in kept)
+            tracking.add(key, run)
     return tracking
 
 
@@ -329,14 +342,18 @@ def _every_key(cfg: CompareConfig) -> list[RunKey]:
     return [key for batch in _batches(cfg, grouped=False) for key in batch.keys]
 
 
+def _key_of(results: RunResults) -> RunKey:
+    """The `RunKey` of a run's results."""
+    selection = results.selection.strategy if results.selection else "random"
+    return RunKey(results.mode, results.size, results.seed, results.lr, results.weight_decay, selection)
+
+
 def end_tracking(planned: ComparePlan) -> None:
     """The runs other ranks trained logged from their results; the comparison's run gets the report, its table
     and figures and ``config.toml``, and ends."""
     for results in planned.results:
-        selection = results.selection.strategy if results.selection else "random"
-        key = RunKey(results.mode, results.size, results.seed, results.lr, results.weight_decay, selection)
-        planned.tracking.log_finished(key, results)
-    files = ("report.md", "results.csv", "comparison.json", CONFIG_FILE)
+        planned.tracking.log_finished(_key_of(results), results)
+    files = ("report.md", "results.csv", "selection.csv", "comparison.json", CONFIG_FILE)
     planned.tracking.end(folder_files(planned.cfg.out, files))
 
 

@@ -35,6 +35,9 @@ SWEEP_FILES = (
     "loss_curves.png",
     "cases.png",
     "lr_grid.png",
+    "spectrum.png",
+    "selection_vs_size.png",
+    "selection.csv",
     COMPARISON_FILE,
 )
 SWEEP_FOLDERS = ("runs",)
@@ -73,8 +76,8 @@ class ComparisonFile(JsonRecord):
 
 def sweep_configuration(cfg: CompareConfig, store: FeatureStore, device: torch.device) -> dict:
     """Everything that decides a sweep's runs, as JSON: the options (those of the report alone left out), the
-    store's identity (its encoder's weights, dataset, views, dtype) and the device type, whose random streams
-    differ."""
+    store's identity (its encoder's weights, dataset, views, dtype, the K of its cached tokens) and the device
+    type, whose random streams differ."""
     options = {k: v for k, v in asdict(cfg).items() if k not in REPORT_OPTIONS}
     record = store.record
     identity = {
@@ -83,6 +86,8 @@ def sweep_configuration(cfg: CompareConfig, store: FeatureStore, device: torch.d
         "views": record.views,
         "dtype": record.dtype,
     }
+    if record.tail_tokens:
+        identity["tail_tokens"] = record.tail_tokens
     return json.loads(json.dumps({**options, "store_identity": identity, "device_type": device.type}, default=str))
 
 
@@ -99,8 +104,9 @@ def _short(value: object) -> str:
 
 
 def check_folder(out: Path, configuration: dict, *, overwrite: bool) -> bool:
-    """Whether ``out`` holds an earlier sweep of this ``configuration`` to resume; refuses (before anything is
-    written) one of another configuration, or one whose configuration is unknown, unless ``overwrite``."""
+    """Whether ``out`` holds an earlier sweep of this ``configuration`` to resume (with ``overwrite`` too); refuses
+    (before anything is written) one of another configuration, or one whose configuration is unknown or unreadable,
+    unless ``overwrite`` (then replaced)."""
     path = Path(out) / COMPARISON_FILE
     fix = "choose another --out, or pass --overwrite to replace it"
     if not path.exists():
@@ -110,15 +116,20 @@ def check_folder(out: Path, configuration: dict, *, overwrite: bool) -> bool:
                 f"{out} holds an earlier compare-e2e sweep ({found[0]}) whose configuration is not recorded; {fix}"
             )
         return False
-    if overwrite:
-        return False
-    earlier = ComparisonFile.read(path)
-    if earlier.configuration != configuration:
+    try:
+        earlier = ComparisonFile.read(path)
+    except FeatcacheError:
+        if overwrite:
+            return False
+        raise
+    if earlier.configuration == configuration:
+        return True  # with --overwrite too: a rerun from OUT/config.toml resumes rather than deleting finished runs
+    if not overwrite:
         raise FeatcacheError(
             f"{out} holds a compare-e2e sweep of another configuration "
             f"({_differences(earlier.configuration, configuration)}); {fix}"
         )
-    return True
+    return False
 
 
 def claim_folder(out: Path, configuration: dict, *, environment: Environment, resume: bool) -> None:

@@ -86,8 +86,8 @@ class SweepPlan:
 
 @locks_out("the run folder")
 def train_decoder(cfg: SweepConfig, *, ctx: Context | None = None) -> SeedSweep:
-    """Train the C-mode decoder of ``cfg`` once per seed (and per learning rate and weight decay) from the store;
-    write every run's outputs and the summary.
+    """Train the decoder of ``cfg`` (mode C; with ``train_blocks`` k, mode Tk) once per seed (and per learning
+    rate and weight decay) from the store; write every run's outputs and the summary.
 
     Per seed: ``OUT/seed-K/results.json``, ``decoder.pt`` (best epoch, with the store's record) and
     ``loss_curve.png``; over seeds: ``OUT/summary.json`` and ``OUT/summary.csv``. A grid runs every combination
@@ -184,6 +184,8 @@ def _identity(store: FeatureStore, run_cfg, ctx: Context) -> dict:
         "weights_sha256": store.record.encoder.weights_sha256,
         "dataset": store.record.dataset.fingerprint,
     }
+    if store.record.tail_tokens:  # the cached tokens Tk trains from
+        identity["tail_tokens"] = store.record.tail_tokens
     return json.loads(json.dumps(identity))  # as results.json reads back: tuples (layers, train_ids) as lists
 
 
@@ -200,8 +202,15 @@ def track_sweep(store: FeatureStore, planned: SweepPlan, ctx: Context) -> Comman
         tracking.start_command(TrackedRun("train-decoder", params, cfg.out / IDS_FILE))
         for key in cfg.keys():
             directory = planned.directory(key)
-            run_cfg = planned.run_config(key)
-            params = decoder_params(store, run_cfg, mode=key.mode, plan=planned.plan, encoder=store.record.encoder)
+            chosen = planned.chosen.get(key.seed)
+            params = decoder_params(
+                store,
+                planned.run_config(key),
+                mode=key.mode,
+                plan=planned.plan,
+                encoder=store.record.encoder,
+                selection=chosen.record if chosen else None,
+            )
             name = directory.relative_to(cfg.out).as_posix()
             kept = key in planned.finished
             tracking.add(key, TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=kept))

@@ -28,6 +28,7 @@ from featcache.models.lora import LoraSummary, add_lora, import_peft, top_state
 from featcache.models.spec import AnyEncoder
 from featcache.models.tail import PartlyFrozenEncoder, TailEncoder, TrainedTop
 from featcache.models.vit import Encoder
+from featcache.results.degenerate import degenerate_reasons
 from featcache.results.records import LoraRecord
 from featcache.store.feature_store import FeatureStore
 from featcache.train.config import TrainConfig
@@ -156,7 +157,7 @@ def train_top_mode(
     several runs, else here), resumable through ``checkpointer``."""
     device, tokens = ctx.device, mode_of(mode).source == "tokens"
     check_top_run(store, mode, cfg)
-    rows = select_rows(store, plan, cfg.seed)
+    rows = select_rows(store, plan, cfg.seed, train_ids=cfg.train_ids)
     if data is None:
         data = load_splits(store, [(cfg, rows)], device, images=not tokens, tokens=tokens)
     encoder = encoders["ssl"]
@@ -180,6 +181,7 @@ def train_top_mode(
     trainable = sum(p.numel() for p in decoder.parameters()) + sum(p.numel() for p in run.train_source.parameters())
     results = run_results(mode, cfg=cfg, rows=rows, fitted=fitted, test=test, plan=plan, device=device)
     results.train_blocks, results.trainable_parameters = parse_mode(mode)[1], trainable
+    results.degenerate = degenerate_reasons(test, logits[:, 0] > 0)
     if lora is not None:
         results.lora = LoraRecord(lora.rank, lora.alpha, list(lora.weights), lora.trainable)
     checkpoint = dataclasses.replace(

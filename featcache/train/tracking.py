@@ -26,7 +26,7 @@ from featcache.core.context import Context
 from featcache.core.io import atomic_path, write_json
 from featcache.core.progress import EpochCallback, EpochEnd
 from featcache.models.record import EncoderRecord
-from featcache.results.records import RunResults
+from featcache.results.records import RunResults, SelectionRecord
 from featcache.store.feature_store import FeatureStore
 from featcache.track import Run, Trackers, open_trackers
 from featcache.train.config import TrainConfig
@@ -237,11 +237,18 @@ def track_checkpoint(ctx: Context, *, checkpoint: Path, command: str, params: di
 
 
 def decoder_params(
-    store: FeatureStore, cfg: TrainConfig, *, mode: str, plan: Plan, encoder: EncoderRecord
+    store: FeatureStore,
+    cfg: TrainConfig,
+    *,
+    mode: str,
+    plan: Plan,
+    encoder: EncoderRecord,
+    selection: SelectionRecord | None = None,
 ) -> dict[str, Any]:
     """A decoder run's parameters as trackers record them: the run (mode, size, seed, optimiser, protocol), the
-    blocks it reads, its encoder's record, the store (path and fingerprint) and featcache's version."""
-    return {
+    blocks it reads, its encoder's record, the store (path and fingerprint) and featcache's version; for Tk and
+    Pk the trained blocks and any LoRA adapters, and the label selection that chose its images, if any."""
+    params = {
         "mode": mode,
         "size": cfg.size,
         "seed": cfg.seed,
@@ -261,6 +268,11 @@ def decoder_params(
         "dataset_fingerprint": store.record.dataset.fingerprint,
         "featcache_version": __version__,
     }
+    if cfg.train_blocks:
+        params.update(train_blocks=cfg.train_blocks, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
+    if selection is not None:
+        params["selection"] = selection.to_json()
+    return params
 
 
 def run_metrics(results: RunResults) -> dict[str, float]:

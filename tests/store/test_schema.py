@@ -174,6 +174,8 @@ def test_the_seal_is_required_from_format_3_on(raw):
         (lambda m: m.update(dtype="float8"), "dtype 'float8' is not one of float16, float32, bfloat16"),
         (lambda m: m["encoder"].update(layers=[9]), "encoder.layers [9] of width"),
         (lambda m: m["encoder"].update(config={}), "KeyError: 'num_layers'"),
+        (lambda m: m.update(tail_tokens=0), "tail_tokens 0 is not a number of blocks from 1 to"),
+        (lambda m: m.update(tail_tokens=1, n_tokens=None), "n_tokens None is not a positive whole number"),
     ],
 )
 def test_a_resealed_record_with_impossible_values_is_still_damage(raw, change, named):

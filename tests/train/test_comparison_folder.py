@@ -102,6 +102,14 @@ def test_overwrite_replaces_the_earlier_sweep(sweep, micro_store):
     assert json.loads((sweep / COMPARISON_FILE).read_text())["configuration"]["seeds"] == [2]
 
 
+def test_overwrite_with_the_same_configuration_resumes(sweep, micro_store):
+    """A rerun from OUT/config.toml that recorded --overwrite keeps the finished runs rather than deleting them."""
+    kept = sweep / "runs" / "C" / "size-8" / "seed-1" / "results.json"
+    stamp = kept.stat().st_mtime_ns
+    compare_e2e(small(micro_store, sweep, overwrite=True), ctx=CPU)
+    assert kept.stat().st_mtime_ns == stamp
+
+
 def test_an_earlier_sweep_without_its_configuration_is_refused(micro_store, tmp_path):
     out = tmp_path / "old"
     (out / "runs").mkdir(parents=True)

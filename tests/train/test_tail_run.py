@@ -174,6 +174,14 @@ def test_torchrun_spreads_tk_seeds_over_ranks(tail_store, tmp_path):
         np.testing.assert_allclose(ran["history"]["val_loss"], ref.history.val_loss, rtol=1e-5)
 
 
+def test_a_tk_run_trains_on_the_selected_images_and_flags_degenerate_predictions(tail_store):
+    with FeatureStore.open(tail_store) as store:
+        chosen = tuple(store.ids[i] for i in store.indices("train")[-8:])  # not what seed 0's subset draws
+    output = run(tail_store, "T1", train_ids=chosen)
+    assert output.results.train_ids == list(chosen)
+    assert isinstance(output.results.degenerate, list)  # judged from the run's own predictions
+
+
 def test_compare_e2e_runs_the_spectrum_and_reports_it(tail_store, tmp_path):
     cfg = CompareConfig(
         store=str(tail_store),

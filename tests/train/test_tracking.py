@@ -203,6 +203,9 @@ def test_compare_e2e_runs_are_nested_under_the_comparison_with_the_report(micro_
         assert run.data.metrics["test/iou"] == result.test.iou
         assert history(found, run.info.run_id, "val_loss") == list(enumerate(result.history.val_loss, start=1))
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["C", "F", "compare-e2e"]
+    compare_e2e(quick_compare(micro_store, out, seeds=(0,)), ctx=TRACKED)  # resumed: every run kept
+    again = {r.info.run_name for r in found.search_runs([experiment.experiment_id])}
+    assert len(found.search_runs([experiment.experiment_id])) == len(again) == 5  # nothing logged twice
 
 
 def test_pretraining_is_one_tracked_run_beside_its_checkpoint(synth_root, tmp_path):
