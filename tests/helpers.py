@@ -154,6 +154,61 @@ def tiny_identity(dtype: str = "float16"):
     )
 
 
+def make_store(path, dtype: str = "float16", n: int = 5, shard_size: int = 2, *, identity=None, splits=None):
+    """A new, empty store (open for writing) of ``n`` samples ``ISIC_0000000``... of ``identity`` (`tiny_identity`
+    of ``dtype``): 8 channels on a 2x2 grid, blocks of ``shard_size``; ``splits`` per sample (default: three train,
+    ``n - 4`` val, one test)."""
+    from featcache.store import FeatureStore
+
+    return FeatureStore.create(
+        path,
+        identity=identity or tiny_identity(dtype=dtype),
+        ids=[f"ISIC_{i:07d}" for i in range(n)],
+        splits=splits or ["train"] * 3 + ["val"] * (n - 4) + ["test"],
+        orig_hw=np.arange(2 * n).reshape(n, 2),
+        width=8,
+        grid=(2, 2),
+        shard_size=shard_size,
+    )
+
+
+def fill_store(store, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Write every block of a `make_store` store with seeded random features, images and masks (0/1: the red
+    channel above 127); returns them (features [n, V, 8, 2, 2] float32, images [n, 3, S, S], masks [n, S, S])."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(store.n, len(store.view_names), 8, 2, 2, generator=gen)
+    size = store.image_size
+    images = np.random.default_rng(seed).integers(0, 256, (store.n, 3, size, size), dtype=np.uint8)
+    masks = (images[:, 0] > 127).astype(np.uint8)
+    for start, stop in store.blocks():
+        store.write_block(start, images[start:stop], masks[start:stop], features=feats[start:stop])
+    return feats, images, masks
+
+
+def flip_chunk_byte(path, array: str, row: int) -> None:
+    """Change one bit in the middle of the data of the chunk (Zarr: shard) holding ``row``, the store closed."""
+    from featcache.store import FeatureStore
+
+    if str(path).endswith(".zarr"):
+        with FeatureStore.open(path, allow_incomplete=True) as store:
+            ndim, block = store.backend[array].ndim, store.shard_size
+        chunk = path / array / "c" / str(row // block) / "/".join(["0"] * (ndim - 1))
+        data = bytearray(chunk.read_bytes())
+        data[(len(data) - (16 * block + 4 if ndim > 1 else 0)) // 2] ^= 0x10  # before a shard's index
+        chunk.write_bytes(bytes(data))
+        return
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dataset = f[array]
+        info = dataset.id.get_chunk_info_by_coord((row - row % dataset.chunks[0], *[0] * (dataset.ndim - 1)))
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        byte = fh.read(1)[0]
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes([byte ^ 0x10]))
+
+
 def quick_train(**overrides):
     """A TrainConfig small enough for `micro_store`: 8 training images, 3 epochs, batches of 4, 4 validation
     images; ``overrides`` replace any field."""

@@ -8,36 +8,14 @@ from featcache.store import FeatureStore
 from featcache.store.backend import backend_kind
 from featcache.store.errors import DamagedChunksError
 from featcache.store.schema import FORMAT_VERSION, ExtractionRecord, describe_differences
-from tests.helpers import tiny_identity
+from tests.helpers import fill_store as fill
+from tests.helpers import flip_chunk_byte, make_store, tiny_identity
 
 ENCODER = tiny_identity().encoder
 
 
-def make_store(path, dtype="float16", n=5, shard_size=2):
-    return FeatureStore.create(
-        path,
-        identity=tiny_identity(dtype=dtype),
-        ids=[f"ISIC_{i:07d}" for i in range(n)],
-        splits=["train"] * 3 + ["val"] * (n - 4) + ["test"],
-        orig_hw=np.arange(2 * n).reshape(n, 2),
-        width=8,
-        grid=(2, 2),
-        shard_size=shard_size,
-    )
-
-
 def complete(store):
     store.mark_complete(ExtractionRecord())
-
-
-def fill(store, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    feats = torch.randn(store.n, 4, 8, 2, 2, generator=gen)
-    images = np.random.default_rng(seed).integers(0, 256, (store.n, 3, 32, 32), dtype=np.uint8)
-    masks = (images[:, 0] > 127).astype(np.uint8)
-    for start, stop in store.blocks():
-        store.write_block(start, images[start:stop], masks[start:stop], features=feats[start:stop])
-    return feats, images, masks
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
@@ -131,28 +109,6 @@ def test_describe_differences_names_the_entry():
     lines = describe_differences(tiny_identity(), new)
     assert "views: flips -> identity" in lines
     assert any(line.startswith("encoder.weights_sha256: aaaaaaaaaaaa… -> cccccccccccc…") for line in lines)
-
-
-def flip_chunk_byte(path, array: str, row: int) -> None:
-    """Change one bit in the middle of the data of the chunk (Zarr: shard) holding ``row``, the store closed."""
-    if str(path).endswith(".zarr"):
-        with FeatureStore.open(path, allow_incomplete=True) as store:
-            ndim, block = store.backend[array].ndim, store.shard_size
-        chunk = path / array / "c" / str(row // block) / "/".join(["0"] * (ndim - 1))
-        data = bytearray(chunk.read_bytes())
-        data[(len(data) - (16 * block + 4 if ndim > 1 else 0)) // 2] ^= 0x10  # before a shard's index
-        chunk.write_bytes(bytes(data))
-        return
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        dataset = f[array]
-        info = dataset.id.get_chunk_info_by_coord((row - row % dataset.chunks[0], *[0] * (dataset.ndim - 1)))
-    with open(path, "r+b") as fh:
-        fh.seek(info.byte_offset + info.size // 2)
-        byte = fh.read(1)[0]
-        fh.seek(info.byte_offset + info.size // 2)
-        fh.write(bytes([byte ^ 0x10]))
 
 
 def test_every_chunk_carries_a_checksum(tmp_path, store_suffix):
@@ -294,19 +250,3 @@ def test_a_format1_store_without_checksums_still_opens_and_resumes(tmp_path, sto
         assert np.array_equal(store.masks([0, 4]).numpy(), masks[[0, 4]]) and store.orig_hw([2]).tolist() == [[4, 5]]
     report = verify_store(path)
     assert report.clean and not report.checksummed
-
-
-def test_a_failed_zarr_read_leaves_no_task_running(tmp_path):
-    """Sibling decodes left running would fail noisily at exit (asyncio tracebacks after the one-line error)."""
-    import asyncio
-
-    from zarr.core.sync import _get_loop
-
-    path = tmp_path / "s.zarr"
-    with make_store(path, n=64, shard_size=32) as store:
-        fill(store)
-        complete(store)
-    flip_chunk_byte(path, "features", 40)
-    with FeatureStore.open(path) as store, pytest.raises(DamagedChunksError, match="features rows 32-63"):
-        store.read("features")
-    assert not [task for task in asyncio.all_tasks(_get_loop()) if not task.done()]
