@@ -3,8 +3,10 @@
 import dataclasses
 
 from featcache.models import WeightsSource
-from featcache.results.study import not_the_study
+from featcache.results.study import STUDY_IOU, STUDY_SECONDS, not_the_study
 from tests.helpers import tiny_identity
+
+SIZES = [2000, 160, 80, 40, 20, 10]
 
 
 def test_the_study_setting_is_isic_2017_official_counts_vit_b_16_at_224(tmp_path):
@@ -29,3 +31,16 @@ def test_the_study_setting_is_isic_2017_official_counts_vit_b_16_at_224(tmp_path
     small = dataclasses.replace(study, dataset=dataclasses.replace(study.dataset, counts={"train": 120}))
     # Real ISIC images may well be numbered in sequence in a small subset: no claim of synthetic data then.
     assert not_the_study(small, numbered[:120]) == ["120/0/0 images (the study's: 2000/150/600)"]
+
+
+def test_modes_e_and_f_at_the_study_s_six_sizes_largest_first():
+    for table in (STUDY_IOU, STUDY_SECONDS):
+        assert list(table) == ["E", "F"] and all(list(per_size) == SIZES for per_size in table.values())
+
+
+def test_the_published_values():
+    assert STUDY_IOU["E"][2000] == 0.670 and STUDY_IOU["F"][10] == 0.507
+    assert STUDY_SECONDS["E"][2000] == 1638.6 and STUDY_SECONDS["F"][10] == 93.9
+    assert all(0 < v < 1 for per_size in STUDY_IOU.values() for v in per_size.values())
+    # The frozen encoder F trains faster than end to end E at every size.
+    assert all(STUDY_SECONDS["F"][s] < STUDY_SECONDS["E"][s] for s in SIZES)
