@@ -11,6 +11,13 @@ def square(size: int, start: int, stop: int) -> np.ndarray:
     return mask
 
 
+def test_outline_is_the_border():
+    mask = np.zeros((7, 7), bool)
+    mask[1:6, 1:6] = True
+    border = outline(mask, 1)
+    assert border.sum() == 16 and not border[3, 3]
+
+
 def test_an_outline_is_the_border_ring_of_the_given_thickness():
     mask = square(9, 2, 7)  # a 5x5 square
     ring = outline(mask, 1)

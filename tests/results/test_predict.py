@@ -13,7 +13,6 @@ from featcache.core.errors import FeatcacheError, OptionError
 from featcache.data import load_image
 from featcache.models import EncoderSpec
 from featcache.results.evaluate import EvaluateConfig, evaluate_dirs
-from featcache.results.overlays import outline
 from featcache.results.predict import PREVIEW_LONG_SIDE, PredictConfig, load_run, predict
 from featcache.train import train_decoder
 from tests.helpers import CPU, quick_sweep, table_rows
@@ -85,13 +84,6 @@ def test_missing_inputs(trained_run, synth_root, tmp_path):
         run_predict(trained_run, [tmp_path], tmp_path / "out")
     with pytest.raises(FeatcacheError, match="no decoder.pt"):
         run_predict(tmp_path, [synth_root / "ISIC-2017_Test_v2_Data"], tmp_path / "out")
-
-
-def test_outline_is_the_border():
-    mask = np.zeros((7, 7), bool)
-    mask[1:6, 1:6] = True
-    border = outline(mask, 1)
-    assert border.sum() == 16 and not border[3, 3]
 
 
 def test_encoder_file_is_recorded_absolute_and_can_be_pointed_to_when_moved(synth_root, tmp_path, monkeypatch):
