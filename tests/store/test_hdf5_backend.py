@@ -125,3 +125,17 @@ def test_after_a_failed_write_the_file_stays_as_the_last_flush_left_it(tmp_path)
     assert (reopened["masks"][0:2] == 7).all() and not reopened["masks"][2:4].any()
     reopened.guard.raise_if_failed()  # a fresh guard: no error carried over
     reopened.close()
+
+
+def test_a_store_open_for_writing_knows_its_size_on_disk(tmp_path):
+    """``nbytes_stored`` takes the file's name from h5py, which for a file written through the guard is the guard
+    object's repr, not a path: a created or writable store cannot say its size (no command asks it yet)."""
+    path = tmp_path / "s.h5"
+    backend = H5Backend.create(str(path))
+    backend.create_array("masks", (2, 4, 4), "uint8", block=2, compressor="auto")
+    backend.flush()
+    assert backend.nbytes_stored() == path.stat().st_size
+    backend.close()
+    reopened = H5Backend.open(str(path), writable=True)
+    assert reopened.nbytes_stored() == path.stat().st_size
+    reopened.close()
