@@ -10,7 +10,7 @@ import pytest
 from featcache.core.errors import OptionError
 from featcache.store.errors import NotAStoreError, UnreadableStoreError
 from featcache.store.hdf5_backend import H5_SIGNATURE, H5Backend
-from featcache.store.integrity import CHECKSUM, UNDECODABLE
+from featcache.store.integrity import CHECKSUM, METADATA
 
 
 def test_a_new_file_is_signed_in_its_user_block_and_stays_valid_hdf5(tmp_path):
@@ -68,13 +68,14 @@ def test_the_chunk_index_lists_allocated_chunks_and_removal_zeroes_them(tmp_path
     assert H5Backend.open(str(tmp_path / "s.h5"), writable=False).nbytes_stored() == (tmp_path / "s.h5").stat().st_size
 
 
-def test_a_failed_filter_on_a_checksummed_dataset_is_a_checksum_mismatch(tmp_path):
+def test_a_failed_filter_on_a_checksummed_dataset_is_a_checksum_mismatch_and_anything_else_metadata(tmp_path):
     backend = H5Backend.create(str(tmp_path / "s.h5"))
     backend.create_array("masks", (2, 4, 4), "uint8", block=2, compressor="auto")
     backend.file.create_dataset("plain", shape=(2,), dtype="uint8", chunks=(1,))
     assert backend.classify("masks", OSError("Can't read data (filter returned failure)")) == CHECKSUM
-    assert backend.classify("masks", OSError("Can't read data (wrong B-tree signature)")) == UNDECODABLE
-    assert backend.classify("plain", OSError("Can't read data (filter returned failure)")) == UNDECODABLE
+    # The read failed before the chunk's bytes (its index): never pinned to chunk data, so never repaired in place.
+    assert backend.classify("masks", OSError("Can't read data (wrong B-tree signature)")) == METADATA
+    assert backend.classify("plain", OSError("Can't read data (filter returned failure)")) == METADATA
 
 
 def test_a_file_that_is_not_hdf5_is_not_a_store_and_a_broken_one_of_ours_is_unreadable(tmp_path):

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,7 @@ def test_the_lock_holder_reads_its_own_store(store):
         assert opened.n == 24
 
 
-def test_a_url_store_has_no_lock():
+def test_the_lock_lies_beside_a_local_store_and_a_url_store_has_none():
+    assert lock_path("out/s.zarr") == Path("out/s.zarr.lock") and lock_path("/a/s.h5") == Path("/a/s.h5.lock")
     assert lock_path("memory://x/s.zarr") is None
     refuse_if_being_written("memory://x/s.zarr")

@@ -12,7 +12,7 @@ from featcache.data.layouts import Sample, SampleIndex
 from featcache.store import opening
 from featcache.store.errors import NotAStoreError
 from featcache.store.extract_config import ExtractConfig
-from featcache.store.opening import lock_path, open_for_extraction
+from featcache.store.opening import open_for_extraction
 from featcache.store.schema import ExtractionRecord
 from tests.helpers import fill_store, make_store, tiny_identity
 
@@ -50,11 +50,6 @@ def open_store(path, *, identity=None, ranks=None, **overrides):
     return open_for_extraction(
         cfg, identity=identity or tiny_identity(), index=INDEX, encoder=ENCODER, ranks=ranks or Ranks()
     )
-
-
-def test_the_lock_lies_beside_a_local_store_and_a_url_has_none():
-    assert lock_path("out/s.zarr") == Path("out/s.zarr.lock") and lock_path("/a/s.h5") == Path("/a/s.h5.lock")
-    assert lock_path("memory://bucket/s.zarr") is None
 
 
 def test_a_new_store_holds_the_index_and_the_other_ranks_hear_no_refusal(tmp_path, store_suffix):
