@@ -102,7 +102,8 @@ def test_times_are_medians_with_their_spread_and_an_outlier_seed_is_footnoted(re
 def test_encoders_are_named_as_they_are_and_never_called_self_supervised(report):
     assert "self-supervised" not in report
     assert "- **F**: random ViT-Ti/16 frozen, recomputed at every step" in report
-    assert "the store's encoder (read by C, run by F and Es): random ViT-Ti/16, weights sha256 aaaaaaaa" in report
+    used = "read by C, run by F and Es, its last blocks trained by Tk and Pk"
+    assert f"the store's encoder ({used}): random ViT-Ti/16, weights sha256 aaaaaaaa" in report
 
 
 def test_the_study_is_shown_only_in_its_setting_or_when_asked(report, tmp_path):

@@ -190,9 +190,9 @@ def test_a_comparison_reads_the_store_once_for_its_c_runs_and_once_for_its_encod
     reads = []
     load = featcache.train.rows.load_splits
 
-    def counted(store, runs, device, *, images=False):
-        reads.append(("images" if images else "features", len(runs)))
-        return load(store, runs, device, images=images)
+    def counted(store, runs, device, *, images=False, tokens=False):
+        reads.append(("images" if images else "tokens" if tokens else "features", len(runs)))
+        return load(store, runs, device, images=images, tokens=tokens)
 
     for module in (featcache.train.run, featcache.train.sizes, featcache.train.compare):
         monkeypatch.setattr(module, "load_splits", counted)
