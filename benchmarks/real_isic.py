@@ -10,7 +10,9 @@ epochs, sizes 160..10 x 3 seeds at 40 epochs (SGD lr 0.05). ``--scale gpu``: the
 pretraining epochs, sizes 2000..10 x 5 seeds with the study's protocol (epochs, batch, lr 2e-4).
 A dataset without validation/test folders is split 15 % / 15 % (seeded), as featcache says.
 ``--tail T1,T2`` adds those modes (the encoder's last blocks trained from cached tokens; the store is then
-extracted with ``--tail-tokens`` the largest k).
+extracted with ``--tail-tokens`` the largest k). ``--encoder PATH`` skips pretraining and extracts with that
+encoder instead (one pretrained by an earlier run, e.g. its ``OUT/encoder.pt``; its settings are the caller's
+word: the printed settings are the preset's).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real-isic"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tail", default="", help="Tk modes to add, e.g. T1,T2 (issue 22)")
+    parser.add_argument("--encoder", type=Path, help="a pretrained encoder to use instead of pretraining")
     args = parser.parse_args()
     tail = tuple(m for m in args.tail.split(",") if m)
     if any(not m.startswith("T") for m in tail):
@@ -66,7 +69,12 @@ def main() -> None:
     blocks = [train_blocks_of(m) for m in tail]
     modes = ("E", "F", "C", *tail)
     cfg = DemoConfig(
-        out=args.out, data=args.data, modes=modes, tail_tokens=max(blocks, default=None), **SCALES[args.scale]
+        out=args.out,
+        data=args.data,
+        modes=modes,
+        tail_tokens=max(blocks, default=None),
+        encoder=args.encoder,
+        **SCALES[args.scale],
     )
     result = run_demo(cfg, ctx=Context.resolve(args.device))
     console = Console()

@@ -45,6 +45,7 @@ class DemoConfig:
     workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     tail_tokens: int | None = None  # K: the store also keeps the tokens entering the last K blocks (modes Tk)
+    encoder: Path | None = None  # an encoder pretrained with these settings: skips pretraining
 
     def pretrain_config(self, data: Path, out: Path) -> PretrainConfig:
         """The demo's pretraining of its small ViT on ``data`` into ``out``."""
@@ -120,8 +121,9 @@ def run_demo(cfg: DemoConfig, *, ctx: Context | None = None) -> DemoResult:
         synthesize(SynthConfig(data, cfg.n_train, cfg.n_val, cfg.n_test, seed=0), progress=ctx.progress)
     steps["synth"] = time.perf_counter() - t
     t = time.perf_counter()
-    encoder_path = cfg.out / "encoder.pt"
-    pretrain(cfg.pretrain_config(data, encoder_path), ctx=ctx)
+    encoder_path = cfg.encoder or cfg.out / "encoder.pt"
+    if cfg.encoder is None:
+        pretrain(cfg.pretrain_config(data, encoder_path), ctx=ctx)
     steps["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
     store = cfg.out / "store.zarr"

@@ -28,3 +28,19 @@ def test_demo_default_command(tmp_path, cli):
     result = cli("demo", "--out", tmp_path / "demo", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "demo finished in" in result.stdout and (tmp_path / "demo" / "report" / "report.md").exists()
+
+
+def test_demo_with_an_encoder_skips_pretraining(tmp_path, monkeypatch):
+    import featcache.demo as demo
+
+    seen = {}
+
+    def no_pretrain(*args, **kwargs):
+        raise AssertionError("pretrained although an encoder was given")
+
+    monkeypatch.setattr(demo, "pretrain", no_pretrain)
+    monkeypatch.setattr(demo, "extract", lambda cfg, ctx: seen.setdefault("encoder", cfg.encoder))
+    monkeypatch.setattr(demo, "compare_e2e", lambda cfg, ctx: "comparison")
+    encoder = tmp_path / "enc.pt"
+    result = run_demo(DemoConfig(out=tmp_path / "demo", data=tmp_path, encoder=encoder), ctx=CPU)
+    assert seen["encoder"] == str(encoder) and result.comparison == "comparison"
