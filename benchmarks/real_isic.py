@@ -12,7 +12,8 @@ A dataset without validation/test folders is split 15 % / 15 % (seeded), as feat
 ``--tail T1,T2`` adds those modes (the encoder's last blocks trained from cached tokens; the store is then
 extracted with ``--tail-tokens`` the largest k). ``--encoder PATH`` skips pretraining and extracts with that
 encoder instead (one pretrained by an earlier run, e.g. its ``OUT/encoder.pt``; its settings are the caller's
-word: the printed settings are the preset's).
+word: the printed settings are the preset's). ``--sizes 40,20,10 --seeds 0,1`` replace the preset's sizes and
+seeds (a shorter run on a busy machine; the printed settings say which).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ SCALES = {
 }
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
@@ -62,11 +67,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tail", default="", help="Tk modes to add, e.g. T1,T2 (issue 22)")
     parser.add_argument("--encoder", type=Path, help="a pretrained encoder to use instead of pretraining")
+    parser.add_argument("--sizes", type=_ints, help="replace the preset's sizes, e.g. 40,20,10")
+    parser.add_argument("--seeds", type=_ints, help="replace the preset's seeds, e.g. 0,1")
     args = parser.parse_args()
     tail = tuple(m for m in args.tail.split(",") if m)
     if any(not m.startswith("T") for m in tail):
         parser.error(f"--tail {args.tail}: give modes Tk, e.g. T1,T2")
     blocks = [train_blocks_of(m) for m in tail]
+    preset = {**SCALES[args.scale], **{k: v for k, v in (("sizes", args.sizes), ("seeds", args.seeds)) if v}}
     modes = ("E", "F", "C", *tail)
     cfg = DemoConfig(
         out=args.out,
@@ -74,7 +82,7 @@ def main() -> None:
         modes=modes,
         tail_tokens=max(blocks, default=None),
         encoder=args.encoder,
-        **SCALES[args.scale],
+        **preset,
     )
     result = run_demo(cfg, ctx=Context.resolve(args.device))
     console = Console()
