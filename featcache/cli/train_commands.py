@@ -11,6 +11,9 @@ from featcache.cli.config_file import CONFIG, reporting
 from featcache.core.runtime import out_console
 from featcache.track import TRACK_HELP
 
+#: ``--track`` on every training command; the metavar keeps the help's columns within 80 characters.
+TRACK = typer.Option([], "--track", metavar="<name>", help=TRACK_HELP)
+
 
 def pretrain(
     *,
@@ -45,7 +48,7 @@ def pretrain(
         60.0, help="Least seconds between two resume-state writes (0: every epoch)."
     ),
     device: str | None = typer.Option(None, help="Overrides the global --device."),
-    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    track: list[str] = TRACK,
     config: Path | None = CONFIG,
     command: typer.Context,
 ) -> None:
@@ -145,7 +148,7 @@ def train_decoder(
     selection_file: Path | None = typer.Option(
         None, help="Train on the first --size ids of this file (one per line, e.g. from featcache select), every seed."
     ),
-    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    track: list[str] = TRACK,
     config: Path | None = CONFIG,
     command: typer.Context,
 ) -> None:
@@ -275,7 +278,7 @@ def compare_e2e(
     selection_file: Path | None = typer.Option(
         None, help="Also train on a file of ids (size N: its first N, every seed), compared with random as 'file'."
     ),
-    track: list[str] = typer.Option([], "--track", help=TRACK_HELP),
+    track: list[str] = TRACK,
     config: Path | None = CONFIG,
     command: typer.Context,
 ) -> None:

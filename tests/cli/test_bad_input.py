@@ -245,7 +245,7 @@ def test_read_only_output_folder_is_one_line_before_any_work(synth_root, micro_s
     def no_training(*args, **kwargs):
         raise AssertionError("trained although --out cannot be written")
 
-    monkeypatch.setattr(featcache.train.sweep, "train_mode", no_training)
+    monkeypatch.setattr(featcache.train.sweep, "train_any_mode", no_training)
     refused = r"--out \S+ro/run: cannot write in \S+ro \(Permission denied\); make that folder writable or choose"
     with pytest.raises(FeatcacheError, match=refused):
         train_decoder(quick_sweep(micro_store, ro / "run", size=4, seeds=(0,), epochs=1), ctx=CPU)

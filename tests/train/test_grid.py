@@ -218,7 +218,7 @@ def test_compare_e2e_grid_for_c_mode_only(micro_store, tmp_path):
 
 def test_a_grid_that_does_not_fit_trains_in_halves(micro_store, tmp_path, monkeypatch):
     """Out of device memory, a grouped grid trains again in halves, to the same results."""
-    real, sizes = experiment.train_mode, []
+    real, sizes = experiment.train_any_mode, []
 
     def small_memory(store, mode, cfgs, **options):
         sizes.append(len(cfgs))
@@ -226,7 +226,7 @@ def test_a_grid_that_does_not_fit_trains_in_halves(micro_store, tmp_path, monkey
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(store, mode, cfgs, **options)
 
-    monkeypatch.setattr(experiment, "train_mode", small_memory)
+    monkeypatch.setattr(experiment, "train_any_mode", small_memory)
     halves = train_decoder(quick_sweep(micro_store, tmp_path / "a", grouped=True, lrs=tuple(LRS), **QUICK), ctx=CPU)
     assert sizes == [4, 2, 2] and not list((tmp_path / "a").glob("resume-*.pt"))
     monkeypatch.undo()
