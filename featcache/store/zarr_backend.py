@@ -198,7 +198,8 @@ class ZarrBackend:
         out: dict[str, tuple[int, set[int]]] = {}
         for key in keys:
             parts = key.split("/")  # NAME/c/I/0/...: the default chunk key encoding
-            if len(parts) > 2 and parts[1] == "c":
+            # A write killed midway can leave zarr's temporary "I.<uuid>.partial" beside the chunks: not a chunk.
+            if len(parts) > 2 and parts[1] == "c" and parts[2].isdigit():
                 out.setdefault(parts[0], (block, set()))[1].add(int(parts[2]) * block)
         return out
 

@@ -75,6 +75,14 @@ def test_the_listing_shows_every_written_block_even_all_zero_and_removal_clears_
     assert not backend["masks"][4:5].any() and not backend["written"][:].any()
 
 
+def test_a_temporary_file_left_by_a_killed_write_is_not_a_chunk(tmp_path):
+    backend = ZarrBackend.create(str(tmp_path / "s.zarr"))
+    backend.create_array("masks", (4, 4, 4), "uint8", block=2, compressor="auto")
+    backend["masks"][0:2] = np.ones((2, 4, 4), np.uint8)
+    (tmp_path / "s.zarr" / "masks" / "c" / "1.fdfd5252b9b24d198a3e4fa8daaced1f.partial").write_bytes(b"half")
+    assert backend.stored_chunks(2) == {"masks": (2, {0})}
+
+
 def test_the_listing_behind_an_fsspec_url():
     backend = ZarrBackend.create("memory://featcache-zarr-backend/s.zarr")
     backend.create_array("orig_hw", (4, 2), "int32", block=2, compressor="auto")

@@ -105,7 +105,7 @@ def test_mlflow_runs_read_back_equal_to_results_json(sweep, micro_store):
         stored = found.download_artifacts(run_id, "results.json", str(sweep.parent / f"download-{seed}"))
         assert json.loads(open(stored).read()) == results.to_json()
     artifacts = sorted(a.path for a in found.list_artifacts(parent))
-    assert artifacts == ["summary.csv", "summary.json"]
+    assert artifacts == ["seeds.png", "summary.csv", "summary.json"]
 
 
 def test_tensorboard_event_files_read_back_equal_to_results_json(sweep):
