@@ -66,12 +66,13 @@ from featcache.core.errors import FeatcacheError
 from featcache.core.runtime import resolve_device
 from featcache.data.layouts import Sample, find_samples
 from featcache.data.loading import SampleDataset, load_image
+from featcache.models import EncoderRecord, WeightsSource
 from featcache.models.spec import EncoderSpec
 from featcache.store.encode import encode_views
 from featcache.store.extract import extract
 from featcache.store.extract_config import ExtractConfig
 from featcache.store.feature_store import FeatureStore
-from featcache.store.schema import VIEWS
+from featcache.store.schema import VIEWS, DatasetRecord, Preprocessing, StoreIdentity
 from featcache.store.writer import Block, BlockWriter
 from featcache.store.writing import write_or_explain
 
@@ -149,6 +150,23 @@ def row(stage: str, images: int, seconds: float, threads: int, nbytes: int = 0) 
     }
 
 
+def _written_alone(size: int, views: str, n: int) -> StoreIdentity:
+    """The identity of the writer stage's store: random features of no real encoder, so a made-up record."""
+    return StoreIdentity(
+        encoder=EncoderRecord(
+            arch="none (random features)",
+            config={"num_layers": 1},
+            normalisation={"mean": [0.5] * 3, "std": [0.25] * 3},
+            source=WeightsSource("random", seed=0),
+            weights_sha256="0" * 64,
+        ),
+        preprocessing=Preprocessing(size=size, image_interpolation="-", mask_interpolation="-", normalisation="-"),
+        dataset=DatasetRecord(layout="folders", counts={"train": n}, fingerprint="bench-write-alone"),
+        views=views,
+        dtype="float16",
+    )
+
+
 def write_alone(args: argparse.Namespace, tmp: Path, n: int, width: int, grid: tuple[int, int], threads: int) -> dict:
     """Stage 4: ``n`` samples of random float16 features ``[V, width, *grid]`` (one block's worth, written to
     every block) with random uint8 images ``[3, S, S]`` and 0/1 masks ``[S, S]``, through ``threads`` writers."""
@@ -158,9 +176,17 @@ def write_alone(args: argparse.Namespace, tmp: Path, n: int, width: int, grid: t
     images = torch.randint(0, 256, (shard, 3, size, size), dtype=torch.uint8, generator=gen).numpy()
     masks = torch.randint(0, 2, (shard, size, size), dtype=torch.uint8, generator=gen).numpy()
     out = tmp / f"write-{threads}.{args.store_format}"
-    meta = {"preprocessing": {"size": size}, "views": args.views, "dtype": "float16"}
     ids = [f"s{i:06d}" for i in range(n)]
-    store = FeatureStore.create(out, meta, ids, ["train"] * n, np.zeros((n, 2), np.int32), width, grid, shard)
+    store = FeatureStore.create(
+        out,
+        identity=_written_alone(size, args.views, n),
+        ids=ids,
+        splits=["train"] * n,
+        orig_hw=np.zeros((n, 2), np.int32),
+        width=width,
+        grid=grid,
+        shard_size=shard,
+    )
     with store:
         t0 = time.perf_counter()
         with BlockWriter(
