@@ -317,7 +317,6 @@ def track_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) ->
     if tracking.active:
         params = {**asdict(cfg), "store_fingerprint": store.record.fingerprint(), "featcache_version": __version__}
         tracking.start_command(TrackedRun("compare-e2e", params, cfg.out / IDS_FILE))
-        kept = {_key_of(r) for r in planned.results}
         for key in _every_key(cfg):
             encoder = planned.records[mode_of(key.mode).encoder or "ssl"]
             run_cfg = planned.run_config(key.mode, key)
@@ -332,7 +331,8 @@ def track_comparison(store: FeatureStore, planned: ComparePlan, ctx: Context) ->
             )
             directory = planned.directory(key)
             name = directory.relative_to(cfg.out / "runs").as_posix()
-            run = TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=key in kept)
+            kept = (directory / "results.json").exists()  # finished before (on any rank): `_keep_finished`
+            run = TrackedRun(name, params, directory / IDS_FILE, run_files(directory), kept=kept)
             tracking.add(key, run)
     return tracking
 
