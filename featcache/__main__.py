@@ -17,7 +17,12 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    main()
+    try:
+        main()
+    finally:
+        # The command has ended (`main` said how): a Ctrl-C while the interpreter shuts down (threads, workers)
+        # would only kill the process by the signal, its work done and nothing said.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
