@@ -365,3 +365,23 @@ def hand_made_results(*, mode: str = "C", size: int = 8, seed: int = 0, iou: flo
         **entries,
     }
     return RunResults.from_json(document)
+
+
+#: The entries every run's results.json holds, and its test metrics.
+RESULT_KEYS = {
+    "cuda_graphs",
+    "mode",
+    "size",
+    "seed",
+    "val_size",
+    "epochs",
+    "batch_size",
+    "best_epoch",
+    "train_seconds",
+    "total_seconds",
+    "augment",
+    "device",
+    "test",
+    "history",
+}
+TEST_KEYS = {"iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard"}

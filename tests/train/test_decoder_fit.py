@@ -17,24 +17,6 @@ from tests.helpers import (
     quick_train,
 )
 
-RESULT_KEYS = {
-    "cuda_graphs",
-    "mode",
-    "size",
-    "seed",
-    "val_size",
-    "epochs",
-    "batch_size",
-    "best_epoch",
-    "train_seconds",
-    "total_seconds",
-    "augment",
-    "device",
-    "test",
-    "history",
-}
-TEST_KEYS = {"iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard"}
-
 
 def test_the_cache_changes_nothing_but_speed(micro_store):
     """A decoder trained from a float32 store with exact flips ends where one trained with the frozen

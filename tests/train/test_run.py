@@ -26,24 +26,6 @@ from tests.helpers import (
     rewrite_masks_as_0_1,
 )
 
-RESULT_KEYS = {
-    "cuda_graphs",
-    "mode",
-    "size",
-    "seed",
-    "val_size",
-    "epochs",
-    "batch_size",
-    "best_epoch",
-    "train_seconds",
-    "total_seconds",
-    "augment",
-    "device",
-    "test",
-    "history",
-}
-TEST_KEYS = {"iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard"}
-
 
 def test_same_seed_same_metrics_and_subsets(micro_store):
     with FeatureStore.open(micro_store) as store:

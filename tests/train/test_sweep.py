@@ -17,7 +17,9 @@ from featcache.train.run import train_from_store
 from featcache.train.sweep import train_decoder
 from tests.helpers import (
     CPU,
+    RESULT_KEYS,
     SMALL_SWEEP,
+    TEST_KEYS,
     copy_zarr_arrays,
     one_line_error,
     quick_sweep,
@@ -26,24 +28,6 @@ from tests.helpers import (
     run_torchrun,
     table_rows,
 )
-
-RESULT_KEYS = {
-    "cuda_graphs",
-    "mode",
-    "size",
-    "seed",
-    "val_size",
-    "epochs",
-    "batch_size",
-    "best_epoch",
-    "train_seconds",
-    "total_seconds",
-    "augment",
-    "device",
-    "test",
-    "history",
-}
-TEST_KEYS = {"iou", "dice", "sensitivity", "specificity", "accuracy", "thresholded_jaccard"}
 
 
 def test_sweep_writes_results_checkpoints_curves_and_summary(micro_store, tmp_path):
