@@ -1,7 +1,8 @@
 """The ground layer, below every other: one-line errors, atomic writes and pickle-free loads, the writer lock,
-the device and its precision, consoles and progress bars, torchrun ranks."""
+Ctrl-C held back to safe points, the device and its precision, consoles and progress bars, torchrun ranks."""
 
 from featcache.core.errors import BadFileError, FeatcacheError, OptionError
+from featcache.core.interrupt import deferred_interrupt
 from featcache.core.io import atomic_path, ensure_writable_dir, safe_torch_load, torch_save, write_json
 from featcache.core.lock import WriterLock
 from featcache.core.progress import progress_bar
@@ -15,6 +16,7 @@ __all__ = [
     "OptionError",
     "WriterLock",
     "atomic_path",
+    "deferred_interrupt",
     "ensure_writable_dir",
     "err_console",
     "out_console",

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 import featcache.store.writing as writing
 from featcache.core.context import Context
 from featcache.core.errors import BadFileError, FeatcacheError
+from featcache.core.interrupt import deferred_interrupt
 from featcache.core.progress import progress_bar
 from featcache.core.runtime import err_console, synchronize
 from featcache.data.layouts import SampleIndex
@@ -194,7 +195,11 @@ def fill(
         pin=cuda,
         tokens_shape=tokens_shape,
     )
-    with progress_bar("images", disable=not ctx.progress or not ctx.is_main, remaining=True) as bar, writer:
+    with (
+        deferred_interrupt() as interrupt,  # this thread and the writers share queues: Ctrl-C waits for a batch end
+        progress_bar("images", disable=not ctx.progress or not ctx.is_main, remaining=True) as bar,
+        writer,
+    ):
         task = bar.add_task("extract", total=sum(b - a for a, b in pending))
         blocks = _BlockAssembler(pending, writer, cuda)
         for batch in batches:
@@ -209,6 +214,7 @@ def fill(
             blocks.add(batch, features, bad, tokens=tokens)
             bar.advance(task, len(batch["index"]))
             _report_blocks(writer, on_block)
+            interrupt.check()
     _report_blocks(writer, on_block)
     synchronize(ctx.device)
     seconds = time.perf_counter() - started

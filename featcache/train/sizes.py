@@ -13,12 +13,13 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
 
 from featcache.core.context import Context
+from featcache.core.interrupt import InterruptPoint, deferred_interrupt
 from featcache.core.progress import EpochCallback, EpochEnd
 from featcache.core.runtime import err_console
 from featcache.store.feature_store import FeatureStore
@@ -132,20 +133,39 @@ def _side_by_side(
 
     # Largest first: it bounds the sweep's wall time, so it should not wait behind the others' starts.
     order = sorted(range(len(groups)), key=lambda i: -groups[i].plan.size * groups[i].plan.epochs)
-    out_of_memory = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featcache-size") as pool:
+    # Ctrl-C held back while this thread waits on the futures' locks, which the workers take too
+    # (`featcache.core.interrupt`); the pool's end waits for the workers, which stop at their next epoch.
+    with deferred_interrupt() as interrupt, ThreadPoolExecutor(workers, thread_name_prefix="featcache-size") as pool:
         futures = {pool.submit(on_own_stream, i): i for i in order}
-        try:
-            for future in as_completed(futures):
+        return gather(futures, finish=finish, stop=stop, interrupt=interrupt)
+
+
+def gather(
+    futures: dict[Future, int],
+    *,
+    finish: Callable[[int, list[RunOutput]], None],
+    stop: threading.Event,
+    interrupt: InterruptPoint,
+) -> list[int]:
+    """Hand each group's result to ``finish`` as it comes (``futures``: future to group index); returns the groups
+    that ran out of GPU memory. On Ctrl-C (seen by ``interrupt`` within half a second) or a group's error, ``stop``
+    is set, so that the others stop at their next epoch instead of running on, and the error is raised."""
+    out_of_memory = []
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
                 try:
                     finish(futures[future], future.result())
                 except torch.OutOfMemoryError as error:
                     # The traceback holds the failed group's frames, hence its tensors: let them go before the retry.
                     traceback.clear_frames(error.__traceback__)
                     out_of_memory.append(futures[future])
-        except BaseException:
-            stop.set()  # Ctrl-C or a failed group: the others stop at their next epoch instead of running on
-            raise
-        finally:
-            futures.clear()
+            interrupt.check()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        futures.clear()
     return out_of_memory

@@ -2,6 +2,10 @@
 and odd masks screened, the store marked complete with the run's timing."""
 
 import dataclasses
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from featcache.store import FeatureStore
 from featcache.store.encode import encode_views
 from featcache.store.fill import fill
 from featcache.store.schema import SKIPPED
+from featcache.store.writer import BlockWriter
 from tests.helpers import CPU, extract_config, tiny_identity, write_mask
 
 
@@ -147,3 +152,29 @@ def test_odd_masks_are_refused_with_strict_else_binarised_and_said_once(synth_ro
     err = capsys.readouterr().err
     assert "warning: 1 masks were not 0/255 gray images" in err and "(e.g. levels.png (values other than 0" in err
     assert "note: 1 masks were read as stored (e.g. zero_one.png (values 0/1 (read as 0/1)))" in err
+
+
+def test_ctrl_c_while_a_block_is_handed_to_the_writers_stops_after_the_hand_over(synth_root, tmp_path, monkeypatch):
+    """A Ctrl-C raised inside the hand-over could leave the writers' queue locked and the command waiting for
+    its writers forever (`featcache.core.interrupt`): it is raised after the batch, every writer ends, and the
+    block handed over is written."""
+    handed = []
+    submit = BlockWriter.submit
+
+    def submit_during_ctrl_c(self, block):
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:  # where an undeferred KeyboardInterrupt would be raised
+            pass
+        handed.append(block.start)
+        submit(self, block)
+
+    monkeypatch.setattr(BlockWriter, "submit", submit_during_ctrl_c)
+    index = six_samples(synth_root)
+    with new_store(tmp_path / "s.zarr", index) as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_fill(store, index)
+        assert handed == [0] and store.written().tolist() == [True, True, False, False, False, False]
+        assert not store.record.complete
+    assert not [t for t in threading.enumerate() if t.name.startswith("featcache-writer")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,11 +1,18 @@
 """A sweep's sizes from one read of the store (on the CPU, one after another; side by side in test_cuda.py)."""
 
-import numpy as np
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import pytest
+
+from featcache.core.interrupt import deferred_interrupt
 from featcache.store.feature_store import FeatureStore
 from featcache.train.rows import select_rows
 from featcache.train.run import train_group_from_store
-from featcache.train.sizes import SizeGroup, train_sizes_from_store
+from featcache.train.sizes import SizeGroup, gather, train_sizes_from_store
 from tests.helpers import CPU, quick_train
 
 
@@ -27,3 +34,23 @@ def test_a_sweep_reads_each_split_once_and_each_size_gets_what_it_gets_alone(mic
         for a, b in zip(group_alone, group_swept, strict=True):
             assert a.results.train_ids == b.results.train_ids
             assert a.results.history == b.results.history and a.results.test == b.results.test
+
+
+def test_ctrl_c_while_sizes_train_side_by_side_stops_the_others_at_their_next_epoch():
+    """`gather` (the side-by-side path's wait, which runs on CUDA only) sees a Ctrl-C within its polling interval
+    though no group finishes, tells the groups still training to stop, and raises it once they have."""
+    stop, finished = threading.Event(), []
+
+    def group(i: int) -> list:
+        if i == 0:
+            return ["quick"]
+        while not stop.wait(0.05):  # an epoch at a time, as `train_sizes_from_store`'s progress checks
+            pass
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt() as interrupt, ThreadPoolExecutor(2) as pool:
+            futures = {pool.submit(group, i): i for i in (0, 1)}
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            gather(futures, finish=lambda i, out: finished.append((i, out)), stop=stop, interrupt=interrupt)
+    assert stop.is_set() and finished == [(0, ["quick"])]
