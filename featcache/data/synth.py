@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from featcache.core.errors import FeatcacheError
+from featcache.core.interrupt import deferred_interrupt
 from featcache.core.progress import progress_bar
 from featcache.data.render import render_sample
 
@@ -111,6 +112,7 @@ def synthesize(cfg: SynthConfig, *, progress: bool = False) -> SynthReport:
     # Images are independent and numpy/PIL release the GIL, so threads give a real speed-up;
     # map() keeps id order, so the output does not depend on scheduling.
     with (
+        deferred_interrupt() as interrupt,  # this thread waits on the workers' futures: Ctrl-C at an image's end
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
         progress_bar("images", disable=not progress, remaining=True) as bar,
     ):
@@ -119,6 +121,7 @@ def synthesize(cfg: SynthConfig, *, progress: bool = False) -> SynthReport:
             if thumbnail is not None:
                 thumbnails.append(thumbnail)
             bar.advance(task)
+            interrupt.check()
 
     contact_sheet = out / CONTACT_SHEET_NAME
     _contact_sheet(thumbnails).save(contact_sheet, format="PNG")

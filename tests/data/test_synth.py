@@ -1,11 +1,17 @@
 """Tests for featcache.synth: layout, masks, determinism, sizes, contact sheet, refusal."""
 
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import featcache.data.synth as synth_module
 from featcache.core.errors import FeatcacheError
 from featcache.data.render import sample_image_size
 from featcache.data.synth import SynthConfig, SynthReport, data_dir, synthesize, truth_dir
@@ -132,3 +138,32 @@ def test_bad_arguments(tmp_path: Path) -> None:
         synthesize(SynthConfig(tmp_path / "a", n_train=0))
     with pytest.raises(FeatcacheError, match="image_size"):
         synthesize(SynthConfig(tmp_path / "b", image_size=(4, 4)))
+
+
+def test_ctrl_c_takes_effect_after_the_image_being_waited_for(tmp_path: Path, monkeypatch) -> None:
+    """The main thread waits on futures the pool's threads complete; a Ctrl-C raised inside that wait could leave
+    a future's lock held and the pool waiting forever at its end (`featcache.core.interrupt`). It takes effect
+    once the image waited for is in, and every pool thread has ended when it is raised."""
+    advanced: list[int] = []
+    real_bar, real_write = synth_module.progress_bar, synth_module._write_sample
+
+    @contextmanager
+    def counting_bar(*args, **kwargs):
+        with real_bar(*args, **kwargs) as bar:
+            advance = bar.advance
+            bar.advance = lambda task, n=1: (advanced.append(n), advance(task, n))
+            yield bar
+
+    def write_then_ctrl_c(job, **kwargs):
+        if job[1] == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the main thread is waiting for this image meanwhile
+        return real_write(job, **kwargs)
+
+    monkeypatch.setattr(synth_module, "progress_bar", counting_bar)
+    monkeypatch.setattr(synth_module, "_write_sample", write_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(tmp_path / "data")
+    assert advanced == [1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
