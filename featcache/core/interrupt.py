@@ -3,10 +3,10 @@
 Python raises KeyboardInterrupt at whatever bytecode the main thread is running, also right after a lock was
 taken inside ``threading.Condition.__enter__`` (a `queue.Queue` put or get, a future's result) and before the
 ``with`` block that would release it has begun. The lock then stays held forever: a writer thread waiting for it
-never ends, and the interrupted command waits for that thread at its exit, never printing "interrupted". Seen
-about once in a hundred Ctrl-Cs of a main thread handing blocks to writer threads. Inside `deferred_interrupt`
-the SIGINT is only recorded, and raised as KeyboardInterrupt where the caller checks for it (between batches)
-or when the block ends.
+never ends, and the interrupted command waits for that thread at its exit, never printing "interrupted". A main
+thread passing items to two threads through queues in a tight loop was left holding a queue's lock by about one
+Ctrl-C in a hundred. Inside `deferred_interrupt` the SIGINT is only recorded, and raised as KeyboardInterrupt
+where the caller checks for it (between batches) or when the block ends.
 """
 
 from __future__ import annotations
