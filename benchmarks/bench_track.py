@@ -19,6 +19,10 @@ without tracking and with each of ``--backends``, ``--repeats`` times each, inte
 none, ...) so that a change of the machine's load falls on every variant alike. It prints each variant's median
 wall and CPU seconds (the process and its children: the CPU time is what the machine's other load disturbs least)
 and their excess over no tracking, with the load average before and after; ``--`` passes further options on.
+It also splits each command's wall time into its epochs (the runs' ``total_seconds``, training and validation,
+each group counted once), where no tracker code runs, and the rest: start-up, evaluation, figures and every
+tracker call. A change of the machine's speed between two commands half an hour long shows in the epochs; what
+tracking costs shows outside them.
 
     python benchmarks/bench_track.py --compare real.zarr --backends mlflow,tensorboard --repeats 3 -- \
         --sizes 1400,160,80,40,20,10 --seeds 0,1,2 --device cpu
@@ -106,7 +110,26 @@ def compare_command(store: str, *, track: str | None, out: Path, extra: list[str
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if done.returncode or "warning:" in done.stderr:
         raise SystemExit(f"{' '.join(cmd)}: exit code {done.returncode}\n{done.stderr[-3000:]}")
-    return {"track": track or "none", "wall_seconds": wall, "cpu_seconds": cpu}
+    epochs = epochs_seconds(out)
+    return {
+        "track": track or "none",
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "epochs_seconds": epochs,
+        "outside_seconds": wall - epochs,
+    }
+
+
+def epochs_seconds(out: Path) -> float:
+    """The seconds the runs under ``out/runs`` spent in their epochs (`RunResults.total_seconds`: training and
+    validation); runs trained together as one group share theirs, counted once."""
+    groups = {}
+    for path in sorted(out.glob("runs/**/results.json")):
+        results = json.loads(path.read_text())
+        group = results.get("group")
+        key = (path.parent.parent, tuple(group["seeds"])) if group else path.parent
+        groups[key] = group["total_seconds"] if group else results["total_seconds"]
+    return sum(groups.values())
 
 
 def compare(args: argparse.Namespace, extra: list[str]) -> None:
@@ -124,7 +147,7 @@ def compare(args: argparse.Namespace, extra: list[str]) -> None:
     medians = {
         t or "none": {
             k: statistics.median(r[k] for r in rows if r["track"] == (t or "none"))
-            for k in ("wall_seconds", "cpu_seconds")
+            for k in ("wall_seconds", "cpu_seconds", "epochs_seconds", "outside_seconds")
         }
         for t in variants
     }
@@ -132,12 +155,19 @@ def compare(args: argparse.Namespace, extra: list[str]) -> None:
     command = f"compare-e2e {args.compare} --modes C {' '.join(extra)}"
     print(f"{command}: median of {args.repeats} runs each, {os.cpu_count()} CPUs")
     print(f"load average (1, 5, 15 min) before {load[0]}, after {load[1]}")
-    print(f"{'track':<12} {'wall s':>9} {'excess':>8} {'CPU s':>9} {'excess':>8}")
+    print(
+        f"{'track':<12} {'wall s':>9} {'excess':>8} {'CPU s':>9} {'excess':>8} {'epochs s':>9} {'excess':>8} "
+        f"{'outside s':>10} {'excess, % of wall':>18}"
+    )
     for track, m in medians.items():
-        wall, cpu = m["wall_seconds"], m["cpu_seconds"]
+        wall, cpu, epochs, outside = (
+            m[k] for k in ("wall_seconds", "cpu_seconds", "epochs_seconds", "outside_seconds")
+        )
         print(
             f"{track:<12} {wall:>9.1f} {100 * (wall / base['wall_seconds'] - 1):>7.1f}% "
-            f"{cpu:>9.1f} {100 * (cpu / base['cpu_seconds'] - 1):>7.1f}%"
+            f"{cpu:>9.1f} {100 * (cpu / base['cpu_seconds'] - 1):>7.1f}% "
+            f"{epochs:>9.1f} {100 * (epochs / base['epochs_seconds'] - 1):>7.1f}% "
+            f"{outside:>10.1f} {100 * (outside - base['outside_seconds']) / base['wall_seconds']:>17.1f}%"
         )
     print(json.dumps({"rows": rows, "medians": medians, "load": load}))
 
