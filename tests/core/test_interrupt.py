@@ -1,3 +1,6 @@
+"""featcache.core.interrupt: Ctrl-C recorded inside the block and raised at the check or the block's end; a second
+one at once; left alone off the main thread and where SIGINT is ignored."""
+
 import os
 import signal
 import threading
